@@ -1,0 +1,1 @@
+"""Python client library for the ipamd gRPC API."""

@@ -1,0 +1,261 @@
+"""Address arithmetic on integers, ranges and blocks (pure; no I/O).
+
+Addresses are ``int`` inside (with a family, 4 or 6), ``ipaddress`` objects or text only at the edges. Nothing here
+enumerates ``hosts()`` or ``subnets()``: a /64 never ends, so every walk is bounded by what is allocated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from .errors import InvalidConfig
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+BITS = {4: 32, 6: 128}
+HEX_WIDTH = {4: 8, 6: 32}
+
+
+def addr_key(family: int, value: int) -> str:
+    """Canonical, order-preserving key text of an address: fixed-width lower-case hex (8 or 32 digits)."""
+    return format(value, "0%dx" % HEX_WIDTH[family])
+
+
+def key_addr(text: str) -> tuple[int, int]:
+    """Inverse of :func:`addr_key`: ``(family, value)``; raises ``ValueError`` on a malformed key."""
+    if len(text) == 8:
+        return 4, int(text, 16)
+    if len(text) == 32:
+        return 6, int(text, 16)
+    raise ValueError("not an address key: %r" % text)
+
+
+def to_ip(family: int, value: int) -> IPAddress:
+    """``int`` -> ``IPv4Address``/``IPv6Address``."""
+    return ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
+
+
+def parse_ip(text: object, what: str) -> IPAddress:
+    """Parse a plain address (no prefix); raises :class:`InvalidConfig` naming ``what`` and the value."""
+    if not isinstance(text, str):
+        raise InvalidConfig("%s %r is not a string" % (what, text))
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidConfig("%s %r is not an IP address" % (what, text)) from None
+
+
+def parse_subnet(text: object, what: str = "subnet") -> IPNetwork:
+    """Parse a CIDR whose host bits are zero; raises :class:`InvalidConfig` naming ``what`` and the value."""
+    if not isinstance(text, str) or "/" not in text:
+        raise InvalidConfig("%s %r is not a CIDR (address/prefix)" % (what, text))
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            raise InvalidConfig("%s %s has host bits set" % (what, text)) from None
+        raise InvalidConfig("%s %r is not a valid CIDR" % (what, text)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """One host-local range: a subnet and the inclusive span ``[start, end]`` allocations may come from.
+
+    ``gateway`` (int or None) is never handed out, nor the network address, nor the IPv4 broadcast address, nor
+    anything in ``excludes`` (list of ``(first, last)`` int pairs). Build it with :meth:`from_config`, which applies
+    host-local's defaults (start = network+1, end = broadcast-1 for IPv4 or the last address for IPv6, gateway =
+    network+1) and rejects bounds on the network/broadcast address (field case B29, decision 3).
+    """
+
+    family: int
+    network: int
+    prefixlen: int
+    start: int
+    end: int
+    gateway: int | None
+    excludes: tuple[tuple[int, int], ...] = field(default=())
+
+    @property
+    def bits(self) -> int:
+        return BITS[self.family]
+
+    @property
+    def last(self) -> int:
+        """Last address of the subnet (the IPv4 broadcast address)."""
+        return self.network + (1 << (self.bits - self.prefixlen)) - 1
+
+    @property
+    def subnet(self) -> IPNetwork:
+        return ipaddress.ip_network((self.network, self.prefixlen))
+
+    @property
+    def subnet_key(self) -> str:
+        """Key text of the subnet: ``<hex network>-<prefix>``, e.g. ``0a010200-24``."""
+        return "%s-%d" % (addr_key(self.family, self.network), self.prefixlen)
+
+    def contains(self, value: int) -> bool:
+        return self.network <= value <= self.last
+
+    def usable(self, value: int) -> bool:
+        """True if ``value`` may be handed out: inside [start, end], not network/broadcast/gateway/excluded."""
+        if value < self.start or value > self.end:
+            return False
+        if value == self.network or value == self.gateway:
+            return False
+        if self.family == 4 and value == self.last:
+            return False
+        for lo, hi in self.excludes:
+            if lo <= value <= hi:
+                return False
+        return True
+
+    def usable_count(self) -> int:
+        """Number of addresses that may be handed out (``free + allocated = usable_count``)."""
+        specials = {v for v in (self.network, self.gateway, self.last if self.family == 4 else None)
+                    if v is not None and self.start <= v <= self.end}
+        n = self.end - self.start + 1 - len(specials)
+        for lo, hi in self.excludes:
+            lo, hi = max(lo, self.start), min(hi, self.end)
+            if lo <= hi:
+                n -= hi - lo + 1 - sum(1 for v in specials if lo <= v <= hi)
+        return max(n, 0)
+
+    def first_free(self, lo: int, hi: int, taken: Iterable[int] | set[int]) -> int | None:
+        """Lowest usable address in ``[lo, hi]`` not in ``taken``; ``None`` if none.
+
+        Cost is bounded by ``len(taken)`` plus the few special addresses, never by the span's size.
+        """
+        taken_set = taken if isinstance(taken, (set, frozenset)) else set(taken)
+        lo = max(lo, self.start)
+        hi = min(hi, self.end)
+        value = lo
+        while value <= hi:
+            if value in taken_set or not self.usable(value):
+                if not self.usable(value):
+                    skip = self._skip_exclude(value)
+                    if skip is not None:
+                        value = skip
+                        continue
+                value += 1
+                continue
+            return value
+        return None
+
+    def _skip_exclude(self, value: int) -> int | None:
+        for lo, hi in self.excludes:
+            if lo <= value <= hi:
+                return hi + 1
+        return None
+
+    def overlaps(self, other: "Range") -> bool:
+        return self.family == other.family and self.network <= other.last and other.network <= self.last
+
+    @classmethod
+    def from_config(cls, obj: object, where: str) -> "Range":
+        """Parse one range object ``{"subnet", "rangeStart"?, "rangeEnd"?, "gateway"?}`` of the ``ipam`` block.
+
+        Raises :class:`InvalidConfig` (CNI code 7) with a message naming the field and value for: a bad or
+        host-bits CIDR; a subnet too small to allocate from (/31, /32, /127, /128; design.md §3); bounds or a
+        gateway outside the subnet; bounds on the network or IPv4 broadcast address; ``rangeStart`` > ``rangeEnd``.
+        """
+        if not isinstance(obj, dict):
+            raise InvalidConfig("%s is not an object" % where)
+        net = parse_subnet(obj.get("subnet"), "%s subnet" % where)
+        family = net.version
+        bits = BITS[family]
+        if net.prefixlen >= bits - 1:
+            raise InvalidConfig("network %s too small to allocate from" % net,
+                                "%s: a pool needs at least one usable address besides network and gateway" % where)
+        network = int(net.network_address)
+        last = int(net.broadcast_address)
+
+        def bound(name: str) -> int | None:
+            raw = obj.get(name)
+            if raw is None or raw == "":
+                return None
+            ip = parse_ip(raw, "%s %s" % (where, name))
+            value = int(ip)
+            if ip.version != family or not (network <= value <= last):
+                raise InvalidConfig("%s %s is outside subnet %s" % (name, raw, net))
+            return value
+
+        start = bound("rangeStart")
+        end = bound("rangeEnd")
+        gateway = bound("gateway")
+        for name, value in (("rangeStart", start), ("rangeEnd", end)):
+            if value is None:
+                continue
+            if value == network:
+                raise InvalidConfig("%s %s is the network address of subnet %s" % (name, to_ip(family, value), net))
+            if family == 4 and value == last:
+                raise InvalidConfig("%s %s is the broadcast address of subnet %s" % (name, to_ip(family, value), net))
+        if start is None:
+            start = network + 1
+        if end is None:
+            end = last - 1 if family == 4 else last
+        if start > end:
+            raise InvalidConfig("rangeStart %s is after rangeEnd %s" % (to_ip(family, start), to_ip(family, end)))
+        if gateway is None:
+            gateway = network + 1
+        return cls(family, network, net.prefixlen, start, end, gateway)
+
+    def with_excludes(self, excludes: tuple[tuple[int, int], ...]) -> "Range":
+        mine = tuple((lo, hi) for lo, hi in excludes if lo <= self.last and hi >= self.network)
+        return Range(self.family, self.network, self.prefixlen, self.start, self.end, self.gateway, mine)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """An aligned sub-range of a pool's subnet, the unit of node ownership (Calico's block).
+
+    ``first``/``last`` are inclusive ints; ``prefixlen`` is the block size as a prefix length.
+    """
+
+    family: int
+    first: int
+    prefixlen: int
+
+    @property
+    def last(self) -> int:
+        return self.first + (1 << (BITS[self.family] - self.prefixlen)) - 1
+
+    @property
+    def key(self) -> str:
+        """Key text ``<hex first address>-<prefix>``; sorts in address order for one block size."""
+        return "%s-%d" % (addr_key(self.family, self.first), self.prefixlen)
+
+    @classmethod
+    def from_key(cls, key: str) -> "Block":
+        hexpart, _, plen = key.partition("-")
+        family, first = key_addr(hexpart)
+        return cls(family, first, int(plen))
+
+    def cidr(self) -> str:
+        return "%s/%d" % (to_ip(self.family, self.first), self.prefixlen)
+
+
+def block_of(rng: Range, block_prefix: int, value: int) -> Block:
+    """The block of size ``block_prefix`` containing ``value``."""
+    size = 1 << (BITS[rng.family] - block_prefix)
+    return Block(rng.family, value - ((value - rng.network) % size), block_prefix)
+
+
+def candidate_blocks(rng: Range, block_prefix: int, claimed: Iterable[int]) -> Iterator[Block]:
+    """Unclaimed blocks of ``rng`` that hold at least one usable address, lowest first.
+
+    ``claimed`` is the set of first addresses of blocks already owned by some node. The walk starts at the block
+    holding ``rng.start`` and skips claimed blocks; it is lazy, so a /64 of /122 blocks is fine.
+    """
+    claimed_set = set(claimed)
+    size = 1 << (BITS[rng.family] - block_prefix)
+    block = block_of(rng, block_prefix, rng.start)
+    first = block.first
+    while first <= rng.end:
+        if first not in claimed_set:
+            blk = Block(rng.family, first, block_prefix)
+            if rng.first_free(first, blk.last, ()) is not None:
+                yield blk
+        first += size

@@ -1,0 +1,193 @@
+"""The network configuration as an IPAM plugin sees it: parsing and validation of the ``ipam`` block.
+
+Host-local compatible (cni-conformance.md §5.2): ``ranges`` (a list of range sets, each a list of ranges),
+the legacy single range (``subnet``/``rangeStart``/``rangeEnd``/``gateway`` directly under ``ipam``), ``routes``,
+``dns``; plus our own keys (``socket``, ``blockSize``, ``blockSize6``, ``exclude``). Unknown ``ipam`` keys are
+kept as warnings, never errors (§5.1 project decision).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from .addr import BITS, Range, parse_ip, parse_subnet
+from .errors import InvalidConfig
+
+#: Default block sizes (prefix lengths), Calico's defaults: 64 IPv4 addresses, 64 IPv6 addresses.
+DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
+
+KNOWN_IPAM_KEYS = frozenset({
+    "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
+    "socket", "blockSize", "blockSize6", "exclude",
+})
+ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One range of one network: the unit addresses are allocated from.
+
+    ``id`` is ``<network>/<subnet key>`` (e.g. ``net1/0a0a0000-24``): pools of different networks are independent
+    (cni-conformance.md T38), and two ranges of one network never share a subnet.
+    ``block_prefix`` is the prefix length of its blocks.
+    """
+
+    id: str
+    network: str
+    range: Range
+    block_prefix: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A route for the result: ``dst`` CIDR text, optional ``gw`` text, and 1.1.0-only extras (``extra``)."""
+
+    dst: str
+    gw: str | None = None
+    extra: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NetConf:
+    """A parsed network configuration: ``range_sets`` is a tuple of range sets, each a tuple of :class:`Pool`."""
+
+    name: str
+    range_sets: tuple[tuple[Pool, ...], ...]
+    routes: tuple[Route, ...] = ()
+    dns: dict[str, Any] = field(default_factory=dict)
+    socket: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def pool_for(self, value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, Pool] | None:
+        """``(range set index, pool)`` whose subnet contains ``value``, or ``None``."""
+        iv = int(value)
+        for idx, rset in enumerate(self.range_sets):
+            for pool in rset:
+                if pool.range.family == value.version and pool.range.contains(iv):
+                    return idx, pool
+        return None
+
+
+def _block_prefix(ipam: dict[str, Any], family: int, rng: Range) -> int:
+    key = "blockSize" if family == 4 else "blockSize6"
+    raw = ipam.get(key)
+    if raw is None:
+        return max(DEFAULT_BLOCK_PREFIX[family], rng.prefixlen)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise InvalidConfig("ipam.%s %r is not an integer prefix length" % (key, raw))
+    if raw < rng.prefixlen or raw > BITS[family]:
+        raise InvalidConfig("ipam.%s %d does not fit subnet %s (must be %d..%d)"
+                            % (key, raw, rng.subnet, rng.prefixlen, BITS[family]))
+    return raw
+
+
+def _excludes(ipam: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    raw = ipam.get("exclude")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidConfig("ipam.exclude %r is not a list" % (raw,))
+    out = []
+    for item in raw:
+        if isinstance(item, str) and "/" not in item:
+            ip = parse_ip(item, "ipam.exclude entry")
+            out.append((int(ip), int(ip)))
+        else:
+            net = parse_subnet(item, "ipam.exclude entry")
+            out.append((int(net.network_address), int(net.broadcast_address)))
+    return tuple(out)
+
+
+def _routes(ipam: dict[str, Any]) -> tuple[Route, ...]:
+    raw = ipam.get("routes")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidConfig("ipam.routes %r is not a list" % (raw,))
+    routes = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise InvalidConfig("ipam.routes[%d] %r is not an object" % (i, item))
+        dst = item.get("dst")
+        try:
+            net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) else None
+        except ValueError:
+            net = None
+        if net is None:
+            raise InvalidConfig("ipam.routes[%d].dst %r is not a CIDR" % (i, dst))
+        gw = item.get("gw")
+        if gw is not None and gw != "":
+            ip = parse_ip(gw, "ipam.routes[%d].gw" % i)
+            if ip.version != net.version:
+                raise InvalidConfig("ipam.routes[%d].gw %s is not in the family of dst %s" % (i, gw, dst))
+        else:
+            gw = None
+        extra = tuple((k, item[k]) for k in ROUTE_KEYS_1_1 if k in item)
+        routes.append(Route(str(dst), gw, extra))
+    return tuple(routes)
+
+
+def _dns(ipam: dict[str, Any]) -> dict[str, Any]:
+    raw = ipam.get("dns")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidConfig("ipam.dns %r is not an object" % (raw,))
+    out: dict[str, Any] = {}
+    for key in ("nameservers", "search", "options"):
+        if key in raw and raw[key] is not None:
+            if not isinstance(raw[key], list) or not all(isinstance(x, str) for x in raw[key]):
+                raise InvalidConfig("ipam.dns.%s %r is not a list of strings" % (key, raw[key]))
+            if raw[key]:
+                out[key] = list(raw[key])
+    if raw.get("domain"):
+        if not isinstance(raw["domain"], str):
+            raise InvalidConfig("ipam.dns.domain %r is not a string" % (raw["domain"],))
+        out["domain"] = raw["domain"]
+    return out
+
+
+def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
+    """Validate the ``ipam`` block of a network configuration (already a JSON object, ``name`` already checked).
+
+    Returns a :class:`NetConf`. Raises :class:`InvalidConfig` (code 7) for: no ``ipam`` object; no ranges;
+    malformed ranges (see :meth:`Range.from_config`); mixed families inside one range set; overlapping ranges
+    within or across range sets; bad ``blockSize``, ``exclude``, ``routes`` or ``dns``. Pure and deterministic.
+    """
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise InvalidConfig("network %s has no ipam object" % name)
+    warnings = tuple("ignoring unknown ipam key %r" % k for k in ipam if k not in KNOWN_IPAM_KEYS)
+    raw_sets: list[Any] = []
+    if ipam.get("subnet") is not None:
+        raw_sets.append([{k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}])
+    ranges = ipam.get("ranges")
+    if ranges is not None:
+        if not isinstance(ranges, list):
+            raise InvalidConfig("ipam.ranges %r is not a list of range sets" % (ranges,))
+        raw_sets.extend(ranges)
+    if not raw_sets:
+        raise InvalidConfig("ipam for network %s has no ranges" % name, "set ipam.ranges or ipam.subnet")
+    excludes = _excludes(ipam)
+    range_sets: list[tuple[Pool, ...]] = []
+    seen: list[Range] = []
+    for i, raw_set in enumerate(raw_sets):
+        if not isinstance(raw_set, list) or not raw_set:
+            raise InvalidConfig("ipam.ranges[%d] %r is not a non-empty list of ranges" % (i, raw_set))
+        pools = []
+        for j, raw_range in enumerate(raw_set):
+            where = "ipam.ranges[%d][%d]" % (i, j)
+            rng = Range.from_config(raw_range, where).with_excludes(excludes)
+            for other in seen:
+                if rng.overlaps(other):
+                    raise InvalidConfig("%s subnet %s overlaps subnet %s" % (where, rng.subnet, other.subnet))
+            if pools and pools[0].range.family != rng.family:
+                raise InvalidConfig("%s subnet %s mixes address families in one range set" % (where, rng.subnet))
+            seen.append(rng)
+            pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng)))
+        range_sets.append(tuple(pools))
+    socket = ipam.get("socket")
+    return NetConf(name=name, range_sets=tuple(range_sets), routes=_routes(ipam), dns=_dns(ipam),
+                   socket=socket if isinstance(socket, str) else None, warnings=warnings)

@@ -1,0 +1,43 @@
+"""Test-only failpoints: named steps where a test can make the daemon pause, crash or fail.
+
+Inert unless ``IPAMD_FAILPOINTS`` is set, e.g. ``add.after_pick=pause:3;add.after_commit=crash``
+(field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS``, ``error``
+(raises a plain ``RuntimeError``, which the CNI path reports as code 999). Points: ``add.after_pick``,
+``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Failpoints:
+    """Parsed failpoint table; :meth:`hit` is a no-op for points that are not set."""
+
+    def __init__(self, spec: str = "") -> None:
+        self._points: dict[str, str] = {}
+        for item in spec.split(";"):
+            name, sep, action = item.strip().partition("=")
+            if sep and name:
+                self._points[name] = action
+
+    @classmethod
+    def from_env(cls) -> "Failpoints":
+        return cls(os.environ.get("IPAMD_FAILPOINTS", ""))
+
+    def hit(self, point: str) -> None:
+        """Run the action configured for ``point`` (if any)."""
+        action = self._points.get(point)
+        if not action:
+            return
+        log.warning("failpoint %s: %s", point, action)
+        if action == "crash":
+            os._exit(137)
+        if action.startswith("pause:"):
+            time.sleep(float(action.split(":", 1)[1]))
+        elif action == "error":
+            raise RuntimeError("failpoint %s" % point)

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one daemon (``prometheus-client``), on a registry of its own.
+
+Names follow Prometheus conventions: ``ipamd_`` prefix, base units, counters end in ``_total``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    """The daemon's metrics. ``registry`` is private so several daemons (or tests) can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ipamd_requests_total", "CNI and gRPC requests by verb and outcome",
+                                ["verb", "outcome"], registry=r)
+        self.add_seconds = Histogram("ipamd_add_duration_seconds", "Time to answer an ADD, seconds",
+                                     buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10), registry=r)
+        self.cas_conflicts = Counter("ipamd_cas_conflicts_total", "etcd transactions whose compares failed",
+                                     ["verb"], registry=r)
+        self.etcd_errors = Counter("ipamd_etcd_errors_total", "etcd requests that failed or timed out",
+                                   registry=r)
+        self.etcd_txns = Counter("ipamd_etcd_txn_total", "etcd transactions sent", ["verb"], registry=r)
+        self.pool_exhausted = Counter("ipamd_pool_exhausted_total", "ADDs refused because a pool was full",
+                                      ["pool"], registry=r)
+        self.block_claims = Counter("ipamd_block_claims_total", "blocks claimed by this node", registry=r)
+        self.gc_released = Counter("ipamd_gc_released_total", "attachments released by GC", registry=r)
+        self.ready = Gauge("ipamd_ready", "1 once the first sync with etcd is done", registry=r)
+
+    def serve(self, address: str) -> object:
+        """Serve ``/metrics`` on ``host:port`` (port 0 picks one); returns the server (``server_port`` attr)."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
+        return server

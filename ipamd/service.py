@@ -1,0 +1,504 @@
+"""The IPAM service: ADD, DEL, CHECK, GC and STATUS in CNI terms, on top of the store contract.
+
+Every write has one shape (style.md "Concurrency and retries"): read what the cache knows -> pick (pure) ->
+one transaction whose compares make a stale pick fail -> on conflict refresh from the failure branch's reads,
+back off with jitter and retry within the request's deadline -> then a typed error (code 11). Correctness across
+nodes rests only on the compares; inside one daemon, requests for one attachment are serialised.
+
+Steady state (design.md §2): ADD into an owned block and DEL of a cached handle are one transaction each.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from contextlib import contextmanager
+
+from .domain.addr import Block, Range, block_of, candidate_blocks, to_ip
+from .domain.cni import Attachment
+from .domain.errors import (AddressUnavailable, CheckMismatch, CheckNoAllocation, NotAvailable, PoolExhausted,
+                            TryAgainLater)
+from .domain.model import (BLOCKS, Allocation, HandleRecord, block_key, blocks_prefix, decode, dumps,
+                           encode_block_record, encode_ip_record, handle_key, ips_range, pool_key)
+from .domain.netconf import NetConf, Pool
+from .failpoints import Failpoints
+from .metrics import Metrics
+from .store.base import KV, Compare, Delete, Get, Op, Put, Store, StoreUnavailable, prefix_end
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _BlockState:
+    """What this daemon knows of one block: owner node, the block key's mod_revision, and (when loaded) the
+    addresses allocated in it."""
+
+    block: Block
+    node: str
+    mod_revision: int
+    taken: set[int] | None = None
+
+
+@dataclass(slots=True)
+class _Pick:
+    """One planned allocation: pool, block, address and how the block is held (own, claim, borrow)."""
+
+    index: int
+    pool: Pool
+    block: Block
+    value: int
+    mode: str
+    block_revision: int = 0
+    requested: bool = False
+
+
+@dataclass(slots=True)
+class _Cache:
+    """Blocks by pool id -> {block first address: state}; handles this node wrote -> (record, mod_revision)."""
+
+    blocks: dict[str, dict[int, _BlockState]] = field(default_factory=dict)
+    handles: dict[str, tuple[HandleRecord, int]] = field(default_factory=dict)
+
+
+class IpamService:
+    """The service layer shared by the CNI socket server and the gRPC API.
+
+    ``store`` is any :class:`ipamd.store.base.Store`; ``node`` this daemon's node name; ``request_timeout`` the
+    deadline in seconds for one request including its retries. Thread-safe.
+    """
+
+    def __init__(self, store: Store, node: str, *, request_timeout: float = 8.0, metrics: Metrics | None = None,
+                 failpoints: Failpoints | None = None, etcd_timeout: float = 2.0) -> None:
+        self.store = store
+        self.node = node
+        self.request_timeout = request_timeout
+        self.etcd_timeout = etcd_timeout
+        self.metrics = metrics or Metrics()
+        self.failpoints = failpoints or Failpoints()
+        self.ready = False
+        self._cache = _Cache()
+        self._cache_lock = threading.Lock()
+        self._attachment_locks: dict[str, list[Any]] = {}
+        self._locks_lock = threading.Lock()
+
+    # -- start-up ------------------------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """First sync with etcd: load every block record and the address records of this node's blocks.
+
+        Raises :class:`StoreUnavailable` if etcd cannot be read; sets :attr:`ready` on success. Idempotent.
+        """
+        kvs, _rev = self.store.read(BLOCKS, prefix_end(BLOCKS), self.etcd_timeout)
+        blocks: dict[str, dict[int, _BlockState]] = {}
+        for kv in kvs:
+            pool_id, block = self._parse_block_key(kv.key)
+            if block is None:
+                continue
+            node = decode(kv.value).get("node", "")
+            blocks.setdefault(pool_id, {})[block.first] = _BlockState(block, node, kv.mod_revision)
+        for pool_id, states in blocks.items():
+            for st in states.values():
+                if st.node == self.node:
+                    st.taken = self._read_taken(pool_id, st.block)
+        with self._cache_lock:
+            self._cache.blocks = blocks
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    @staticmethod
+    def _parse_block_key(key: str) -> tuple[str, Block | None]:
+        rest = key[len(BLOCKS):]
+        pool_id, _, bkey = rest.rpartition("/")
+        try:
+            return pool_id, Block.from_key(bkey)
+        except ValueError:
+            return pool_id, None
+
+    def _read_taken(self, pool_id: str, block: Block) -> set[int]:
+        start, end = ips_range(pool_id, block)
+        kvs, _ = self.store.read(start, end, self.etcd_timeout)
+        return {int(kv.key.rsplit("/", 1)[1], 16) for kv in kvs}
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _serialised(self, handle: str) -> Iterator[None]:
+        """Serialise requests for one attachment inside this daemon (field case B13)."""
+        with self._locks_lock:
+            entry = self._attachment_locks.setdefault(handle, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._locks_lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._attachment_locks[handle]
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise TryAgainLater("ipamd on node %s is not ready: first sync with etcd not done" % self.node)
+
+    def _backoff(self, attempt: int, deadline: float) -> None:
+        delay = min(0.5, 0.005 * (2 ** min(attempt, 7))) * random.uniform(0.5, 1.5)
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+
+    def _txn(self, verb: str, compares: list[Compare], success: list[Op], failure: list[Op],
+             deadline: float):  # type: ignore[no-untyped-def]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TryAgainLater("deadline passed before the etcd transaction")
+        self.metrics.etcd_txns.labels(verb).inc()
+        try:
+            return self.store.txn(compares, success, failure, min(remaining, self.etcd_timeout))
+        except StoreUnavailable:
+            self.metrics.etcd_errors.inc()
+            raise
+
+    def _retrying(self, verb: str, deadline: float, body: Callable[[], Any]) -> Any:
+        """Run ``body`` until it returns non-``None``; store errors and conflicts (``None``) are retried with
+        jittered backoff until ``deadline``, then raise :class:`TryAgainLater` chaining the last cause."""
+        attempt = 0
+        last: Exception | None = None
+        while True:
+            try:
+                out = body()
+                if out is not None:
+                    return out
+                self.metrics.cas_conflicts.labels(verb).inc()
+                log.debug("%s: compare failed, retrying (attempt %d)", verb, attempt)
+            except StoreUnavailable as exc:
+                last = exc
+                log.debug("%s: etcd unavailable (%s), retrying", verb, exc)
+            attempt += 1
+            if time.monotonic() >= deadline:
+                if last is not None:
+                    raise TryAgainLater("etcd unavailable: %s" % last.msg if isinstance(last, TryAgainLater)
+                                        else "etcd unavailable") from last
+                raise TryAgainLater("%s did not complete after %d conflicting attempts" % (verb, attempt))
+            self._backoff(attempt, deadline)
+
+    def _pool_states(self, pool_id: str) -> dict[int, _BlockState]:
+        return self._cache.blocks.setdefault(pool_id, {})
+
+    def _refresh_pool_blocks(self, pool_id: str, kvs: tuple[KV, ...]) -> None:
+        """Replace the cached block list of a pool with a fresh range read (keeps loaded address sets)."""
+        with self._cache_lock:
+            old = self._pool_states(pool_id)
+            new: dict[int, _BlockState] = {}
+            for kv in kvs:
+                _, block = self._parse_block_key(kv.key)
+                if block is None:
+                    continue
+                prev = old.get(block.first)
+                node = decode(kv.value).get("node", "")
+                taken = prev.taken if prev is not None and prev.node == node else None
+                new[block.first] = _BlockState(block, node, kv.mod_revision, taken)
+            self._cache.blocks[pool_id] = new
+
+    # -- ADD -----------------------------------------------------------------------------------------------
+
+    def add(self, att: Attachment, netconf: NetConf, *, requested: dict[int, tuple[Pool, int]] | None = None,
+            netns: str = "", pod: dict[str, str] | None = None) -> list[Allocation]:
+        """Allocate one address per range set of ``netconf`` for ``att``, all or nothing, in one transaction.
+
+        Idempotent: if the attachment already holds addresses they are returned unchanged and nothing is
+        written (cni-conformance.md T42, field case B06). ``requested`` maps range-set index -> (pool, address)
+        that must be honoured exactly. Raises :class:`PoolExhausted` (100), :class:`AddressUnavailable` (101),
+        :class:`TryAgainLater` (11: not ready, etcd unreachable, deadline passed).
+        """
+        self._require_ready()
+        deadline = time.monotonic() + self.request_timeout
+        requested = requested or {}
+        handle = att.handle
+        with self._serialised(handle):
+            def attempt() -> list[Allocation] | None:
+                picks = self._plan(netconf, requested, deadline)
+                self.failpoints.hit("add.after_pick")
+                return self._commit_add(att, netconf, picks, netns, pod or {}, deadline)
+            return self._retrying("ADD", deadline, attempt)  # type: ignore[no-any-return]
+
+    def _plan(self, netconf: NetConf, requested: dict[int, tuple[Pool, int]], deadline: float) -> list[_Pick]:
+        picks = []
+        for index, rset in enumerate(netconf.range_sets):
+            if index in requested:
+                pool, value = requested[index]
+                picks.append(self._pick_requested(index, pool, value))
+            else:
+                picks.append(self._pick_free(index, rset))
+        return picks
+
+    def _pick_requested(self, index: int, pool: Pool, value: int) -> _Pick:
+        rng = pool.range
+        if not rng.usable(value):
+            what = "the gateway" if value == rng.gateway else "not allocatable"
+            raise AddressUnavailable("requested address %s is %s in pool %s"
+                                     % (to_ip(rng.family, value), what, rng.subnet))
+        block = block_of(rng, pool.block_prefix, value)
+        with self._cache_lock:
+            st = self._pool_states(pool.id).get(block.first)
+            if st is None:
+                return _Pick(index, pool, block, value, "claim", requested=True)
+            if st.taken is not None and value in st.taken:
+                raise AddressUnavailable("requested address %s is already allocated" % to_ip(rng.family, value))
+            mode = "own" if st.node == self.node else "borrow"
+            return _Pick(index, pool, st.block, value, mode, st.mod_revision, requested=True)
+
+    def _pick_free(self, index: int, rset: tuple[Pool, ...]) -> _Pick:
+        for pool in rset:
+            pick = self._pick_in_pool(index, pool)
+            if pick is not None:
+                return pick
+        pool = rset[0]
+        subnets = ", ".join(str(p.range.subnet) for p in rset)
+        self.metrics.pool_exhausted.labels(pool.id).inc()
+        with self._cache_lock:
+            allocated = sum(len(st.taken or ()) for p in rset for st in self._pool_states(p.id).values())
+            mine = sum(1 for p in rset for st in self._pool_states(p.id).values() if st.node == self.node)
+        usable = sum(p.range.usable_count() for p in rset)
+        raise PoolExhausted("no free address in pool %s" % subnets,
+                            "network %s: %d of %d usable addresses allocated; node %s owns %d block(s); "
+                            "0 unclaimed blocks" % (pool.network, allocated, usable, self.node, mine))
+
+    def _pick_in_pool(self, index: int, pool: Pool) -> _Pick | None:
+        rng = pool.range
+        # 1. the lowest free address in this node's blocks (lowest block first)
+        with self._cache_lock:
+            states = sorted(self._pool_states(pool.id).values(), key=lambda s: s.block.first)
+            own = [s for s in states if s.node == self.node]
+            for st in own:
+                if st.taken is None:
+                    continue
+                value = rng.first_free(st.block.first, st.block.last, st.taken)
+                if value is not None:
+                    return _Pick(index, pool, st.block, value, "own", st.mod_revision)
+        # our blocks look full or unloaded: reload them once (another actor may have released addresses)
+        for st in own:
+            taken = self._read_taken(pool.id, st.block)
+            with self._cache_lock:
+                st.taken = taken
+            value = rng.first_free(st.block.first, st.block.last, taken)
+            if value is not None:
+                return _Pick(index, pool, st.block, value, "own", st.mod_revision)
+        # 2. claim the lowest unclaimed block
+        claimed = {s.block.first for s in states}
+        for block in candidate_blocks(rng, pool.block_prefix, claimed):
+            value = rng.first_free(block.first, block.last, ())
+            if value is not None:
+                return _Pick(index, pool, block, value, "claim")
+        # 3. borrow from a block another node owns (decision 5 of field-cases.md)
+        for st in states:
+            if st.node == self.node:
+                continue
+            taken = self._read_taken(pool.id, st.block)
+            with self._cache_lock:
+                st.taken = taken
+            value = rng.first_free(st.block.first, st.block.last, taken)
+            if value is not None:
+                return _Pick(index, pool, st.block, value, "borrow", st.mod_revision)
+        return None
+
+    def _pool_spec(self, pool: Pool) -> bytes:
+        rng = pool.range
+        return dumps({"network": pool.network, "subnet": str(rng.subnet),
+                      "rangeStart": str(to_ip(rng.family, rng.start)), "rangeEnd": str(to_ip(rng.family, rng.end)),
+                      "gateway": str(to_ip(rng.family, rng.gateway)) if rng.gateway is not None else None,
+                      "blockSize": pool.block_prefix,
+                      "exclude": ["%s-%s" % (to_ip(rng.family, lo), to_ip(rng.family, hi)) for lo, hi in rng.excludes]})
+
+    def _commit_add(self, att: Attachment, netconf: NetConf, picks: list[_Pick], netns: str,
+                    pod: dict[str, str], deadline: float) -> list[Allocation] | None:
+        handle = att.handle
+        allocations = tuple(Allocation(p.pool.id, p.pool.range.family, p.value, p.pool.range.prefixlen,
+                                       p.pool.range.gateway) for p in picks)
+        record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod)
+        hkey = handle_key(handle)
+        compares = [Compare(hkey, "version", "==", 0)]
+        success: list[Op] = [Put(hkey, record.encode())]
+        failure: list[Op] = [Get(hkey)]
+        for p, alloc in zip(picks, allocations):
+            bkey = block_key(p.pool.id, p.block)
+            compares.append(Compare(alloc.ip_key, "version", "==", 0))
+            success.append(Put(alloc.ip_key, encode_ip_record(handle, self.node)))
+            if p.mode == "claim":
+                compares.append(Compare(bkey, "version", "==", 0))
+                success.append(Put(bkey, encode_block_record(self.node)))
+                success.append(Put(pool_key(p.pool.id), self._pool_spec(p.pool)))
+                failure.append(Get(blocks_prefix(p.pool.id), prefix_end(blocks_prefix(p.pool.id))))
+            else:
+                compares.append(Compare(bkey, "mod", "==", p.block_revision))
+                failure.append(Get(bkey))
+            start, end = ips_range(p.pool.id, p.block)
+            failure.append(Get(start, end))
+        res = self._txn("ADD", compares, success, failure, deadline)
+        if res.succeeded:
+            self._after_add(picks, record, res.revision)
+            self.failpoints.hit("add.after_commit")
+            return list(allocations)
+        existing = res.reads[0]
+        if existing:
+            rec = HandleRecord.decode(existing[0].value)
+            with self._cache_lock:
+                self._cache.handles[handle] = (rec, existing[0].mod_revision)
+            return list(rec.allocations)
+        self._learn_from_failure(picks, res.reads[1:])
+        return None
+
+    def _after_add(self, picks: list[_Pick], record: HandleRecord, revision: int) -> None:
+        with self._cache_lock:
+            self._cache.handles[record.handle] = (record, revision)
+            for p in picks:
+                states = self._pool_states(p.pool.id)
+                st = states.get(p.block.first)
+                if p.mode == "claim" or st is None:
+                    st = states[p.block.first] = _BlockState(p.block, self.node, revision, set())
+                    self.metrics.block_claims.inc()
+                if st.taken is not None:
+                    st.taken.add(p.value)
+
+    def _learn_from_failure(self, picks: list[_Pick], reads: tuple[tuple[KV, ...], ...]) -> None:
+        """Refresh the cache from a failed ADD's reads (block record or pool block list, then the block's
+        address records), and raise :class:`AddressUnavailable` for a requested address now known taken."""
+        i = 0
+        for p in picks:
+            block_read, ips_read = reads[i], reads[i + 1]
+            i += 2
+            if p.mode == "claim":
+                self._refresh_pool_blocks(p.pool.id, block_read)
+            with self._cache_lock:
+                states = self._pool_states(p.pool.id)
+                if p.mode != "claim":
+                    if block_read:
+                        kv = block_read[0]
+                        node = decode(kv.value).get("node", "")
+                        states[p.block.first] = _BlockState(p.block, node, kv.mod_revision)
+                    else:
+                        states.pop(p.block.first, None)
+                st = states.get(p.block.first)
+                taken = {int(kv.key.rsplit("/", 1)[1], 16) for kv in ips_read}
+                if st is not None:
+                    st.taken = taken
+            if p.requested and p.value in taken:
+                # a requested address someone else holds is final: 101, not a retry
+                raise AddressUnavailable("requested address %s is already allocated"
+                                         % to_ip(p.pool.range.family, p.value))
+
+    # -- DEL -----------------------------------------------------------------------------------------------
+
+    def delete(self, att: Attachment) -> int:
+        """Release everything the attachment holds (by key, never by what a prevResult lists).
+
+        Idempotent: an unknown or already released attachment succeeds and writes nothing (cni-conformance.md
+        §2.2, field cases B10-B12). One transaction when the handle is cached, two otherwise. Returns the
+        number of addresses released. Raises :class:`TryAgainLater` (11) when the release could not be recorded.
+        """
+        self._require_ready()
+        deadline = time.monotonic() + self.request_timeout
+        handle = att.handle
+        hkey = handle_key(handle)
+        with self._serialised(handle):
+            with self._cache_lock:
+                cached = self._cache.handles.get(handle)
+            state: dict[str, Any] = {"record": cached[0] if cached else None, "rev": cached[1] if cached else 0}
+
+            def attempt() -> int | None:
+                rec: HandleRecord | None = state["record"]
+                rev: int = state["rev"]
+                success: list[Op] = []
+                if rec is not None:
+                    success = [Delete(a.ip_key) for a in rec.allocations] + [Delete(hkey)]
+                self.failpoints.hit("del.before_commit")
+                res = self._txn("DEL", [Compare(hkey, "mod", "==", rev)], success, [Get(hkey)], deadline)
+                if res.succeeded:
+                    self._after_delete(handle, rec)
+                    return len(rec.allocations) if rec is not None else 0
+                kvs = res.reads[0]
+                state["record"] = HandleRecord.decode(kvs[0].value) if kvs else None
+                state["rev"] = kvs[0].mod_revision if kvs else 0
+                return None
+            return self._retrying("DEL", deadline, attempt)  # type: ignore[no-any-return]
+
+    def _after_delete(self, handle: str, rec: HandleRecord | None) -> None:
+        with self._cache_lock:
+            self._cache.handles.pop(handle, None)
+            if rec is None:
+                return
+            for a in rec.allocations:
+                for st in self._pool_states(a.pool_id).values():
+                    if st.taken is not None and st.block.first <= a.value <= st.block.last:
+                        st.taken.discard(a.value)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def get(self, att: Attachment) -> HandleRecord | None:
+        """The attachment's record read from etcd (linearizable; never from the cache), or ``None``."""
+        self._require_ready()
+        kvs, _ = self.store.read(handle_key(att.handle), None, self.etcd_timeout)
+        return HandleRecord.decode(kvs[0].value) if kvs else None
+
+    def list(self, network: str = "") -> list[HandleRecord]:
+        """All attachments, or those of one ``network``, read from etcd in key order."""
+        self._require_ready()
+        prefix = handle_key(network + "/" if network else "")
+        kvs, _ = self.store.read(prefix, prefix_end(prefix), self.etcd_timeout)
+        return [HandleRecord.decode(kv.value) for kv in kvs]
+
+    def check(self, att: Attachment, netconf: NetConf | None, prev_result: object) -> None:
+        """CNI CHECK (cni-conformance.md §2.3): the attachment must hold an allocation, and every address of
+        ``prev_result.ips`` inside our ranges must be one it holds. Read-only (B36).
+
+        Raises :class:`CheckNoAllocation` (102), :class:`CheckMismatch` (103), :class:`TryAgainLater` (11).
+        """
+        rec = self.get(att)
+        if rec is None:
+            raise CheckNoAllocation("no allocation for container %s interface %s in network %s"
+                                    % (att.container_id, att.if_name, att.network))
+        held = {(a.family, a.value) for a in rec.allocations}
+        ips = prev_result.get("ips") if isinstance(prev_result, dict) else None
+        for entry in ips or ():
+            text = entry.get("address") if isinstance(entry, dict) else None
+            try:
+                ip = ipaddress.ip_interface(text).ip if isinstance(text, str) else None
+            except ValueError:
+                ip = None
+            if ip is None:
+                continue
+            ours = netconf.pool_for(ip) if netconf is not None else None
+            if ours is None:
+                continue
+            if (ip.version, int(ip)) not in held:
+                raise CheckMismatch("prevResult address %s is not allocated to container %s interface %s"
+                                    % (text, att.container_id, att.if_name),
+                                    "allocated: %s" % ", ".join(a.cidr for a in rec.allocations))
+
+    def status(self, netconf: NetConf) -> None:
+        """CNI STATUS: raise :class:`NotAvailable` (50) when ADD cannot be served (not ready, etcd unreachable,
+        a range set with no free address). Read-only."""
+        if not self.ready:
+            raise NotAvailable("ipamd on node %s is not ready" % self.node)
+        try:
+            for rset in netconf.range_sets:
+                if not any(self._has_free(pool) for pool in rset):
+                    raise NotAvailable("no free address in pool %s" % ", ".join(str(p.range.subnet) for p in rset))
+        except StoreUnavailable as exc:
+            raise NotAvailable("etcd unavailable: %s" % exc.msg) from exc
+
+    def _has_free(self, pool: Pool) -> bool:
+        kvs, _ = self.store.read(blocks_prefix(pool.id), prefix_end(blocks_prefix(pool.id)), self.etcd_timeout)
+        self._refresh_pool_blocks(pool.id, kvs)
+        with self._cache_lock:
+            states = list(self._pool_states(pool.id).values())
+        if next(candidate_blocks(pool.range, pool.block_prefix, {s.block.first for s in states}), None):
+            return True
+        for st in states:
+            taken = self._read_taken(pool.id, st.block)
+            if pool.range.first_free(st.block.first, st.block.last, taken) is not None:
+                return True
+        return False

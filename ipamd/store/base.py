@@ -1,0 +1,121 @@
+"""The store contract the service sees: versioned key-values and compare-and-swap transactions.
+
+Only :mod:`ipamd.store.etcd` implements it against a real datastore; tests may wrap it to inject faults. The
+shape is etcd v3's (Calico's ``lib/backend/etcdv3`` follows the same idea): every write is a transaction whose
+compares make a stale reader fail, and a failed compare returns the current values in the same round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from ..domain.errors import TryAgainLater
+
+
+class StoreUnavailable(TryAgainLater):
+    """The datastore could not be reached or refused service (CNI code 11). The request did not commit."""
+
+
+class StoreOutcomeUnknown(StoreUnavailable):
+    """The request was sent but no answer came (deadline, dropped connection): it may or may not have committed.
+
+    Callers resolve it by reading the key that proves the outcome (the handle; design.md §2 "Unknown outcome").
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class KV:
+    """A key-value with etcd's versions: ``create_revision``, ``mod_revision`` and per-key ``version``."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """``target`` of ``key`` compared to ``value``: target is ``version``, ``mod`` or ``create``; op ``==``, ``!=``,
+    ``<`` or ``>``."""
+
+    key: str
+    target: str
+    op: str
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Read one key, or the range ``[key, range_end)`` when ``range_end`` is set."""
+
+    key: str
+    range_end: str | None = None
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """Outcome of :meth:`Store.txn`: which branch ran, the store revision after it, and one list of :class:`KV`
+    per :class:`Get` of that branch, in order."""
+
+    succeeded: bool
+    revision: int
+    reads: tuple[tuple[KV, ...], ...]
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key starting with ``prefix`` (etcd's ``range_end`` for a prefix read)."""
+    raw = bytearray(prefix.encode())
+    while raw:
+        if raw[-1] < 0xFF:
+            raw[-1] += 1
+            return raw.decode("latin-1")
+        raw.pop()
+    return "\0"
+
+
+class Store(Protocol):
+    """What the service needs from a datastore. Keys are relative to the store's prefix; values are bytes.
+
+    All methods raise :class:`StoreUnavailable` when the datastore cannot be reached before ``timeout`` seconds
+    and :class:`StoreOutcomeUnknown` when a write may have committed unseen.
+    """
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op],
+            timeout: float) -> TxnResult:
+        """One atomic transaction (etcd ``Txn``): at most 128 operations per branch (etcd's default limit)."""
+        ...
+
+    def read(self, key: str, range_end: str | None, timeout: float) -> tuple[tuple[KV, ...], int]:
+        """Serializable-free (linearizable) read of a key or range: ``(kvs, revision)``."""
+        ...
+
+    def grant_lease(self, ttl: int, timeout: float) -> int:
+        """A new lease of ``ttl`` seconds; returns its id."""
+        ...
+
+    def keepalive(self, lease_id: int, timeout: float) -> int:
+        """Refresh a lease; returns the remaining TTL (0 or less when it has expired)."""
+        ...
+
+    def revoke(self, lease_id: int, timeout: float) -> None:
+        ...
+
+    def close(self) -> None:
+        ...
