@@ -101,13 +101,33 @@ def _run_verb(service: IpamService, req: CniRequest, stderr: list[str]) -> dict[
         service.status(netconf)
         return None
     if req.command == "GC":
-        gc = getattr(service, "gc", None)
-        if gc is None:
-            raise InvalidConfig("GC is not supported yet")
-        for line in gc(req.name, req.conf):
-            stderr.append(line)
+        valid = gc_valid_attachments(req.conf)
+        if valid is None:
+            stderr.append("GC without cni.dev/valid-attachments or cni.dev/attachments: releasing nothing")
+            return None
+        service.gc(req.name, valid)
         return None
     raise TryAgainLater("unhandled verb %s" % req.command)
+
+
+def gc_valid_attachments(conf: dict[str, object]) -> set[tuple[str, str]] | None:
+    """The GC keep-list: ``cni.dev/valid-attachments``, else the legacy ``cni.dev/attachments`` (cni#1101),
+    as a set of (containerID, ifname); ``None`` when neither key is present (then GC releases nothing).
+    Raises :class:`InvalidConfig` (7) naming the key for a malformed list."""
+    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+        if key not in conf:
+            continue
+        raw = conf[key]
+        if not isinstance(raw, list):
+            raise InvalidConfig("%s %r is not a list" % (key, raw))
+        out = set()
+        for item in raw:
+            if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                    or not isinstance(item.get("ifname"), str):
+                raise InvalidConfig("%s entry %r needs string containerID and ifname" % (key, item))
+            out.add((item["containerID"], item["ifname"]))
+        return out
+    return None
 
 
 def _finish(service: IpamService, verb: str, started: float, status: int, stdout: bytes, stderr: list[str],

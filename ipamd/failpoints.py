@@ -2,7 +2,7 @@
 
 Inert unless ``IPAMD_FAILPOINTS`` is set, e.g. ``add.after_pick=pause:3;add.after_commit=crash``
 (field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS``, ``error``
-(raises a plain ``RuntimeError``, which the CNI path reports as code 999). Points: ``add.after_pick``,
+(raises a plain ``RuntimeError``, which the CNI path reports as code 999), ``error:N`` (only the first N hits). Points: ``add.after_pick``,
 ``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete``.
 """
 
@@ -20,6 +20,7 @@ class Failpoints:
 
     def __init__(self, spec: str = "") -> None:
         self._points: dict[str, str] = {}
+        self._hits: dict[str, int] = {}
         for item in spec.split(";"):
             name, sep, action = item.strip().partition("=")
             if sep and name:
@@ -41,3 +42,7 @@ class Failpoints:
             time.sleep(float(action.split(":", 1)[1]))
         elif action == "error":
             raise RuntimeError("failpoint %s" % point)
+        elif action.startswith("error:"):
+            n = self._hits[point] = self._hits.get(point, 0) + 1
+            if n <= int(action.split(":", 1)[1]):
+                raise RuntimeError("failpoint %s (hit %d)" % (point, n))

@@ -502,3 +502,93 @@ class IpamService:
             if pool.range.first_free(st.block.first, st.block.last, taken) is not None:
                 return True
         return False
+
+    # -- GC ------------------------------------------------------------------------------------------------
+
+    def gc(self, network: str, valid: set[tuple[str, str]]) -> int:
+        """Release every attachment of ``network`` whose (containerID, ifName) is not in ``valid`` (CNI GC,
+        cni-conformance.md §2.6). Only this network's handles are read; other networks are never touched.
+
+        Snapshot rule (field case B15, decision 2): the revision R is taken first; a handle created after R is
+        never released, and every delete compares the ``mod_revision`` it read. Deletes go in batches of at most
+        :data:`GC_BATCH_OPS` operations (etcd's 128-op limit, B24). Continues past failures and then raises one
+        :class:`TryAgainLater` summarising them; returns the number of attachments released.
+        """
+        self._require_ready()
+        deadline = time.monotonic() + self.request_timeout
+        with self._gc_lock(network):
+            prefix = handle_key(network + "/")
+            _, snapshot_rev = self.store.read(prefix, None, self.etcd_timeout)  # revision R of the liveness set
+            self.failpoints.hit("gc.after_snapshot")
+            kvs, _ = self.store.read(prefix, prefix_end(prefix), self.etcd_timeout)
+            stale: list[tuple[KV, HandleRecord]] = []
+            for kv in kvs:
+                if kv.create_revision > snapshot_rev:
+                    continue
+                rec = HandleRecord.decode(kv.value)
+                if (rec.container_id, rec.if_name) not in valid:
+                    stale.append((kv, rec))
+            failures: list[str] = []
+            released = 0
+            batch: list[tuple[KV, HandleRecord]] = []
+            ops = 0
+
+            def flush() -> None:
+                nonlocal released, ops
+                if batch:
+                    released += self._gc_release(batch, deadline, failures)
+                batch.clear()
+                ops = 0
+
+            for kv, rec in stale:
+                try:
+                    self.failpoints.hit("gc.before_delete")
+                except RuntimeError as exc:
+                    failures.append("%s: %s" % (rec.handle, exc))
+                    continue
+                need = len(rec.allocations) + 2
+                if ops + need > GC_BATCH_OPS:
+                    flush()
+                batch.append((kv, rec))
+                ops += need
+            flush()
+        self.metrics.gc_released.inc(released)
+        if released:
+            log.warning("GC released %d attachment(s) of network %s", released, network)
+        if failures:
+            raise TryAgainLater("GC of network %s released %d attachment(s), %d failed" %
+                                (network, released, len(failures)), "; ".join(failures[:20]))
+        return released
+
+    def _gc_release(self, batch: list[tuple[KV, HandleRecord]], deadline: float, failures: list[str]) -> int:
+        """Delete a batch in one transaction; on a failed compare fall back to one transaction per handle."""
+        def ops_for(kv: KV, rec: HandleRecord) -> tuple[list[Compare], list[Op]]:
+            return ([Compare(kv.key, "mod", "==", kv.mod_revision)],
+                    [Delete(a.ip_key) for a in rec.allocations] + [Delete(kv.key)])
+        compares: list[Compare] = []
+        success: list[Op] = []
+        for kv, rec in batch:
+            c, s = ops_for(kv, rec)
+            compares += c
+            success += s
+        try:
+            if self._txn("GC", compares, success, [], deadline).succeeded:
+                for _, rec in batch:
+                    self._after_delete(rec.handle, rec)
+                return len(batch)
+        except StoreUnavailable as exc:
+            if len(batch) == 1:
+                failures.append("%s: %s" % (batch[0][1].handle, exc.msg))
+                return 0
+        if len(batch) == 1:
+            return 0  # changed since the snapshot (re-ADDed or released): not stale any more
+        return sum(self._gc_release([item], deadline, failures) for item in batch)
+
+    @contextmanager
+    def _gc_lock(self, network: str) -> Iterator[None]:
+        with self._serialised("gc:" + network):
+            yield
+
+
+#: Operations per GC transaction, under etcd's default --max-txn-ops of 128.
+GC_BATCH_OPS = 120
