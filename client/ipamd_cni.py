@@ -7,7 +7,7 @@ present, ``ipam.socket`` (which socket to use) and ``cniVersion`` (for its own e
 
 Socket path: the network configuration's ``ipam.socket``, else ``IPAMD_CNI_SOCKET``, else ``/run/ipamd/cni.sock``.
 Deadline: ``IPAMD_CNI_TIMEOUT`` seconds (default 30). If the daemon cannot be reached: a code-11 error naming the
-socket (VERSION is answered locally instead, so a runtime's version probe never fails).
+socket (code 50 for STATUS; VERSION is answered locally instead, so a runtime's version probe never fails).
 """
 
 import _socket
@@ -189,8 +189,10 @@ def main():
         if isinstance(exc, TimeoutError) or "timed out" in reason:
             reason = "no answer within %g s" % timeout
         msg = "ipamd is not reachable on %s: %s" % (path, reason)
+        # STATUS reports "plugin not available" (50); every other verb "try again later" (11)
+        code = 50 if command == "STATUS" else 11
         _write(2, ("ipamd-cni: %s\n" % msg).encode())
-        _write(1, ('{"cniVersion":%s,"code":11,"msg":%s}' % (_quote(version or "1.1.0"), _quote(msg))).encode())
+        _write(1, ('{"cniVersion":%s,"code":%d,"msg":%s}' % (_quote(version or "1.1.0"), code, _quote(msg))).encode())
         return 1
     sock.close()
     if err:

@@ -41,7 +41,7 @@ def version_tuple(text: str) -> tuple[int, int, int] | None:
 
 def validate_container_id(value: str) -> None:
     """libcni ``ValidateContainerID``: non-empty, ``^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$``, any length. Raises code 4."""
-    if not _ID_RE.match(value) or value.endswith("\n"):
+    if not _ID_RE.fullmatch(value):
         raise InvalidEnvironment("invalid characters in containerID", "CNI_CONTAINERID %r" % value)
 
 
@@ -166,7 +166,7 @@ def decode_request(env: Mapping[str, str], stdin: bytes | None, stdin_error: str
         raise DecodeFailure("network configuration is not a JSON object")
     req.conf = conf
     name = conf.get("name")
-    if not isinstance(name, str) or not _ID_RE.match(name):
+    if not isinstance(name, str) or not _ID_RE.fullmatch(name):
         raise InvalidConfig("invalid network name %r" % (name,),
                             "name must match %s" % _ID_RE.pattern)
     raw_version = conf.get("cniVersion", "")
