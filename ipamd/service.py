@@ -220,10 +220,27 @@ class IpamService:
         handle = att.handle
         with self._serialised(handle):
             def attempt() -> list[Allocation] | None:
-                picks = self._plan(netconf, requested, deadline)
+                try:
+                    picks = self._plan(netconf, requested, deadline)
+                except (PoolExhausted, AddressUnavailable):
+                    # a retried ADD of an attachment that already holds its addresses must succeed even when
+                    # the pool is now full or its requested address is (by itself) taken (B06, T42)
+                    existing = self._read_handle(handle)
+                    if existing is not None:
+                        return list(existing.allocations)
+                    raise
                 self.failpoints.hit("add.after_pick")
                 return self._commit_add(att, netconf, picks, netns, pod or {}, deadline)
             return self._retrying("ADD", deadline, attempt)  # type: ignore[no-any-return]
+
+    def _read_handle(self, handle: str) -> HandleRecord | None:
+        kvs, _ = self.store.read(handle_key(handle), None, self.etcd_timeout)
+        if not kvs:
+            return None
+        rec = HandleRecord.decode(kvs[0].value)
+        with self._cache_lock:
+            self._cache.handles[handle] = (rec, kvs[0].mod_revision)
+        return rec
 
     def _plan(self, netconf: NetConf, requested: dict[int, tuple[Pool, int]], deadline: float) -> list[_Pick]:
         picks = []

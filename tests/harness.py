@@ -287,10 +287,22 @@ def snapshot_counts(endpoints: str, prefix: str) -> dict[str, int]:
 
 
 def assert_invariants(endpoints: str, prefix: str) -> dict[str, int]:
-    """Fail the test if any invariant of design.md §2 is broken; return record counts by kind."""
+    """Fail the test if any invariant of design.md §2 is broken; return record counts by kind.
+
+    Retries a few times on an unreachable endpoint: the client fails over to the next one on the next call
+    (a failover test may have killed a member)."""
+    from ipamd.store.base import StoreUnavailable
+
     store = EtcdStore(endpoints, prefix)
     try:
-        violations, counts = check_store(store)
+        for attempt in range(len(endpoints.split(",")) + 2):
+            try:
+                violations, counts = check_store(store)
+                break
+            except StoreUnavailable:
+                if attempt == len(endpoints.split(",")) + 1:
+                    raise
+                time.sleep(0.2)
     finally:
         store.close()
     assert not violations, "invariants broken:\n" + "\n".join(map(str, violations))
