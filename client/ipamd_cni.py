@@ -151,9 +151,12 @@ def main():
     command = env.get("CNI_COMMAND", "")
     chunks = []
     read_error = b""
+    # installed by `ipamd install-cni`, a sh line hands the runtime's stdin over on fd 3 (Python cannot start
+    # with a directory on fd 0, and that case must answer code 5)
+    fd = 3 if "--stdin-fd=3" in sys.argv[1:] else 0
     try:
         while True:
-            chunk = os.read(0, 1 << 16)
+            chunk = os.read(fd, 1 << 16)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -7,6 +7,7 @@ stopped by the PID it was started with.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -259,6 +260,24 @@ def cni_config(name: str = "testnet", version: str = "1.1.0", subnet: str | None
     return {"cniVersion": version, "name": name, "type": "bridge", "bridge": "cni0", "ipam": ipam_obj}
 
 
+_INSTALLED: list[str] = []
+
+
+def installed_shim() -> str:
+    """The plugin as operators install it (``ipamd install-cni``), once per test process, in a temp CNI bin dir."""
+    if not _INSTALLED:
+        from ipamd.__main__ import shim_text
+
+        bindir = _tmpdir("ipamd-cni-bin-")
+        atexit.register(shutil.rmtree, bindir, True)
+        path = os.path.join(bindir, "ipamd-cni")
+        with open(path, "w") as fh:
+            fh.write(shim_text(PYTHON, SHIM.read_text()))
+        os.chmod(path, 0o755)
+        _INSTALLED.append(path)
+    return _INSTALLED[0]
+
+
 def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | None = "c1",
             if_name: str | None = "eth0", netns: str | None = "/var/run/netns/none", args: str | None = None,
             env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 60.0,
@@ -274,7 +293,7 @@ def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | 
         e["IPAMD_CNI_SOCKET"] = socket
     e.update(env or {})
     data = stdin if stdin is not None else (conf if isinstance(conf, bytes) else json.dumps(conf).encode())
-    p = subprocess.run([PYTHON, "-I", "-S", str(SHIM)], input=data, capture_output=True, env=e, timeout=timeout)
+    p = subprocess.run([installed_shim()], input=data, capture_output=True, env=e, timeout=timeout)
     return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
 
 
