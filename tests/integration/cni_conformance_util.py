@@ -13,7 +13,7 @@ import os
 import subprocess
 from typing import Any
 
-from harness import PYTHON, SHIM, CniOutput, cni_config
+from harness import CniOutput, cni_config, installed_shim
 from ipamd.store.etcd import EtcdStore
 
 VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -57,6 +57,14 @@ def strict_json(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 
 
+def parse_stdout(out: CniOutput) -> Any:
+    """:func:`strict_json` of ``out.stdout``, failing with the whole output in the message."""
+    try:
+        return strict_json(out.stdout)
+    except (AssertionError, ValueError) as exc:
+        raise AssertionError("stdout is not one strict JSON document (%s): %r" % (exc, out)) from None
+
+
 def assert_ok_empty(out: CniOutput) -> None:
     """"ok-empty": exit 0 and nothing at all on stdout."""
     assert out.rc == 0, out
@@ -66,7 +74,7 @@ def assert_ok_empty(out: CniOutput) -> None:
 def assert_err(out: CniOutput, code: int, cni_version: str | None = None) -> dict[str, Any]:
     """"err N": non-zero exit and one well-formed error object with ``code`` N on stdout; returns it."""
     assert out.rc != 0, out
-    obj = strict_json(out.stdout)
+    obj = parse_stdout(out)
     assert isinstance(obj, dict), out
     assert obj.get("code") == code, out
     assert type(obj["code"]) is int, out
@@ -83,7 +91,7 @@ def assert_err(out: CniOutput, code: int, cni_version: str | None = None) -> dic
 def assert_result(out: CniOutput, version: str) -> dict[str, Any]:
     """A successful ADD: exit 0, one JSON object, ``cniVersion`` == request, abbreviated IPAM result (§3.1)."""
     assert out.rc == 0, out
-    obj = strict_json(out.stdout)
+    obj = parse_stdout(out)
     assert isinstance(obj, dict), out
     assert obj.get("cniVersion") == version, out
     assert "interfaces" not in obj, out
@@ -163,14 +171,18 @@ def handle_ips(daemon: Any, network: str, container_id: str, if_name: str) -> li
     return None if rec is None else [ip["address"] for ip in rec["ips"]]
 
 
-def ip_record(daemon: Any, key_suffix: str) -> list[str]:
-    """Keys under ``<prefix>ips/`` containing ``key_suffix`` (to check an address is not reserved)."""
+def ip_records(daemon: Any, address: str) -> list[str]:
+    """Keys of the address records (``<prefix>ips/<pool>/<hex>``) for ``address`` in any pool; [] if free."""
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    hexkey = format(int(ip), "08x" if ip.version == 4 else "032x")
     store = EtcdStore(daemon.endpoints, daemon.prefix)
     try:
         kvs, _ = store.read("ips/", "ips0", 5)
     finally:
         store.close()
-    return [kv.key for kv in kvs if key_suffix in kv.key]
+    return [kv.key for kv in kvs if kv.key.endswith("/" + hexkey)]
 
 
 def run_shim_raw(env: dict[str, str], *, socket: str | None, stdin: Any = None, input_: bytes | None = None,
@@ -183,9 +195,9 @@ def run_shim_raw(env: dict[str, str], *, socket: str | None, stdin: Any = None, 
     if socket is not None:
         e["IPAMD_CNI_SOCKET"] = socket
     if input_ is not None:
-        p = subprocess.run([PYTHON, "-I", "-S", str(SHIM)], input=input_, capture_output=True, env=e,
+        p = subprocess.run([installed_shim()], input=input_, capture_output=True, env=e,
                            timeout=timeout)
     else:
-        p = subprocess.run([PYTHON, "-I", "-S", str(SHIM)], stdin=stdin, capture_output=True, env=e,
+        p = subprocess.run([installed_shim()], stdin=stdin, capture_output=True, env=e,
                            timeout=timeout)
     return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
