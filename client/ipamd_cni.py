@@ -42,9 +42,15 @@ class _Scan:
                 return out.decode("utf-8", "replace")
             if c == 0x5C:
                 nxt = s[i + 1]
-                if nxt == 0x75:  # \uXXXX
-                    out += chr(int(s[i + 2:i + 6], 16)).encode("utf-8", "surrogatepass")
+                if nxt == 0x75:  # \uXXXX, joining a UTF-16 surrogate pair into one character
+                    code = int(s[i + 2:i + 6], 16)
                     i += 6
+                    if 0xD800 <= code < 0xDC00 and s[i:i + 2] == b"\\u":
+                        low = int(s[i + 2:i + 6], 16)
+                        if 0xDC00 <= low < 0xE000:
+                            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                            i += 6
+                    out += chr(code).encode("utf-8", "surrogatepass")
                     continue
                 out.append({0x6E: 10, 0x74: 9, 0x72: 13, 0x62: 8, 0x66: 12}.get(nxt, nxt))
                 i += 2

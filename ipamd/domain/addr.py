@@ -60,6 +60,17 @@ def parse_subnet(text: object, what: str = "subnet") -> IPNetwork:
         raise InvalidConfig("%s %r is not a valid CIDR" % (what, text)) from None
 
 
+def _merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint union of inclusive ``(lo, hi)`` spans (empty spans with lo > hi dropped)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(s for s in spans if s[0] <= s[1]):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Range:
     """One host-local range: a subnet and the inclusive span ``[start, end]`` allocations may come from.
@@ -117,10 +128,8 @@ class Range:
         specials = {v for v in (self.network, self.gateway, self.last if self.family == 4 else None)
                     if v is not None and self.start <= v <= self.end}
         n = self.end - self.start + 1 - len(specials)
-        for lo, hi in self.excludes:
-            lo, hi = max(lo, self.start), min(hi, self.end)
-            if lo <= hi:
-                n -= hi - lo + 1 - sum(1 for v in specials if lo <= v <= hi)
+        for lo, hi in _merge_spans((max(lo, self.start), min(hi, self.end)) for lo, hi in self.excludes):
+            n -= hi - lo + 1 - sum(1 for v in specials if lo <= v <= hi)
         return max(n, 0)
 
     def first_free(self, lo: int, hi: int, taken: Iterable[int] | set[int]) -> int | None:

@@ -47,6 +47,8 @@ def validate_container_id(value: str) -> None:
 
 def validate_if_name(value: str) -> None:
     """libcni ``ValidateInterfaceName``: 1..15 bytes (IFNAMSIZ), not ``.``/``..``, no ``/``, ``:`` or whitespace."""
+    if not value:
+        raise InvalidEnvironment("interface name is empty", "CNI_IFNAME must be 1 to 15 bytes")
     if len(value.encode()) > 15:
         raise InvalidEnvironment("interface name is too long", "CNI_IFNAME %r is longer than 15 bytes" % value)
     if value in (".", ".."):

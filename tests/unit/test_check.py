@@ -1,0 +1,247 @@
+"""The invariant checker (ipamd.check.check_snapshot) on hand-built snapshots of the key space.
+
+Invariants (ipamd/check.py, design.md §2): 1 = address records and handles name each other; 2 = every address is
+usable in its pool and lies in a block with an owner; 3 = no attachment holds two addresses of one pool, blocks of
+a pool do not overlap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+
+from ipamd.check import Violation, check_snapshot
+from ipamd.domain.addr import Block
+from ipamd.domain.model import (Allocation, HandleRecord, block_key, encode_block_record, encode_ip_record,
+                                handle_key, ip_key, pool_key)
+from ipamd.store.base import KV
+
+POOL = "net1/0a010200-24"
+POOL6 = "net1/20010db8000000000000000000000000-64"
+
+
+def ip(text: str) -> int:
+    return int(ipaddress.ip_address(text))
+
+
+class Snapshot:
+    """Builds key-values the way the service writes them (ipamd/service.py _pool_spec/_commit_add)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, bytes] = {}
+
+    def pool(self, pool_id: str = POOL, subnet: str = "10.1.2.0/24", start: str = "10.1.2.1",
+             end: str = "10.1.2.254", gateway: str | None = "10.1.2.1", exclude: list[str] | None = None) -> None:
+        spec = {"network": pool_id.partition("/")[0], "subnet": subnet, "rangeStart": start, "rangeEnd": end,
+                "gateway": gateway, "blockSize": 26, "exclude": exclude or []}
+        self.kv[pool_key(pool_id)] = json.dumps(spec).encode()
+
+    def block(self, first: str, prefix: int = 26, node: str = "n1", pool_id: str = POOL) -> None:
+        addr = ipaddress.ip_address(first)
+        self.kv[block_key(pool_id, Block(addr.version, int(addr), prefix))] = encode_block_record(node)
+
+    def attach(self, cid: str, addresses: list[tuple[str, str]], *, ip_records: bool = True,
+               handle: bool = True, if_name: str = "eth0") -> str:
+        """``addresses`` = [(pool id, "a.b.c.d/prefix")]; writes the handle and (optionally) the ip records."""
+        allocs = []
+        for pool_id, cidr in addresses:
+            iface = ipaddress.ip_interface(cidr)
+            allocs.append(Allocation(pool_id, iface.version, int(iface.ip), iface.network.prefixlen, None))
+        rec = HandleRecord("net1", cid, if_name, "n1", tuple(allocs))
+        if handle:
+            self.kv[handle_key(rec.handle)] = rec.encode()
+        if ip_records:
+            for a in allocs:
+                self.kv[a.ip_key] = encode_ip_record(rec.handle, "n1")
+        return rec.handle
+
+    def kvs(self) -> list[KV]:
+        return [KV(k, v, i + 1, i + 1, 1) for i, (k, v) in enumerate(sorted(self.kv.items()))]
+
+
+def consistent() -> Snapshot:
+    s = Snapshot()
+    s.pool()
+    s.pool(POOL6, "2001:db8::/64", "2001:db8::1", "2001:db8::ffff:ffff:ffff:ffff", "2001:db8::1")
+    s.block("10.1.2.0")
+    s.block("10.1.2.64", node="n2")
+    s.block("2001:db8::", 122, pool_id=POOL6)
+    s.attach("c1", [(POOL, "10.1.2.2/24"), (POOL6, "2001:db8::2/64")])
+    s.attach("c2", [(POOL, "10.1.2.3/24")])
+    s.attach("c3", [(POOL, "10.1.2.65/24")])
+    s.attach("c1", [(POOL, "10.1.2.4/24")], if_name="net1")
+    return s
+
+
+def invariants(violations: list[Violation]) -> set[int]:
+    return {v.invariant for v in violations}
+
+
+def test_consistent_snapshot_has_no_violations() -> None:
+    assert check_snapshot(consistent().kvs()) == []
+
+
+def test_empty_snapshot_has_no_violations() -> None:
+    assert check_snapshot([]) == []
+
+
+def test_unrelated_keys_ignored() -> None:
+    kvs = consistent().kvs() + [KV("nodes/n1", b'{"x":1}', 1, 1, 1)]
+    assert check_snapshot(kvs) == []
+
+
+def test_ip_record_whose_handle_is_missing() -> None:
+    s = consistent()
+    s.attach("ghost", [(POOL, "10.1.2.10/24")], handle=False)
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {1}
+    assert violations[0].key == ip_key(POOL, 4, ip("10.1.2.10"))
+    assert "net1/ghost/eth0" in violations[0].message
+
+
+def test_ip_record_naming_a_handle_that_does_not_list_it() -> None:
+    s = consistent()
+    s.kv[ip_key(POOL, 4, ip("10.1.2.11"))] = encode_ip_record("net1/c2/eth0", "n1")
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {1}
+    assert violations[0].key == ip_key(POOL, 4, ip("10.1.2.11"))
+
+
+def test_handle_listing_an_address_without_record() -> None:
+    s = consistent()
+    h = s.attach("c9", [(POOL, "10.1.2.12/24")], ip_records=False)
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {1}
+    assert violations[0].key == handle_key(h)
+    assert "10.1.2.12/24" in violations[0].message
+
+
+def test_handle_listing_an_address_whose_record_names_another_handle() -> None:
+    s = consistent()
+    h = s.attach("c9", [(POOL, "10.1.2.13/24")], ip_records=False)
+    s.kv[ip_key(POOL, 4, ip("10.1.2.13"))] = encode_ip_record("net1/c2/eth0", "n1")
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {1}
+    assert handle_key(h) in {v.key for v in violations}
+
+
+@pytest.mark.parametrize("address", [
+    "10.1.2.1/24",     # the gateway
+    "10.1.2.0/24",     # the network address
+])
+def test_address_outside_usable_set(address: str) -> None:
+    s = consistent()
+    s.attach("c9", [(POOL, address)])
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {2}
+    assert [v.key for v in violations] == [ip_key(POOL, 4, int(ipaddress.ip_interface(address).ip))]
+    assert "not usable" in violations[0].message
+
+
+def test_address_outside_range_bounds() -> None:
+    s = Snapshot()
+    s.pool(start="10.1.2.10", end="10.1.2.20")
+    s.block("10.1.2.0")
+    s.attach("c1", [(POOL, "10.1.2.30/24")])
+    assert invariants(check_snapshot(s.kvs())) == {2}
+
+
+def test_address_in_excluded_span() -> None:
+    s = Snapshot()
+    s.pool(exclude=["10.1.2.5-10.1.2.9"])
+    s.block("10.1.2.0")
+    s.attach("c1", [(POOL, "10.1.2.10/24")])
+    assert check_snapshot(s.kvs()) == []
+    s.attach("c2", [(POOL, "10.1.2.7/24")])
+    assert invariants(check_snapshot(s.kvs())) == {2}
+
+
+def test_broadcast_address_not_usable() -> None:
+    s = Snapshot()
+    s.pool(end="10.1.2.255")   # even a pool record with a bound on the broadcast: never usable
+    s.block("10.1.2.192")
+    s.attach("c1", [(POOL, "10.1.2.255/24")])
+    assert invariants(check_snapshot(s.kvs())) == {2}
+
+
+def test_address_in_no_block() -> None:
+    s = consistent()
+    s.attach("c9", [(POOL, "10.1.2.200/24")])   # no block covers .192/26
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {2}
+    assert "block" in violations[0].message
+
+
+def test_address_in_a_block_without_owner() -> None:
+    s = consistent()
+    s.block("10.1.2.128", node="")
+    s.attach("c9", [(POOL, "10.1.2.130/24")])
+    assert invariants(check_snapshot(s.kvs())) == {2}
+
+
+def test_address_in_a_block_of_another_pool() -> None:
+    s = consistent()
+    other = "net1/0a010300-24"
+    s.pool(other, "10.1.3.0/24", "10.1.3.1", "10.1.3.254", "10.1.3.1")
+    s.block("10.1.2.192", pool_id=other)   # a block key under the wrong pool does not count
+    s.attach("c9", [(POOL, "10.1.2.200/24")])
+    assert 2 in invariants(check_snapshot(s.kvs()))
+
+
+def test_address_of_a_pool_without_pool_record() -> None:
+    s = consistent()
+    other = "net1/0a010300-24"
+    s.block("10.1.3.0", pool_id=other)
+    s.attach("c9", [(other, "10.1.3.5/24")])
+    assert invariants(check_snapshot(s.kvs())) == {2}
+
+
+def test_two_addresses_of_one_pool_in_a_handle() -> None:
+    s = consistent()
+    h = s.attach("c9", [(POOL, "10.1.2.20/24"), (POOL, "10.1.2.21/24")])
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {3}
+    assert [v.key for v in violations] == [handle_key(h)]
+
+
+def test_overlapping_blocks() -> None:
+    s = consistent()
+    s.block("10.1.2.0", prefix=28, node="n3")    # inside 10.1.2.0/26
+    violations = check_snapshot(s.kvs())
+    assert invariants(violations) == {3}
+
+
+def test_handle_record_naming_another_attachment() -> None:
+    s = consistent()
+    rec = HandleRecord("net1", "cX", "eth0", "n1", ())
+    s.kv[handle_key("net1/cY/eth0")] = rec.encode()
+    assert invariants(check_snapshot(s.kvs())) == {1}
+
+
+@pytest.mark.parametrize("key, value", [
+    (handle_key("net1/c9/eth0"), b"not json"),
+    (ip_key(POOL, 4, ip("10.1.2.50")), b"{"),
+    (block_key(POOL, Block(4, ip("10.1.2.128"), 26)), b"]"),
+])
+def test_undecodable_records_reported(key: str, value: bytes) -> None:
+    s = consistent()
+    s.kv[key] = value
+    violations = check_snapshot(s.kvs())
+    assert key in {v.key for v in violations}
+
+
+def test_violation_str() -> None:
+    v = Violation(2, "ips/x", "msg")
+    assert str(v) == "INV2 ips/x: msg"
+
+
+def test_snapshot_helper_matches_model_layout() -> None:
+    # The helper writes exactly the keys of the documented layout.
+    s = consistent()
+    prefixes: dict[str, Any] = {}
+    for key in s.kv:
+        prefixes.setdefault(key.split("/", 1)[0], 0)
+    assert set(prefixes) == {"pools", "blocks", "ips", "handles"}
