@@ -95,13 +95,13 @@ def check_snapshot(kvs: Iterable[KV]) -> list[Violation]:
         if h.handle != handle:
             out.append(Violation(1, HANDLES + handle, "record names attachment %r" % h.handle))
         seen_pools: set[str] = set()
-        for a in h.allocations:
-            rec = ips.get(a.ip_key[len(IPS):])
-            if rec is None or rec.get("handle") != handle:
-                out.append(Violation(1, HANDLES + handle, "address %s has no record naming this handle" % a.cidr))
-            if a.pool_id in seen_pools:
-                out.append(Violation(3, HANDLES + handle, "two addresses in pool %s" % a.pool_id))
-            seen_pools.add(a.pool_id)
+        for alloc in h.allocations:
+            ip_rec = ips.get(alloc.ip_key[len(IPS):])
+            if ip_rec is None or ip_rec.get("handle") != handle:
+                out.append(Violation(1, HANDLES + handle, "address %s has no record naming this handle" % alloc.cidr))
+            if alloc.pool_id in seen_pools:
+                out.append(Violation(3, HANDLES + handle, "two addresses in pool %s" % alloc.pool_id))
+            seen_pools.add(alloc.pool_id)
     for pool_id, blks in blocks.items():
         firsts = sorted(blks, key=lambda b: b[0].first)
         for (a, _), (b, _) in zip(firsts, firsts[1:]):

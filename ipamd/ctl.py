@@ -59,13 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("%s/%s/%s\t%s\tnode=%s" % (a.network, a.container_id, a.if_name,
                                                     ",".join(x.address for x in a.addresses), a.node))
             elif args.cmd == "get":
-                a = client.get(args.network, args.container_id, args.if_name)
-                if a is None:
+                found = client.get(args.network, args.container_id, args.if_name)
+                if found is None:
                     print("not found", file=sys.stderr)
                     return 1
-                print(json.dumps({"network": a.network, "containerID": a.container_id, "ifName": a.if_name,
-                                  "addresses": [x.address for x in a.addresses], "node": a.node, "pod": a.pod},
-                                 indent=2))
+                print(json.dumps({"network": found.network, "containerID": found.container_id,
+                                  "ifName": found.if_name, "addresses": [x.address for x in found.addresses],
+                                  "node": found.node, "pod": found.pod}, indent=2))
             elif args.cmd == "release":
                 print("released %d address(es)" % client.release(args.network, args.container_id, args.if_name))
         return 0

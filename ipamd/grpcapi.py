@@ -90,7 +90,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         requested = requested_addresses(req, netconf)
         allocations = self.service.add(att, netconf, requested=requested, netns=request.netns,
                                        pod=dict(request.pod))
-        version = conf.get("cniVersion") if isinstance(conf.get("cniVersion"), str) else "1.1.0"
+        raw_version = conf.get("cniVersion")
+        version = raw_version if isinstance(raw_version, str) and raw_version else "1.1.0"
         rec = HandleRecord(att.network, att.container_id, att.if_name, self.service.node, tuple(allocations),
                            request.netns, dict(request.pod))
         return ipam_pb2.AllocateResponse(allocation=_allocation_msg(rec),
@@ -110,7 +111,7 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
     @_guard("ListAllocations")
     def ListAllocations(self, request: Any, context: grpc.ServicerContext) -> Any:
         return ipam_pb2.ListAllocationsResponse(
-            allocations=[_allocation_msg(r) for r in self.service.list(request.network)])
+            allocations=[_allocation_msg(r) for r in self.service.list_attachments(request.network)])
 
 
 class GrpcServer:

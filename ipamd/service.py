@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from contextlib import contextmanager
 
-from .domain.addr import Block, Range, block_of, candidate_blocks, to_ip
+from .domain.addr import Block, block_of, candidate_blocks, to_ip
 from .domain.cni import Attachment
 from .domain.errors import (AddressUnavailable, CheckMismatch, CheckNoAllocation, NotAvailable, PoolExhausted,
                             TryAgainLater)
@@ -221,7 +221,7 @@ class IpamService:
         with self._serialised(handle):
             def attempt() -> list[Allocation] | None:
                 try:
-                    picks = self._plan(netconf, requested, deadline)
+                    picks = self._plan(netconf, requested)
                 except (PoolExhausted, AddressUnavailable):
                     # a retried ADD of an attachment that already holds its addresses must succeed even when
                     # the pool is now full or its requested address is (by itself) taken (B06, T42)
@@ -242,7 +242,7 @@ class IpamService:
             self._cache.handles[handle] = (rec, kvs[0].mod_revision)
         return rec
 
-    def _plan(self, netconf: NetConf, requested: dict[int, tuple[Pool, int]], deadline: float) -> list[_Pick]:
+    def _plan(self, netconf: NetConf, requested: dict[int, tuple[Pool, int]]) -> list[_Pick]:
         picks = []
         for index, rset in enumerate(netconf.range_sets):
             if index in requested:
@@ -430,7 +430,7 @@ class IpamService:
                 rev: int = state["rev"]
                 success: list[Op] = []
                 if rec is not None:
-                    success = [Delete(a.ip_key) for a in rec.allocations] + [Delete(hkey)]
+                    success = [*(Delete(a.ip_key) for a in rec.allocations), Delete(hkey)]
                 self.failpoints.hit("del.before_commit")
                 res = self._txn("DEL", [Compare(hkey, "mod", "==", rev)], success, [Get(hkey)], deadline)
                 if res.succeeded:
@@ -460,7 +460,7 @@ class IpamService:
         kvs, _ = self.store.read(handle_key(att.handle), None, self.etcd_timeout)
         return HandleRecord.decode(kvs[0].value) if kvs else None
 
-    def list(self, network: str = "") -> list[HandleRecord]:
+    def list_attachments(self, network: str = "") -> list[HandleRecord]:
         """All attachments, or those of one ``network``, read from etcd in key order."""
         self._require_ready()
         prefix = handle_key(network + "/" if network else "")
@@ -580,8 +580,8 @@ class IpamService:
     def _gc_release(self, batch: list[tuple[KV, HandleRecord]], deadline: float, failures: list[str]) -> int:
         """Delete a batch in one transaction; on a failed compare fall back to one transaction per handle."""
         def ops_for(kv: KV, rec: HandleRecord) -> tuple[list[Compare], list[Op]]:
-            return ([Compare(kv.key, "mod", "==", kv.mod_revision)],
-                    [Delete(a.ip_key) for a in rec.allocations] + [Delete(kv.key)])
+            deletes: list[Op] = [Delete(a.ip_key) for a in rec.allocations]
+            return [Compare(kv.key, "mod", "==", kv.mod_revision)], deletes + [Delete(kv.key)]
         compares: list[Compare] = []
         success: list[Op] = []
         for kv, rec in batch:

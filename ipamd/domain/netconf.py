@@ -176,7 +176,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     for i, raw_set in enumerate(raw_sets):
         if not isinstance(raw_set, list) or not raw_set:
             raise InvalidConfig("ipam.ranges[%d] %r is not a non-empty list of ranges" % (i, raw_set))
-        pools = []
+        pools: list[Pool] = []
         for j, raw_range in enumerate(raw_set):
             where = "ipam.ranges[%d][%d]" % (i, j)
             rng = Range.from_config(raw_range, where).with_excludes(excludes)
