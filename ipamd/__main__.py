@@ -63,8 +63,10 @@ def install_cni(argv: Sequence[str]) -> int:
     return 0
 
 
-def _keep_node_alive(service, cfg, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
-    """Keep ``nodes/<node>`` on a lease while running; re-create it after an etcd outage; revoke on stop."""
+def _keep_node_alive(service, cfg, stop: threading.Event,  # type: ignore[no-untyped-def]
+                     registered: threading.Event) -> None:
+    """Keep ``nodes/<node>`` on a lease while running; re-create it after an etcd outage; revoke on stop.
+    Sets ``registered`` once the record is first written (the daemon is not ready before that)."""
     lease = 0
     while not stop.is_set():
         try:
@@ -73,10 +75,11 @@ def _keep_node_alive(service, cfg, stop: threading.Event) -> None:  # type: igno
                 service.store.txn([], [Put(node_key(cfg.node_name), dumps({"node": cfg.node_name,
                                                                              "pid": os.getpid()}), lease)],
                                   [], cfg.etcd_timeout)
+            registered.set()
         except StoreUnavailable as exc:
             log.debug("node lease: %s", exc)
             lease = 0
-        stop.wait(max(1.0, cfg.node_lease_ttl / 3))
+        stop.wait(0.5 if lease == 0 else max(1.0, cfg.node_lease_ttl / 3))
     if lease:
         try:
             service.store.revoke(lease, cfg.etcd_timeout)
@@ -120,11 +123,17 @@ def run(cfg: config_mod.DaemonConfig) -> int:
              cfg.grpc_socket, endpoints, cfg.etcd_prefix,
              ", metrics on %s" % cfg.metrics_address if cfg.metrics_address else "")
 
+    registered = threading.Event()
+
     def first_sync() -> None:
         delay = 0.1
         while not stop.is_set():
             try:
                 service.sync()
+                while not registered.wait(0.1):  # the node record is written before the daemon reports ready
+                    if stop.is_set():
+                        return
+                service.set_ready()
                 grpc_server.set_serving(True)
                 log.info("first sync with etcd done; ready")
                 return
@@ -134,7 +143,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                 delay = min(delay * 2, 5.0)
 
     threading.Thread(target=first_sync, name="sync", daemon=True).start()
-    lease_thread = threading.Thread(target=_keep_node_alive, args=(service, cfg, stop), name="lease", daemon=True)
+    lease_thread = threading.Thread(target=_keep_node_alive, args=(service, cfg, stop, registered), name="lease",
+                                    daemon=True)
     lease_thread.start()
     stop.wait()
     log.info("stopping: finishing requests in flight")

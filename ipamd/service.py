@@ -92,7 +92,7 @@ class IpamService:
     def sync(self) -> None:
         """First sync with etcd: load every block record and the address records of this node's blocks.
 
-        Raises :class:`StoreUnavailable` if etcd cannot be read; sets :attr:`ready` on success. Idempotent.
+        Raises :class:`StoreUnavailable` if etcd cannot be read. Idempotent; :meth:`set_ready` follows it.
         """
         kvs, _rev = self.store.read(BLOCKS, prefix_end(BLOCKS), self.etcd_timeout)
         blocks: dict[str, dict[int, _BlockState]] = {}
@@ -108,6 +108,9 @@ class IpamService:
                     st.taken = self._read_taken(pool_id, st.block)
         with self._cache_lock:
             self._cache.blocks = blocks
+
+    def set_ready(self) -> None:
+        """Start serving ADD (until then ADD/DEL/CHECK/GC answer code 11 and STATUS 50)."""
         self.ready = True
         self.metrics.ready.set(1)
 
