@@ -1,7 +1,7 @@
 """ipamd-cni: the CNI IPAM plugin. Forwards one CNI call to the node's ipamd over a unix socket.
 
-Imports only modules built into the interpreter (``_socket``, ``os``, ``sys``) so that one call costs about as much
-as starting Python (design.md §1). It reads ``CNI_*`` and all of stdin, sends them unchanged (framing v1,
+Imports only modules built into the interpreter (``_socket``, ``posix``, ``sys``; not even ``os``, which costs ~1 ms)
+so that one call costs about as much as starting Python (design.md §1). It reads ``CNI_*`` and all of stdin, sends them unchanged (framing v1,
 docs/cni-socket.md), writes the daemon's stdout/stderr and exits with its status. It parses nothing except, when
 present, ``ipam.socket`` (which socket to use) and ``cniVersion`` (for its own error object).
 
@@ -11,7 +11,7 @@ socket (code 50 for STATUS; VERSION is answered locally instead, so a runtime's 
 """
 
 import _socket
-import os
+import posix
 import sys
 
 MAGIC = b"IPAMD1\n"
@@ -134,7 +134,7 @@ def _quote(text):
 
 def _write(fd, data):
     while data:
-        n = os.write(fd, data)
+        n = posix.write(fd, data)
         data = data[n:]
 
 
@@ -152,30 +152,28 @@ def _section(data):
     return len(data).to_bytes(4, "big") + data
 
 
-def main():
-    env = os.environ
-    command = env.get("CNI_COMMAND", "")
+def main(stdin_fd=0):
+    """One CNI call. ``stdin_fd`` is where the runtime's stdin is (3 when run by the installed plugin script)."""
+    env = posix.environ  # bytes -> bytes, forwarded unchanged
+    command = env.get(b"CNI_COMMAND", b"").decode("utf-8", "replace")
     chunks = []
     read_error = b""
-    # installed by `ipamd install-cni`, a sh line hands the runtime's stdin over on fd 3 (Python cannot start
-    # with a directory on fd 0, and that case must answer code 5)
-    fd = 3 if "--stdin-fd=3" in sys.argv[1:] else 0
     try:
         while True:
-            chunk = os.read(fd, 1 << 16)
+            chunk = posix.read(stdin_fd, 1 << 16)
             if not chunk:
                 break
             chunks.append(chunk)
     except OSError as exc:
         read_error = (exc.strerror or "read error").encode()
     data = b"".join(chunks)
-    version, conf_socket = _pick(data) if data else (None, None)
-    path = conf_socket or env.get("IPAMD_CNI_SOCKET") or DEFAULT_SOCKET
-    env_bytes = b"".join(k.encode("utf-8", "surrogateescape") + b"=" + v.encode("utf-8", "surrogateescape") + b"\0"
-                         for k, v in env.items() if k.startswith("CNI_"))
+    # the config is scanned only when it names a socket; cniVersion is picked only for an error of our own
+    conf_socket = _pick(data)[1] if b'"socket"' in data else None
+    path = conf_socket or env.get(b"IPAMD_CNI_SOCKET", b"").decode("utf-8", "surrogateescape") or DEFAULT_SOCKET
+    env_bytes = b"".join(k + b"=" + v + b"\0" for k, v in env.items() if k.startswith(b"CNI_"))
     frame = MAGIC + _section(env_bytes) + _section(data) + _section(read_error)
     try:
-        timeout = float(env.get("IPAMD_CNI_TIMEOUT") or 30)
+        timeout = float(env.get(b"IPAMD_CNI_TIMEOUT") or 30)
     except ValueError:
         timeout = 30.0
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -191,6 +189,7 @@ def main():
         status = head[-1]
     except OSError as exc:
         sock.close()
+        version = _pick(data)[0] if data else None
         if command == "VERSION":
             _write(1, ('{"cniVersion":%s,"supportedVersions":%s}' % (_quote(version or "1.1.0"), SUPPORTED)).encode())
             return 0

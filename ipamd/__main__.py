@@ -24,42 +24,70 @@ from .store.base import Put, StoreUnavailable
 log = logging.getLogger("ipamd")
 
 
-#: First two lines of the installed plugin: valid sh (exec) and valid Python (a string expression).
-SHIM_HEAD = "#!/bin/sh\n''''exec '%s' -I -S \"$0\" --stdin-fd=3 \"$@\" 3<&0 0</dev/null # '''\n"
+#: The installed plugin: a sh script that execs Python on the shim module kept in ``<dir>/.<name>/``.
+PLUGIN_SCRIPT = """#!/bin/sh
+# %(name)s: the ipamd CNI plugin (installed by `ipamd install-cni`; the shim lives in %(libdir)s).
+# The runtime's stdin moves to fd 3 and Python gets /dev/null: CPython refuses to start with a directory on
+# stdin, and the CNI contract wants error code 5 for that case.
+exec '%(interpreter)s' -I -S -c 'import sys;sys.path[:0]=["%(libdir)s"];import ipamd_cni;sys.exit(ipamd_cni.main(3))' "$@" 3<&0 0</dev/null
+"""
 
 
-def shim_text(interpreter: str, source: str) -> str:
-    """The installed plugin: a sh line that execs Python on this same file (see :func:`install_cni`)."""
-    return SHIM_HEAD % interpreter + source
+def default_interpreter() -> str:
+    """The node's system ``/usr/bin/python3`` when present (it starts faster than most others), else this Python's
+    real binary (never a pyenv shim)."""
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
+
+
+def install_plugin(directory: str, interpreter: str | None = None, name: str = "ipamd-cni") -> Path:
+    """Install the CNI plugin as ``<directory>/<name>`` and return its path. Idempotent (atomic replaces).
+
+    The plugin is a two-line ``/bin/sh`` script that execs ``<interpreter> -I -S`` (isolated, no ``site``) and
+    imports the shim from ``<directory>/.<name>/ipamd_cni.py``, whose byte code is compiled here with that
+    interpreter: a call then costs about as much as the interpreter's own start (docs/benchmarks.md). If the
+    interpreter is later upgraded, Python recompiles from the source next to it. Raises ``SystemExit`` for an
+    interpreter path with a quote in it, ``OSError`` if the directory cannot be written.
+    """
+    import subprocess
+
+    import ipamd_cni
+
+    interpreter = interpreter or default_interpreter()
+    if "'" in interpreter or '"' in directory or "'" in directory:
+        raise SystemExit("ipamd install-cni: paths may not contain quotes")
+    target = Path(directory).resolve() / name
+    libdir = target.with_name("." + name)
+    libdir.mkdir(parents=True, exist_ok=True)
+    module = libdir / "ipamd_cni.py"
+    tmp = libdir / ".ipamd_cni.py.tmp"
+    tmp.write_text(Path(ipamd_cni.__file__).read_text())
+    os.replace(tmp, module)
+    compiled = subprocess.run(
+        [interpreter, "-I", "-S", "-c",
+         "import importlib.util as u,py_compile as c,sys;p=sys.argv[1];c.compile(p,u.cache_from_source(p),doraise=True)",
+         str(module)], capture_output=True, text=True)
+    if compiled.returncode != 0:
+        print("ipamd install-cni: warning: could not precompile with %s (the first call will): %s"
+              % (interpreter, compiled.stderr.strip()[-300:]), file=sys.stderr)
+    tmp = target.with_name("." + name + ".tmp")
+    tmp.write_text(PLUGIN_SCRIPT % {"name": name, "libdir": libdir, "interpreter": interpreter})
+    tmp.chmod(0o755)
+    os.replace(tmp, target)
+    return target
 
 
 def install_cni(argv: Sequence[str]) -> int:
-    """``ipamd install-cni DIR [--interpreter PATH] [--name NAME]``: write the CNI plugin into ``DIR``.
-
-    The file is a ``/bin/sh`` + Python polyglot: its second line execs ``<interpreter> -I -S`` (isolated, no site
-    import) on the file itself, handing the runtime's stdin over on fd 3 and giving Python ``/dev/null`` as stdin,
-    because CPython refuses to start when its stdin is a directory and the CNI contract wants code 5 for that
-    (cni-conformance.md T13). A call costs little more than the interpreter's own start (dash adds ~1 ms).
-    Default interpreter: this Python's real binary (not a pyenv shim). Idempotent: replaced atomically.
-    """
-    p = argparse.ArgumentParser(prog="ipamd install-cni", description=install_cni.__doc__)
+    """``ipamd install-cni DIR [--interpreter PATH] [--name NAME]``: install the CNI plugin into ``DIR``
+    (see :func:`install_plugin`)."""
+    p = argparse.ArgumentParser(prog="ipamd install-cni", description=install_plugin.__doc__)
     p.add_argument("dir", help="CNI bin directory, e.g. /opt/cni/bin")
-    p.add_argument("--interpreter", default=os.path.realpath(sys.executable),
-                   help="python3 the plugin runs with on this node (default: %(default)s)")
+    p.add_argument("--interpreter", default=None,
+                   help="python3 the plugin runs with on this node (default: %s)" % default_interpreter())
     p.add_argument("--name", default="ipamd-cni", help="file name; the network config's ipam.type")
     args = p.parse_args(list(argv))
-    import ipamd_cni
-
-    source = Path(ipamd_cni.__file__).read_text()
-    target = Path(args.dir) / args.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name("." + args.name + ".tmp")
-    if "'" in args.interpreter:
-        raise SystemExit("ipamd install-cni: interpreter path may not contain a single quote")
-    tmp.write_text(shim_text(args.interpreter, source))
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
-    print("installed %s (interpreter %s)" % (target, args.interpreter))
+    interpreter = args.interpreter or default_interpreter()
+    target = install_plugin(args.dir, interpreter, args.name)
+    print("installed %s (interpreter %s)" % (target, interpreter))
     return 0
 
 

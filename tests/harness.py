@@ -266,15 +266,11 @@ _INSTALLED: list[str] = []
 def installed_shim() -> str:
     """The plugin as operators install it (``ipamd install-cni``), once per test process, in a temp CNI bin dir."""
     if not _INSTALLED:
-        from ipamd.__main__ import shim_text
+        from ipamd.__main__ import install_plugin
 
         bindir = _tmpdir("ipamd-cni-bin-")
         atexit.register(shutil.rmtree, bindir, True)
-        path = os.path.join(bindir, "ipamd-cni")
-        with open(path, "w") as fh:
-            fh.write(shim_text(PYTHON, SHIM.read_text()))
-        os.chmod(path, 0o755)
-        _INSTALLED.append(path)
+        _INSTALLED.append(str(install_plugin(bindir)))
     return _INSTALLED[0]
 
 

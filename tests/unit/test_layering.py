@@ -1,7 +1,7 @@
 """Imports point one way (docs/DEVELOPING.md "Layout", house style "Layout: imports point one way").
 
 Parses every module with ``ast`` (nothing is imported): domain is pure stdlib, only the etcd store imports
-``pyetcd``, the service never imports the etcd store, the shim imports only ``_socket``, ``os`` and ``sys``.
+``pyetcd``, the service never imports the etcd store, the shim imports only ``_socket``, ``posix`` and ``sys``.
 Imports inside functions count too.
 """
 
@@ -114,5 +114,5 @@ def test_store_contract_is_pure() -> None:
 
 def test_shim_imports_only_builtins() -> None:
     names = imports_of(SHIM)
-    assert names <= {"_socket", "os", "sys"}, sorted(names)
+    assert names <= {"_socket", "posix", "sys"}, sorted(names)
     assert not any(n.startswith("ipamd") for n in names)

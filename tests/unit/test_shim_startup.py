@@ -55,12 +55,10 @@ def importtime(args: list[str], env: dict[str, str], data: bytes = b"") -> subpr
 
 @pytest.fixture(scope="module")
 def baseline() -> set[str]:
-    """The interpreter's own start-up set under ``-I -S``, plus what ``import os`` itself pulls in (the shim
-    imports ``os`` by design; a normal interpreter start imports it through ``site`` anyway)."""
+    """The interpreter's own start-up set under ``-I -S`` (the shim uses ``posix`` directly, not ``os``)."""
     bare = importtime(["-c", "pass"], {})
-    with_os = importtime(["-c", "import os"], {})
-    mods = imported_modules(bare.stderr.decode()) | imported_modules(with_os.stderr.decode())
-    assert "encodings" in mods and "os" in mods
+    mods = imported_modules(bare.stderr.decode())
+    assert "encodings" in mods
     return mods
 
 
@@ -77,7 +75,7 @@ def test_shim_imports_nothing_beyond_start_up_and_socket(baseline: set[str],
     assert "_socket" in mods
     extra = mods - baseline - {"_socket"}
     assert not extra, "the shim imported %s" % sorted(extra)
-    for heavy in ("json", "socket", "struct", "re", "selectors", "ipaddress", "ipamd"):
+    for heavy in ("os", "json", "socket", "struct", "re", "selectors", "ipaddress", "ipamd"):
         assert heavy not in mods
 
 
