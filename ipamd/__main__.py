@@ -24,12 +24,13 @@ from .store.base import Put, StoreUnavailable
 log = logging.getLogger("ipamd")
 
 
-#: The installed plugin: a sh script that execs Python on the shim module kept in ``<dir>/.<name>/``.
+#: The installed plugin: a sh script that execs Python on the shim module kept in ``.<name>/`` beside it (found
+#: from ``$0``, so the directory can be mounted elsewhere, as a DaemonSet's init container does).
 PLUGIN_SCRIPT = """#!/bin/sh
-# %(name)s: the ipamd CNI plugin (installed by `ipamd install-cni`; the shim lives in %(libdir)s).
+# %(name)s: the ipamd CNI plugin (installed by `ipamd install-cni`; the shim lives in .%(name)s/ beside it).
 # The runtime's stdin moves to fd 3 and Python gets /dev/null: CPython refuses to start with a directory on
 # stdin, and the CNI contract wants error code 5 for that case.
-exec '%(interpreter)s' -I -S -c 'import sys;sys.path[:0]=["%(libdir)s"];import ipamd_cni;sys.exit(ipamd_cni.main(3))' "$@" 3<&0 0</dev/null
+exec '%(interpreter)s' -I -S -c 'import sys;sys.path[:0]=[sys.argv.pop(1)];import ipamd_cni;sys.exit(ipamd_cni.main(3))' "${0%%/*}/.%(name)s" "$@" 3<&0 0</dev/null
 """
 
 
@@ -53,8 +54,8 @@ def install_plugin(directory: str, interpreter: str | None = None, name: str = "
     import ipamd_cni
 
     interpreter = interpreter or default_interpreter()
-    if "'" in interpreter or '"' in directory or "'" in directory:
-        raise SystemExit("ipamd install-cni: paths may not contain quotes")
+    if "'" in interpreter:
+        raise SystemExit("ipamd install-cni: the interpreter path may not contain a quote")
     target = Path(directory).resolve() / name
     libdir = target.with_name("." + name)
     libdir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def install_plugin(directory: str, interpreter: str | None = None, name: str = "
         print("ipamd install-cni: warning: could not precompile with %s (the first call will): %s"
               % (interpreter, compiled.stderr.strip()[-300:]), file=sys.stderr)
     tmp = target.with_name("." + name + ".tmp")
-    tmp.write_text(PLUGIN_SCRIPT % {"name": name, "libdir": libdir, "interpreter": interpreter})
+    tmp.write_text(PLUGIN_SCRIPT % {"name": name, "interpreter": interpreter})
     tmp.chmod(0o755)
     os.replace(tmp, target)
     return target
