@@ -38,7 +38,7 @@ demo: deps venv
 # pytest's exit status 5 (no test collected) fails like any other.
 test: venv
 	@bash scripts/deps.sh --optional
-	@rc=0; $(VENV)/bin/pytest -q -p no:cacheprovider tests || rc=$$?; \
+	@rc=0; $(VENV)/bin/pytest -q -rs -p no:cacheprovider tests || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 

@@ -131,7 +131,11 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     embedded = None
     endpoints = cfg.etcd_endpoints
     if cfg.embedded_etcd:
-        embedded = EmbeddedEtcd(cfg.embedded_etcd).start()
+        try:
+            embedded = EmbeddedEtcd(cfg.embedded_etcd).start()
+        except (FileNotFoundError, RuntimeError) as exc:
+            log.error("--embedded-etcd: %s", exc)
+            return 2
         endpoints = embedded.endpoint
         log.info("embedded etcd at %s, data in %s", endpoints, cfg.embedded_etcd)
     store = EtcdStore(endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None, cert=cfg.etcd_cert or None,

@@ -1,63 +1,93 @@
-"""``ipamctl``: the operator's CLI.
+"""``ipamctl``: the operator's CLI (docs/ipamctl.md).
 
 Commands:
-    ipamctl [--socket PATH] list [--network NET]          allocations, via the daemon's gRPC API
-    ipamctl [--socket PATH] get NET CONTAINERID IFNAME
-    ipamctl [--socket PATH] release NET CONTAINERID IFNAME   release one attachment (idempotent)
-    ipamctl check --etcd-endpoints URLS [--etcd-prefix P]    the invariants of design.md §2, read from etcd
+    ipamctl list [--network NET]                  allocations, via the node's ipamd gRPC API
+    ipamctl get NET CONTAINERID IFNAME
+    ipamctl release NET CONTAINERID IFNAME        release one attachment (idempotent)
+    ipamctl check [etcd options]                  the invariants of the data model, read from etcd
 
-``check`` exits 0 when every invariant holds, 1 otherwise, printing each violation.
+``--socket`` (default ``IPAMD_GRPC_SOCKET``, else ``/run/ipamd/ipamd.sock``) picks the daemon. ``check`` takes the
+daemon's own etcd settings: ``--config FILE`` (the daemon's TOML), ``IPAMD_ETCD_*`` variables and ``--etcd-*``
+flags, with the daemon's precedence. It exits 0 when every invariant holds, 1 otherwise, printing each violation.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
+_ETCD_FLAGS = ("etcd_endpoints", "etcd_prefix", "etcd_ca_cert", "etcd_cert", "etcd_key", "etcd_user",
+               "etcd_password")
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ipamctl", description="Operate ipamd: allocations and consistency check.")
-    p.add_argument("--socket", default="/run/ipamd/ipamd.sock", help="gRPC socket of the node's ipamd")
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS,
+                        help="gRPC socket of the node's ipamd (default: $IPAMD_GRPC_SOCKET or /run/ipamd/ipamd.sock)")
+    p = argparse.ArgumentParser(prog="ipamctl", parents=[common],
+                                description="Operate ipamd: list, get and release allocations; check etcd.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    ls = sub.add_parser("list", help="list allocations")
-    ls.add_argument("--network", default="")
+    ls = sub.add_parser("list", parents=[common], help="list allocations (prints one line per attachment)")
+    ls.add_argument("--network", default="", help="only this network")
     for name in ("get", "release"):
-        sp = sub.add_parser(name, help="%s one attachment" % name)
+        sp = sub.add_parser(name, parents=[common], help="%s one attachment" % name)
         sp.add_argument("network")
         sp.add_argument("container_id")
         sp.add_argument("if_name")
-    ck = sub.add_parser("check", help="check the invariants against etcd")
-    ck.add_argument("--etcd-endpoints", required=True)
-    ck.add_argument("--etcd-prefix", default="/ipamd/v1/")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    ck = sub.add_parser("check", help="check the data-model invariants against etcd")
+    ck.add_argument("--config", help="the daemon's TOML file (its etcd_* keys are used)")
+    for flag in _ETCD_FLAGS:
+        ck.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None)
+    return p
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import config
+    from .check import check_store
+    from .store.etcd import EtcdStore
+
+    argv = ["--config", args.config] if args.config else []
+    for flag in _ETCD_FLAGS:
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    cfg = config.load(argv)
+    store = EtcdStore(cfg.etcd_endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
+                      cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
+                      password=cfg.etcd_password or None)
+    try:
+        violations, counts = check_store(store)
+    finally:
+        store.close()
+    print("etcd %s prefix %s: %s" % (cfg.etcd_endpoints, cfg.etcd_prefix,
+                                     ", ".join("%s=%d" % kv for kv in counts.items())))
+    for v in violations:
+        print(v)
+    print("OK: all invariants hold" if not violations else "FAILED: %d violation(s)" % len(violations))
+    return 0 if not violations else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    socket = getattr(args, "socket", None) or os.environ.get("IPAMD_GRPC_SOCKET") or "/run/ipamd/ipamd.sock"
 
     from .domain.errors import IpamError
 
     try:
         if args.cmd == "check":
-            from .check import check_store
-            from .store.etcd import EtcdStore
-
-            store = EtcdStore(args.etcd_endpoints, args.etcd_prefix)
-            try:
-                violations, counts = check_store(store)
-            finally:
-                store.close()
-            print("records: %s" % ", ".join("%s=%d" % kv for kv in counts.items()))
-            for v in violations:
-                print(v)
-            print("OK: all invariants hold" if not violations else "FAILED: %d violation(s)" % len(violations))
-            return 0 if not violations else 1
+            return _check(args)
 
         from ipamd_client import IpamClient
 
-        with IpamClient(args.socket) as client:
+        with IpamClient(socket) as client:
             if args.cmd == "list":
-                for a in client.list(args.network):
+                allocations = client.list(args.network)
+                for a in allocations:
                     print("%s/%s/%s\t%s\tnode=%s" % (a.network, a.container_id, a.if_name,
                                                     ",".join(x.address for x in a.addresses), a.node))
+                print("%d attachment(s)" % len(allocations), file=sys.stderr)
             elif args.cmd == "get":
                 found = client.get(args.network, args.container_id, args.if_name)
                 if found is None:

