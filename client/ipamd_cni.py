@@ -16,6 +16,7 @@ import sys
 
 MAGIC = b"IPAMD1\n"
 DEFAULT_SOCKET = "/run/ipamd/cni.sock"
+MAX_STDIN = (4 << 20) - (64 << 10)  # the daemon's request limit (4 MiB) less room for the environment
 SUPPORTED = '["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]'
 
 
@@ -167,6 +168,11 @@ def main(stdin_fd=0):
     except OSError as exc:
         read_error = (exc.strerror or "read error").encode()
     data = b"".join(chunks)
+    if len(data) > MAX_STDIN:
+        # the daemon would refuse it; say why here instead of as a broken connection (which reads as "retry")
+        _write(1, ('{"cniVersion":"1.1.0","code":6,"msg":"network configuration is %d bytes; the limit is %d"}'
+                   % (len(data), MAX_STDIN)).encode())
+        return 1
     # the config is scanned only when it names a socket; cniVersion is picked only for an error of our own
     conf_socket = _pick(data)[1] if b'"socket"' in data else None
     path = conf_socket or env.get(b"IPAMD_CNI_SOCKET", b"").decode("utf-8", "surrogateescape") or DEFAULT_SOCKET
@@ -175,6 +181,8 @@ def main(stdin_fd=0):
     try:
         timeout = float(env.get(b"IPAMD_CNI_TIMEOUT") or 30)
     except ValueError:
+        timeout = 30.0
+    if not 0 < timeout <= 86400:  # also NaN
         timeout = 30.0
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)

@@ -169,11 +169,31 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                 service.set_ready()
                 grpc_server.set_serving(True)
                 log.info("first sync with etcd done; ready")
+                watch_etcd()
                 return
             except StoreUnavailable as exc:
                 log.warning("first sync with etcd failed (%s); retrying in %.1f s", exc, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+    def watch_etcd() -> None:
+        """Readiness follows etcd after the first sync: health NOT_SERVING and ipamd_ready 0 while etcd cannot be
+        read (requests are still tried, and answer 11 at their deadline)."""
+        serving = True
+        while not stop.wait(2.0):
+            try:
+                service.store.read(node_key(cfg.node_name), None, cfg.etcd_timeout)
+                ok = True
+            except StoreUnavailable as exc:
+                ok = False
+                if serving:
+                    log.warning("etcd unreachable (%s): reporting not ready", exc)
+            if ok != serving:
+                serving = ok
+                grpc_server.set_serving(ok)
+                metrics.ready.set(1 if ok else 0)
+                if ok:
+                    log.info("etcd reachable again: ready")
 
     threading.Thread(target=first_sync, name="sync", daemon=True).start()
     lease_thread = threading.Thread(target=_keep_node_alive, args=(service, cfg, stop, registered), name="lease",

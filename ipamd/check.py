@@ -70,7 +70,9 @@ def check_snapshot(kvs: Iterable[KV]) -> list[Violation]:
         except (ValueError, KeyError, TypeError) as exc:
             out.append(Violation(0, kv.key, "undecodable record: %s" % exc))
     for rest, rec in ips.items():
-        pool_id, _, hexaddr = rest.rpartition("/")
+        network, _, hexaddr = rest.rpartition("/")
+        network = network.rsplit("/", 1)[0]  # ips/<network>/v4|v6/<hex>
+        pool_id = str(rec.get("pool", ""))
         handle = rec.get("handle", "")
         h = handles.get(handle)
         if h is None:
@@ -83,14 +85,15 @@ def check_snapshot(kvs: Iterable[KV]) -> list[Violation]:
             out.append(Violation(0, IPS + rest, "malformed address key"))
             continue
         rng = pools.get(pool_id)
-        if rng is None:
-            out.append(Violation(2, IPS + rest, "pool %r has no (valid) pool record" % pool_id))
+        if rng is None or not pool_id.startswith(network + "/"):
+            out.append(Violation(2, IPS + rest, "pool %r has no (valid) pool record in network %s"
+                                 % (pool_id, network)))
         elif rng.family != family or not rng.usable(value):
             out.append(Violation(2, IPS + rest, "address is not usable in pool %s" % rng.subnet))
         owners = [node for blk, node in blocks.get(pool_id, ()) if blk.family == family
                   and blk.first <= value <= blk.last]
         if not owners or not owners[0]:
-            out.append(Violation(2, IPS + rest, "address lies in no block with an owner"))
+            out.append(Violation(2, IPS + rest, "address lies in no block of pool %r with an owner" % pool_id))
     for handle, h in handles.items():
         if h.handle != handle:
             out.append(Violation(1, HANDLES + handle, "record names attachment %r" % h.handle))

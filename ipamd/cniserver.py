@@ -19,8 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
-from .domain.cni import (ABOUT, SUPPORTED_VERSIONS, AboutRequest, CniRequest, decode_request,
-                         decode_version_request, render_result, requested_addresses)
+from .domain.cni import (ABOUT, SUPPORTED_VERSIONS, VERBS, AboutRequest, CniRequest, decode_request,
+                         decode_version_request, loads_strict, render_result, requested_addresses)
 from .domain.errors import InvalidConfig, IpamError, TryAgainLater
 from .domain.netconf import parse_netconf
 from .service import IpamService
@@ -56,10 +56,10 @@ def handle_cni(service: IpamService, env: Mapping[str, str], stdin: bytes,
             return _finish(service, "ABOUT", started, 0, b"", stderr)
         except IpamError:
             try:
-                raw = json.loads(stdin or b"")
+                raw = loads_strict(stdin or b"")
                 if isinstance(raw, dict) and isinstance(raw.get("cniVersion"), str) and raw["cniVersion"]:
                     cni_version = raw["cniVersion"]
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 pass
             raise
         cni_version = req.cni_version
@@ -133,7 +133,8 @@ def gc_valid_attachments(conf: dict[str, object]) -> set[tuple[str, str]] | None
 def _finish(service: IpamService, verb: str, started: float, status: int, stdout: bytes, stderr: list[str],
             req: CniRequest | None = None, code: int = 0) -> tuple[int, bytes, bytes]:
     m = service.metrics
-    m.requests.labels(verb or "NONE", "ok" if status == 0 else str(code)).inc()
+    label = verb if verb in VERBS or verb == "ABOUT" else "OTHER"  # no label per junk command
+    m.requests.labels(label, "ok" if status == 0 else str(code)).inc()
     if verb == "ADD":
         m.add_seconds.observe(time.monotonic() - started)
     if status == 0 and req is not None:
@@ -142,9 +143,13 @@ def _finish(service: IpamService, verb: str, started: float, status: int, stdout
     return status, stdout, text
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request not received within %.0f s" % READ_DEADLINE)
+        conn.settimeout(remaining)  # the whole request must arrive by the deadline, not each recv
         chunk = conn.recv(min(n - len(buf), 1 << 16))
         if not chunk:
             raise ConnectionError("peer closed after %d of %d bytes" % (len(buf), n))
@@ -154,16 +159,17 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 
 def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, str | None]:
     """Read one framed request; raises ``ValueError`` on a bad frame, ``ConnectionError``/``OSError`` on I/O."""
-    if _recv_exact(conn, len(MAGIC)) != MAGIC:
+    deadline = time.monotonic() + READ_DEADLINE
+    if _recv_exact(conn, len(MAGIC), deadline) != MAGIC:
         raise ValueError("bad magic: not an ipamd-cni v1 request")
     parts = []
     total = 0
     for _ in range(3):
-        n = int.from_bytes(_recv_exact(conn, 4), "big")
+        n = int.from_bytes(_recv_exact(conn, 4, deadline), "big")
         total += n
         if total > MAX_REQUEST:
             raise ValueError("request larger than %d bytes" % MAX_REQUEST)
-        parts.append(_recv_exact(conn, n))
+        parts.append(_recv_exact(conn, n, deadline))
     env = {}
     for pair in parts[0].split(b"\0"):
         if pair:
@@ -202,9 +208,12 @@ class CniServer:
         while not self._stopping.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
+                # e.g. EMFILE: back off instead of spinning on a listening socket that stays readable
+                log.warning("CNI socket accept failed: %s", exc)
+                self._stopping.wait(0.1)
                 continue
             try:
                 self._pool.submit(self._serve, conn, time.monotonic())
@@ -213,7 +222,6 @@ class CniServer:
 
     def _serve(self, conn: socket.socket, accepted: float) -> None:
         try:
-            conn.settimeout(READ_DEADLINE)
             try:
                 env, stdin, err = read_request(conn)
             except (ValueError, ConnectionError, OSError) as exc:

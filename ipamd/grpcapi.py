@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .domain.cni import Attachment, CniRequest, render_result, requested_addresses, validate_container_id, \
-    validate_if_name
+    validate_if_name, validate_network_name
 from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError
 from .domain.model import HandleRecord
 from .domain.netconf import parse_netconf
@@ -37,8 +37,7 @@ def _allocation_msg(rec: HandleRecord) -> ipam_pb2.Allocation:
 
 
 def _attachment(msg: ipam_pb2.Attachment) -> Attachment:
-    if not msg.network:
-        raise InvalidConfig("attachment.network is empty")
+    validate_network_name(msg.network)
     validate_container_id(msg.container_id)
     validate_if_name(msg.if_name)
     return Attachment(msg.network, msg.container_id, msg.if_name)

@@ -24,8 +24,8 @@ from .domain.addr import Block, block_of, candidate_blocks, to_ip
 from .domain.cni import Attachment
 from .domain.errors import (AddressUnavailable, CheckMismatch, CheckNoAllocation, NotAvailable, PoolExhausted,
                             TryAgainLater)
-from .domain.model import (BLOCKS, Allocation, HandleRecord, block_key, blocks_prefix, decode, dumps,
-                           encode_block_record, encode_ip_record, handle_key, ips_range, pool_key)
+from .domain.model import (BLOCKS, POOLS, Allocation, HandleRecord, block_key, blocks_prefix, decode, dumps,
+                           encode_block_record, encode_ip_record, handle_key, ips_range, pool_key, pool_network)
 from .domain.netconf import NetConf, Pool
 from .failpoints import Failpoints
 from .metrics import Metrics
@@ -64,6 +64,11 @@ class _Cache:
 
     blocks: dict[str, dict[int, _BlockState]] = field(default_factory=dict)
     handles: dict[str, tuple[HandleRecord, int]] = field(default_factory=dict)
+    #: pool id -> (record bytes, mod_revision, block prefix): the first claim fixes a pool's block size
+    pools: dict[str, tuple[bytes, int, int]] = field(default_factory=dict)
+    #: (pool id, block first) -> addresses already taken in a block nobody owns in this pool (held through an
+    #: overlapping pool of the same network, e.g. after the subnet was widened)
+    unclaimed_taken: dict[tuple[str, int], set[int]] = field(default_factory=dict)
 
 
 class IpamService:
@@ -94,6 +99,12 @@ class IpamService:
 
         Raises :class:`StoreUnavailable` if etcd cannot be read. Idempotent; :meth:`set_ready` follows it.
         """
+        pool_kvs, _ = self.store.read(POOLS, prefix_end(POOLS), self.etcd_timeout)
+        pools = {}
+        for kv in pool_kvs:
+            entry = self._pool_entry(kv)
+            if entry is not None:
+                pools[kv.key[len(POOLS):]] = entry
         kvs, _rev = self.store.read(BLOCKS, prefix_end(BLOCKS), self.etcd_timeout)
         blocks: dict[str, dict[int, _BlockState]] = {}
         for kv in kvs:
@@ -108,6 +119,21 @@ class IpamService:
                     st.taken = self._read_taken(pool_id, st.block)
         with self._cache_lock:
             self._cache.blocks = blocks
+            self._cache.pools = pools
+
+    @staticmethod
+    def _pool_entry(kv: KV) -> tuple[bytes, int, int] | None:
+        try:
+            return kv.value, kv.mod_revision, int(decode(kv.value)["blockSize"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _block_prefix(self, pool: Pool) -> int:
+        """The pool's block size: fixed by its record once a block was claimed (a config asking for another
+        size cannot make overlapping blocks), else the configuration's."""
+        with self._cache_lock:
+            cached = self._cache.pools.get(pool.id)
+        return cached[2] if cached is not None else pool.block_prefix
 
     def set_ready(self) -> None:
         """Start serving ADD (until then ADD/DEL/CHECK/GC answer code 11 and STATUS 50)."""
@@ -123,8 +149,10 @@ class IpamService:
         except ValueError:
             return pool_id, None
 
-    def _read_taken(self, pool_id: str, block: Block) -> set[int]:
-        start, end = ips_range(pool_id, block)
+    def _read_taken(self, pool_id: str, block: Block, deadline: float | None = None) -> set[int]:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TryAgainLater("deadline passed while scanning the blocks of pool %s" % pool_id)
+        start, end = ips_range(pool_network(pool_id), block)
         kvs, _ = self.store.read(start, end, self.etcd_timeout)
         return {int(kv.key.rsplit("/", 1)[1], 16) for kv in kvs}
 
@@ -157,7 +185,7 @@ class IpamService:
              deadline: float):  # type: ignore[no-untyped-def]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TryAgainLater("deadline passed before the etcd transaction")
+            raise _DeadlinePassed()
         self.metrics.etcd_txns.labels(verb).inc()
         try:
             return self.store.txn(compares, success, failure, min(remaining, self.etcd_timeout))
@@ -169,7 +197,7 @@ class IpamService:
         """Run ``body`` until it returns non-``None``; store errors and conflicts (``None``) are retried with
         jittered backoff until ``deadline``, then raise :class:`TryAgainLater` chaining the last cause."""
         attempt = 0
-        last: Exception | None = None
+        last: StoreUnavailable | None = None
         while True:
             try:
                 out = body()
@@ -180,12 +208,15 @@ class IpamService:
             except StoreUnavailable as exc:
                 last = exc
                 log.debug("%s: etcd unavailable (%s), retrying", verb, exc)
+            except _DeadlinePassed:
+                pass
             attempt += 1
             if time.monotonic() >= deadline:
                 if last is not None:
-                    raise TryAgainLater("etcd unavailable: %s" % last.msg if isinstance(last, TryAgainLater)
-                                        else "etcd unavailable") from last
-                raise TryAgainLater("%s did not complete after %d conflicting attempts" % (verb, attempt))
+                    raise TryAgainLater("%s: etcd unavailable until the %.0f s deadline: %s"
+                                        % (verb, self.request_timeout, last.msg)) from last
+                raise TryAgainLater("%s did not complete within %.0f s (%d conflicting attempts)"
+                                    % (verb, self.request_timeout, attempt))
             self._backoff(attempt, deadline)
 
     def _pool_states(self, pool_id: str) -> dict[int, _BlockState]:
@@ -224,17 +255,28 @@ class IpamService:
         with self._serialised(handle):
             def attempt() -> list[Allocation] | None:
                 try:
-                    picks = self._plan(netconf, requested)
+                    picks = self._plan(netconf, requested, deadline)
                 except (PoolExhausted, AddressUnavailable):
                     # a retried ADD of an attachment that already holds its addresses must succeed even when
                     # the pool is now full or its requested address is (by itself) taken (B06, T42)
                     existing = self._read_handle(handle)
                     if existing is not None:
-                        return list(existing.allocations)
+                        return self._existing(existing, requested)
                     raise
                 self.failpoints.hit("add.after_pick")
                 return self._commit_add(att, netconf, picks, netns, pod or {}, deadline)
             return self._retrying("ADD", deadline, attempt)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _existing(rec: HandleRecord, requested: dict[int, tuple[Pool, int]]) -> list[Allocation]:
+        """The held allocations of a repeated ADD; a requested address it does not hold is a 101, never ignored."""
+        held = {(a.family, a.value) for a in rec.allocations}
+        for pool, value in requested.values():
+            if (pool.range.family, value) not in held:
+                raise AddressUnavailable("container %s interface %s already holds %s; requested %s"
+                                         % (rec.container_id, rec.if_name, ", ".join(a.cidr for a in rec.allocations),
+                                            to_ip(pool.range.family, value)))
+        return list(rec.allocations)
 
     def _read_handle(self, handle: str) -> HandleRecord | None:
         kvs, _ = self.store.read(handle_key(handle), None, self.etcd_timeout)
@@ -245,14 +287,14 @@ class IpamService:
             self._cache.handles[handle] = (rec, kvs[0].mod_revision)
         return rec
 
-    def _plan(self, netconf: NetConf, requested: dict[int, tuple[Pool, int]]) -> list[_Pick]:
+    def _plan(self, netconf: NetConf, requested: dict[int, tuple[Pool, int]], deadline: float) -> list[_Pick]:
         picks = []
         for index, rset in enumerate(netconf.range_sets):
             if index in requested:
                 pool, value = requested[index]
                 picks.append(self._pick_requested(index, pool, value))
             else:
-                picks.append(self._pick_free(index, rset))
+                picks.append(self._pick_free(index, rset, deadline))
         return picks
 
     def _pick_requested(self, index: int, pool: Pool, value: int) -> _Pick:
@@ -261,19 +303,18 @@ class IpamService:
             what = "the gateway" if value == rng.gateway else "not allocatable"
             raise AddressUnavailable("requested address %s is %s in pool %s"
                                      % (to_ip(rng.family, value), what, rng.subnet))
-        block = block_of(rng, pool.block_prefix, value)
+        block = block_of(rng, self._block_prefix(pool), value)
         with self._cache_lock:
             st = self._pool_states(pool.id).get(block.first)
             if st is None:
                 return _Pick(index, pool, block, value, "claim", requested=True)
-            if st.taken is not None and value in st.taken:
-                raise AddressUnavailable("requested address %s is already allocated" % to_ip(rng.family, value))
+            # a cached "taken" may be stale (released elsewhere): the transaction's compare decides
             mode = "own" if st.node == self.node else "borrow"
             return _Pick(index, pool, st.block, value, mode, st.mod_revision, requested=True)
 
-    def _pick_free(self, index: int, rset: tuple[Pool, ...]) -> _Pick:
+    def _pick_free(self, index: int, rset: tuple[Pool, ...], deadline: float) -> _Pick:
         for pool in rset:
-            pick = self._pick_in_pool(index, pool)
+            pick = self._pick_in_pool(index, pool, deadline)
             if pick is not None:
                 return pick
         pool = rset[0]
@@ -287,7 +328,7 @@ class IpamService:
                             "network %s: %d of %d usable addresses allocated; node %s owns %d block(s); "
                             "0 unclaimed blocks" % (pool.network, allocated, usable, self.node, mine))
 
-    def _pick_in_pool(self, index: int, pool: Pool) -> _Pick | None:
+    def _pick_in_pool(self, index: int, pool: Pool, deadline: float) -> _Pick | None:
         rng = pool.range
         # 1. the lowest free address in this node's blocks (lowest block first)
         with self._cache_lock:
@@ -301,7 +342,7 @@ class IpamService:
                     return _Pick(index, pool, st.block, value, "own", st.mod_revision)
         # our blocks look full or unloaded: reload them once (another actor may have released addresses)
         for st in own:
-            taken = self._read_taken(pool.id, st.block)
+            taken = self._read_taken(pool.id, st.block, deadline)
             with self._cache_lock:
                 st.taken = taken
             value = rng.first_free(st.block.first, st.block.last, taken)
@@ -309,15 +350,17 @@ class IpamService:
                 return _Pick(index, pool, st.block, value, "own", st.mod_revision)
         # 2. claim the lowest unclaimed block
         claimed = {s.block.first for s in states}
-        for block in candidate_blocks(rng, pool.block_prefix, claimed):
-            value = rng.first_free(block.first, block.last, ())
+        for block in candidate_blocks(rng, self._block_prefix(pool), claimed):
+            with self._cache_lock:
+                foreign = self._cache.unclaimed_taken.get((pool.id, block.first), set())
+            value = rng.first_free(block.first, block.last, foreign)
             if value is not None:
                 return _Pick(index, pool, block, value, "claim")
         # 3. borrow from a block another node owns (decision 5 of field-cases.md)
         for st in states:
             if st.node == self.node:
                 continue
-            taken = self._read_taken(pool.id, st.block)
+            taken = self._read_taken(pool.id, st.block, deadline)
             with self._cache_lock:
                 st.taken = taken
             value = rng.first_free(st.block.first, st.block.last, taken)
@@ -325,12 +368,12 @@ class IpamService:
                 return _Pick(index, pool, st.block, value, "borrow", st.mod_revision)
         return None
 
-    def _pool_spec(self, pool: Pool) -> bytes:
+    def _pool_spec(self, pool: Pool, block_prefix: int) -> bytes:
         rng = pool.range
         return dumps({"network": pool.network, "subnet": str(rng.subnet),
                       "rangeStart": str(to_ip(rng.family, rng.start)), "rangeEnd": str(to_ip(rng.family, rng.end)),
                       "gateway": str(to_ip(rng.family, rng.gateway)) if rng.gateway is not None else None,
-                      "blockSize": pool.block_prefix,
+                      "blockSize": block_prefix,
                       "exclude": ["%s-%s" % (to_ip(rng.family, lo), to_ip(rng.family, hi)) for lo, hi in rng.excludes]})
 
     def _commit_add(self, att: Attachment, netconf: NetConf, picks: list[_Pick], netns: str,
@@ -343,22 +386,39 @@ class IpamService:
         compares = [Compare(hkey, "version", "==", 0)]
         success: list[Op] = [Put(hkey, record.encode())]
         failure: list[Op] = [Get(hkey)]
+        pool_puts: dict[str, bytes] = {}
         for p, alloc in zip(picks, allocations):
             bkey = block_key(p.pool.id, p.block)
             compares.append(Compare(alloc.ip_key, "version", "==", 0))
-            success.append(Put(alloc.ip_key, encode_ip_record(handle, self.node)))
+            success.append(Put(alloc.ip_key, encode_ip_record(handle, self.node, p.pool.id)))
             if p.mode == "claim":
                 compares.append(Compare(bkey, "version", "==", 0))
                 success.append(Put(bkey, encode_block_record(self.node)))
-                success.append(Put(pool_key(p.pool.id), self._pool_spec(p.pool)))
                 failure.append(Get(blocks_prefix(p.pool.id), prefix_end(blocks_prefix(p.pool.id))))
             else:
                 compares.append(Compare(bkey, "mod", "==", p.block_revision))
                 failure.append(Get(bkey))
-            start, end = ips_range(p.pool.id, p.block)
+            start, end = ips_range(att.network, p.block)
             failure.append(Get(start, end))
+            # the pool record: created by the first claim (fixing the block size), rewritten only when the
+            # configuration's range changed; a claim also proves the record (block size) it planned with
+            with self._cache_lock:
+                cached = self._cache.pools.get(p.pool.id)
+            pkey = pool_key(p.pool.id)
+            spec = self._pool_spec(p.pool, p.block.prefixlen if cached is None else cached[2])
+            if cached is None:
+                compares.append(Compare(pkey, "version", "==", 0))
+            elif cached[0] != spec or p.mode == "claim":
+                compares.append(Compare(pkey, "mod", "==", cached[1]))
+            if cached is None or cached[0] != spec:
+                success.append(Put(pkey, spec))
+                pool_puts[p.pool.id] = spec
+            failure.append(Get(pkey))
         res = self._txn("ADD", compares, success, failure, deadline)
         if res.succeeded:
+            with self._cache_lock:
+                for pool_id, spec in pool_puts.items():
+                    self._cache.pools[pool_id] = (spec, res.revision, int(decode(spec)["blockSize"]))
             self._after_add(picks, record, res.revision)
             self.failpoints.hit("add.after_commit")
             return list(allocations)
@@ -367,7 +427,7 @@ class IpamService:
             rec = HandleRecord.decode(existing[0].value)
             with self._cache_lock:
                 self._cache.handles[handle] = (rec, existing[0].mod_revision)
-            return list(rec.allocations)
+            return self._existing(rec, {p.index: (p.pool, p.value) for p in picks if p.requested})
         self._learn_from_failure(picks, res.reads[1:])
         return None
 
@@ -378,7 +438,8 @@ class IpamService:
                 states = self._pool_states(p.pool.id)
                 st = states.get(p.block.first)
                 if p.mode == "claim" or st is None:
-                    st = states[p.block.first] = _BlockState(p.block, self.node, revision, set())
+                    foreign = self._cache.unclaimed_taken.pop((p.pool.id, p.block.first), set())
+                    st = states[p.block.first] = _BlockState(p.block, self.node, revision, set(foreign))
                     self.metrics.block_claims.inc()
                 if st.taken is not None:
                     st.taken.add(p.value)
@@ -388,8 +449,14 @@ class IpamService:
         address records), and raise :class:`AddressUnavailable` for a requested address now known taken."""
         i = 0
         for p in picks:
-            block_read, ips_read = reads[i], reads[i + 1]
-            i += 2
+            block_read, ips_read, pool_read = reads[i], reads[i + 1], reads[i + 2]
+            i += 3
+            with self._cache_lock:
+                entry = self._pool_entry(pool_read[0]) if pool_read else None
+                if entry is None:
+                    self._cache.pools.pop(p.pool.id, None)
+                else:
+                    self._cache.pools[p.pool.id] = entry
             if p.mode == "claim":
                 self._refresh_pool_blocks(p.pool.id, block_read)
             with self._cache_lock:
@@ -405,6 +472,8 @@ class IpamService:
                 taken = {int(kv.key.rsplit("/", 1)[1], 16) for kv in ips_read}
                 if st is not None:
                     st.taken = taken
+                else:
+                    self._cache.unclaimed_taken[(p.pool.id, p.block.first)] = taken
             if p.requested and p.value in taken:
                 # a requested address someone else holds is final: 101, not a retry
                 raise AddressUnavailable("requested address %s is already allocated"
@@ -450,10 +519,21 @@ class IpamService:
             self._cache.handles.pop(handle, None)
             if rec is None:
                 return
-            for a in rec.allocations:
-                for st in self._pool_states(a.pool_id).values():
-                    if st.taken is not None and st.block.first <= a.value <= st.block.last:
-                        st.taken.discard(a.value)
+            # an address is unique per network, and may sit in blocks of several (overlapping) pools of it
+            network = rec.network + "/"
+            for pool_id, states in self._cache.blocks.items():
+                if not pool_id.startswith(network):
+                    continue
+                subnet = Block.from_key(pool_id.rsplit("/", 1)[1])  # the pool's subnet, as a "block"
+                for a in rec.allocations:
+                    if a.family != subnet.family or not subnet.first <= a.value <= subnet.last:
+                        continue
+                    for st in states.values():  # blocks of one pool are few per node; usually one matches
+                        if st.taken is not None and st.block.first <= a.value <= st.block.last:
+                            st.taken.discard(a.value)
+            for (pool_id, _first), taken in self._cache.unclaimed_taken.items():
+                if pool_id.startswith(network):
+                    taken.difference_update(a.value for a in rec.allocations)
 
     # -- reads ---------------------------------------------------------------------------------------------
 
@@ -515,7 +595,7 @@ class IpamService:
         self._refresh_pool_blocks(pool.id, kvs)
         with self._cache_lock:
             states = list(self._pool_states(pool.id).values())
-        if next(candidate_blocks(pool.range, pool.block_prefix, {s.block.first for s in states}), None):
+        if next(candidate_blocks(pool.range, self._block_prefix(pool), {s.block.first for s in states}), None):
             return True
         for st in states:
             taken = self._read_taken(pool.id, st.block)
@@ -526,8 +606,9 @@ class IpamService:
     # -- GC ------------------------------------------------------------------------------------------------
 
     def gc(self, network: str, valid: set[tuple[str, str]]) -> int:
-        """Release every attachment of ``network`` whose (containerID, ifName) is not in ``valid`` (CNI GC,
-        cni-conformance.md §2.6). Only this network's handles are read; other networks are never touched.
+        """Release every attachment of ``network`` allocated by this node whose (containerID, ifName) is not in
+        ``valid`` (CNI GC, cni-conformance.md §2.6): the runtime's list names only the containers of its own node.
+        Only this network's handles are read; other networks and other nodes are never touched.
 
         Snapshot rule (field case B15, decision 2): the revision R is taken first; a handle created after R is
         never released, and every delete compares the ``mod_revision`` it read. Deletes go in batches of at most
@@ -546,7 +627,9 @@ class IpamService:
                 if kv.create_revision > snapshot_rev:
                     continue
                 rec = HandleRecord.decode(kv.value)
-                if (rec.container_id, rec.if_name) not in valid:
+                # the runtime's keep-list names only this node's containers: another node's attachments are
+                # not ours to judge (field case B21)
+                if rec.node == self.node and (rec.container_id, rec.if_name) not in valid:
                     stale.append((kv, rec))
             failures: list[str] = []
             released = 0
@@ -608,6 +691,10 @@ class IpamService:
     def _gc_lock(self, network: str) -> Iterator[None]:
         with self._serialised("gc:" + network):
             yield
+
+
+class _DeadlinePassed(Exception):
+    """The request's deadline passed before its next etcd call (turned into code 11 with the last cause)."""
 
 
 #: Operations per GC transaction, under etcd's default --max-txn-ops of 128.

@@ -259,12 +259,13 @@ def candidate_blocks(rng: Range, block_prefix: int, claimed: Iterable[int]) -> I
     holding ``rng.start`` and skips claimed blocks; it is lazy, so a /64 of /122 blocks is fine.
     """
     claimed_set = set(claimed)
-    size = 1 << (BITS[rng.family] - block_prefix)
-    block = block_of(rng, block_prefix, rng.start)
-    first = block.first
-    while first <= rng.end:
-        if first not in claimed_set:
-            blk = Block(rng.family, first, block_prefix)
-            if rng.first_free(first, blk.last, ()) is not None:
-                yield blk
-        first += size
+    cursor = rng.start
+    while cursor <= rng.end:
+        # the next usable address (first_free jumps over excluded spans), then the block holding it
+        value = rng.first_free(cursor, rng.end, ())
+        if value is None:
+            return
+        blk = block_of(rng, block_prefix, value)
+        if blk.first not in claimed_set:
+            yield blk
+        cursor = blk.last + 1

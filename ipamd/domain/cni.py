@@ -45,6 +45,12 @@ def validate_container_id(value: str) -> None:
         raise InvalidEnvironment("invalid characters in containerID", "CNI_CONTAINERID %r" % value)
 
 
+def validate_network_name(value: object) -> None:
+    """The network configuration's ``name``: required, same rule as a container ID (§1.3). Raises code 7."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise InvalidConfig("invalid network name %r" % (value,), "name must match %s" % _ID_RE.pattern)
+
+
 def validate_if_name(value: str) -> None:
     """libcni ``ValidateInterfaceName``: 1..15 bytes (IFNAMSIZ), not ``.``/``..``, no ``/``, ``:`` or whitespace."""
     if not value:
@@ -121,11 +127,20 @@ def _env(env: Mapping[str, str], name: str) -> str:
     return env.get(name, "") or ""
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError("%s is not JSON" % name)
+
+
+def loads_strict(data: bytes) -> Any:
+    """``json.loads`` that refuses ``NaN``/``Infinity`` (not JSON; Go's decoder rejects them in our output)."""
+    return json.loads(data, parse_constant=_no_constants)
+
+
 def decode_version_request(stdin: bytes | None) -> str:
     """VERSION's answer version: the stdin's string ``cniVersion`` if any, else ``"1.1.0"`` (§2.4; never fails)."""
     try:
-        obj = json.loads(stdin or b"")
-    except (ValueError, UnicodeDecodeError):
+        obj = loads_strict(stdin or b"")
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "1.1.0"
     if isinstance(obj, dict) and isinstance(obj.get("cniVersion"), str) and obj["cniVersion"]:
         return str(obj["cniVersion"])
@@ -161,16 +176,13 @@ def decode_request(env: Mapping[str, str], stdin: bytes | None, stdin_error: str
     if stdin_error is not None:
         raise IOFailure("error reading from stdin: %s" % stdin_error)
     try:
-        conf = json.loads(stdin or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
+        conf = loads_strict(stdin or b"")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DecodeFailure("error parsing network configuration: %s" % exc) from None
     if not isinstance(conf, dict):
         raise DecodeFailure("network configuration is not a JSON object")
     req.conf = conf
-    name = conf.get("name")
-    if not isinstance(name, str) or not _ID_RE.fullmatch(name):
-        raise InvalidConfig("invalid network name %r" % (name,),
-                            "name must match %s" % _ID_RE.pattern)
+    validate_network_name(conf.get("name"))
     raw_version = conf.get("cniVersion", "")
     if command == "DEL":
         if isinstance(raw_version, str) and raw_version in SUPPORTED_VERSIONS:

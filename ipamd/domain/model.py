@@ -2,14 +2,16 @@
 
 Layout (documented in docs/etcd-layout.md; all keys relative to the configured prefix, default ``/ipamd/v1/``)::
 
-    pools/<network>/<subnet key>                  pool spec            (first use of a range)
-    blocks/<network>/<subnet key>/<block key>     {"node", "claimed"}  (create-if-absent claim)
-    ips/<network>/<subnet key>/<address hex>      {"handle", "node"}   (ADD, with the handle)
+    pools/<network>/<subnet key>                  pool spec            (first claim; blockSize fixed then)
+    blocks/<network>/<subnet key>/<block key>     {"node"}             (create-if-absent claim)
+    ips/<network>/v4|v6/<address hex>             {"handle","node","pool"}  (ADD, with the handle)
     handles/<network>/<containerID>/<ifName>      the attachment        (ADD, with the addresses)
     nodes/<node>                                  liveness, on a lease
 
 A pool id is ``<network>/<subnet key>``; subnet and block keys are ``<fixed-width hex>-<prefix>``, address keys
-fixed-width hex, so one block's addresses are one contiguous, ordered key range (design.md §2).
+fixed-width hex under one directory per network and family, so one block's addresses are one contiguous, ordered
+key range (design.md §2) and an address is unique within its network whatever pool (subnet) it came from: a
+network whose subnet is changed or widened can never hand out an address an older pool still holds.
 """
 
 from __future__ import annotations
@@ -39,17 +41,23 @@ def blocks_prefix(pool_id: str) -> str:
     return "%s%s/" % (BLOCKS, pool_id)
 
 
-def ip_key(pool_id: str, family: int, value: int) -> str:
-    return "%s%s/%s" % (IPS, pool_id, addr_key(family, value))
+def pool_network(pool_id: str) -> str:
+    """The network name of a pool id (``<network>/<subnet key>``)."""
+    return pool_id.split("/", 1)[0]
 
 
-def ips_range(pool_id: str, block: Block) -> tuple[str, str]:
-    """``[start, end)`` key range holding exactly the address records of ``block``."""
-    first = ip_key(pool_id, block.family, block.first)
+def ip_key(network: str, family: int, value: int) -> str:
+    """``ips/<network>/v4|v6/<fixed-width hex>``."""
+    return "%s%s/v%d/%s" % (IPS, network, family, addr_key(family, value))
+
+
+def ips_range(network: str, block: Block) -> tuple[str, str]:
+    """``[start, end)`` key range holding exactly the address records of ``block`` in ``network``."""
+    first = ip_key(network, block.family, block.first)
     end = block.last + 1
     if end >= 1 << BITS[block.family]:
-        return first, "%s%s0" % (IPS, pool_id)  # '0' sorts right after '/'
-    return first, ip_key(pool_id, block.family, end)
+        return first, "%s%s/v%d0" % (IPS, network, block.family)  # '0' sorts right after '/'
+    return first, ip_key(network, block.family, end)
 
 
 def handle_key(handle: str) -> str:
@@ -85,7 +93,7 @@ class Allocation:
 
     @property
     def ip_key(self) -> str:
-        return ip_key(self.pool_id, self.family, self.value)
+        return ip_key(pool_network(self.pool_id), self.family, self.value)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pool": self.pool_id, "address": self.cidr}
@@ -135,9 +143,9 @@ class HandleRecord:
                    dict(obj.get("pod") or {}))
 
 
-def encode_ip_record(handle: str, node: str) -> bytes:
-    """Value at ``ips/<pool>/<addr>``: ``{"handle", "node"}`` (small and constant-size; B05)."""
-    return dumps({"handle": handle, "node": node})
+def encode_ip_record(handle: str, node: str, pool_id: str) -> bytes:
+    """Value at ``ips/<network>/v4|v6/<addr>``: ``{"handle", "node", "pool"}`` (small, constant-size; B05)."""
+    return dumps({"handle": handle, "node": node, "pool": pool_id})
 
 
 def encode_block_record(node: str) -> bytes:

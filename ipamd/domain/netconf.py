@@ -125,6 +125,9 @@ def _routes(ipam: dict[str, Any]) -> tuple[Route, ...]:
         else:
             gw = None
         extra = tuple((k, item[k]) for k in ROUTE_KEYS_1_1 if k in item)
+        for key, value in extra:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidConfig("ipam.routes[%d].%s %r is not a non-negative integer" % (i, key, value))
         routes.append(Route(str(dst), gw, extra))
     return tuple(routes)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from ..domain.errors import TryAgainLater
+from ..domain.errors import IpamError, TryAgainLater
 
 
 class StoreUnavailable(TryAgainLater):
@@ -22,6 +22,11 @@ class StoreOutcomeUnknown(StoreUnavailable):
 
     Callers resolve it by reading the key that proves the outcome (the handle; design.md §2 "Unknown outcome").
     """
+
+
+class StoreRejected(IpamError):
+    """etcd refused the request as sent (too many operations, too large, permission): retrying cannot help, so it
+    is reported at once with etcd's own message (code 999), never as "try again later"."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ import pyetcd
 from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 
-from .base import KV, Compare, Delete, Get, Op, Put, StoreOutcomeUnknown, StoreUnavailable, TxnResult
+from .base import (KV, Compare, Delete, Get, Op, Put, StoreOutcomeUnknown, StoreRejected, StoreUnavailable,
+                   TxnResult)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,19 @@ _OPS = {
 }
 #: Seconds a failed endpoint is skipped before it is tried again (the client's default is 300 s).
 ENDPOINT_RETRY_SECONDS = 1.0
+#: gRPC channel options: reconnect within a second once etcd is back (gRPC's default backoff grows to 120 s, so a
+#: long outage would keep the daemon failing for minutes after etcd recovered), and accept large range reads
+#: (GC, list and check read one prefix at a time; gRPC's default limit is 4 MiB, ~12k attachments).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 512 << 20),
+]
+#: gRPC codes that say "this request will never succeed as sent" (too many txn ops, too large, auth): not retried.
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.PERMISSION_DENIED,
+              grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE}
 
 
 def parse_endpoints(text: str) -> list[tuple[str, int, bool]]:
@@ -74,7 +88,7 @@ class EtcdStore:
                     raise ValueError("https etcd endpoint %s:%d needs a CA certificate" % (host, port))
                 creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(ca_cert, key, cert)
             eps.append(pyetcd.Endpoint(host, port, secure=secure, creds=creds if secure else None,
-                                       time_retry=ENDPOINT_RETRY_SECONDS))
+                                       time_retry=ENDPOINT_RETRY_SECONDS, opts=CHANNEL_OPTIONS))
         try:
             self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, user=user,
                                                            password=password, failover=True)
@@ -130,6 +144,8 @@ class EtcdStore:
                         ep.fail()
                     client._clear_old_stubs()
             detail = "%s: %s" % (code.name, exc.details())
+            if code in _PERMANENT:
+                raise StoreRejected("etcd refused the request: %s" % detail) from exc
             if write and code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
                                   grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
                 raise StoreOutcomeUnknown("etcd did not answer: %s" % detail) from exc

@@ -106,7 +106,7 @@ def test_b29_slash30_hands_out_only_dot2(daemons):
     assert added(add(d, conf, "c1"))["ips"] == [{"address": "10.71.0.2/30", "gateway": "10.71.0.1"}]
     assert_err(add(d, conf, "c2"), 100, "1.1.0")
     assert read_handle(d, "net1", "c2", "eth0") is None
-    assert list(read_kind(d, "ips/")) == ["ips/net1/0a470000-30/0a470002"]
+    assert list(read_kind(d, "ips/")) == ["ips/net1/v4/0a470002"]
 
 
 def test_b29_gateway_at_the_top_frees_dot1_and_is_never_handed_out(daemons):
@@ -246,8 +246,8 @@ def test_b34_two_nodes_full_block_borrows_from_the_other_nodes_block(daemons):
     borrowed = ipaddress.ip_interface(address(add(a, conf, "a16")))
     assert borrowed.network == ipaddress.ip_network("10.80.0.0/27"), borrowed
     assert borrowed.ip in ipaddress.ip_network("10.80.0.16/28") and str(borrowed.ip) != "10.80.0.16", borrowed
-    key = "ips/net1/0a500000-27/%08x" % int(borrowed.ip)
-    assert read_kind(a, "ips/")[key] == {"handle": "net1/a16/eth0", "node": "A"}
+    key = "ips/net1/v4/%08x" % int(borrowed.ip)
+    assert read_kind(a, "ips/")[key] == {"handle": "net1/a16/eth0", "node": "A", "pool": "net1/0a500000-27"}
     handle = read_handle(a, "net1", "a16", "eth0")
     assert handle is not None and handle["node"] == "A", handle
     assert blocks(a, "net1") == {"10.80.0.0/28": "A", "10.80.0.16/28": "B"}

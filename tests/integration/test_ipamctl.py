@@ -39,8 +39,8 @@ def test_check_reports_ok_then_a_planted_violation(daemons, tmp_path):
     # plant an address record whose handle does not exist (invariant 1), then check again, by flags this time
     store = EtcdStore(d.endpoints, d.prefix)
     try:
-        key = "ips/testnet/0a010200-24/0a010209"
-        store.txn([], [Put(key, b'{"handle":"testnet/ghost/eth0","node":"A"}')], [], 5)
+        key = "ips/testnet/v4/0a010209"
+        store.txn([], [Put(key, b'{"handle":"testnet/ghost/eth0","node":"A","pool":"testnet/0a010200-24"}')], [], 5)
         bad = ipamctl("check", "--etcd-endpoints", d.endpoints, "--etcd-prefix", d.prefix)
         assert bad.returncode == 1 and "INV1 " + key in bad.stdout, bad.stdout
     finally:

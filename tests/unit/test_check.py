@@ -55,7 +55,7 @@ class Snapshot:
             self.kv[handle_key(rec.handle)] = rec.encode()
         if ip_records:
             for a in allocs:
-                self.kv[a.ip_key] = encode_ip_record(rec.handle, "n1")
+                self.kv[a.ip_key] = encode_ip_record(rec.handle, "n1", a.pool_id)
         return rec.handle
 
     def kvs(self) -> list[KV]:
@@ -98,16 +98,16 @@ def test_ip_record_whose_handle_is_missing() -> None:
     s.attach("ghost", [(POOL, "10.1.2.10/24")], handle=False)
     violations = check_snapshot(s.kvs())
     assert invariants(violations) == {1}
-    assert violations[0].key == ip_key(POOL, 4, ip("10.1.2.10"))
+    assert violations[0].key == ip_key("net1", 4, ip("10.1.2.10"))
     assert "net1/ghost/eth0" in violations[0].message
 
 
 def test_ip_record_naming_a_handle_that_does_not_list_it() -> None:
     s = consistent()
-    s.kv[ip_key(POOL, 4, ip("10.1.2.11"))] = encode_ip_record("net1/c2/eth0", "n1")
+    s.kv[ip_key("net1", 4, ip("10.1.2.11"))] = encode_ip_record("net1/c2/eth0", "n1", POOL)
     violations = check_snapshot(s.kvs())
     assert invariants(violations) == {1}
-    assert violations[0].key == ip_key(POOL, 4, ip("10.1.2.11"))
+    assert violations[0].key == ip_key("net1", 4, ip("10.1.2.11"))
 
 
 def test_handle_listing_an_address_without_record() -> None:
@@ -122,7 +122,7 @@ def test_handle_listing_an_address_without_record() -> None:
 def test_handle_listing_an_address_whose_record_names_another_handle() -> None:
     s = consistent()
     h = s.attach("c9", [(POOL, "10.1.2.13/24")], ip_records=False)
-    s.kv[ip_key(POOL, 4, ip("10.1.2.13"))] = encode_ip_record("net1/c2/eth0", "n1")
+    s.kv[ip_key("net1", 4, ip("10.1.2.13"))] = encode_ip_record("net1/c2/eth0", "n1", POOL)
     violations = check_snapshot(s.kvs())
     assert invariants(violations) == {1}
     assert handle_key(h) in {v.key for v in violations}
@@ -137,7 +137,7 @@ def test_address_outside_usable_set(address: str) -> None:
     s.attach("c9", [(POOL, address)])
     violations = check_snapshot(s.kvs())
     assert invariants(violations) == {2}
-    assert [v.key for v in violations] == [ip_key(POOL, 4, int(ipaddress.ip_interface(address).ip))]
+    assert [v.key for v in violations] == [ip_key("net1", 4, int(ipaddress.ip_interface(address).ip))]
     assert "not usable" in violations[0].message
 
 
@@ -223,7 +223,7 @@ def test_handle_record_naming_another_attachment() -> None:
 
 @pytest.mark.parametrize("key, value", [
     (handle_key("net1/c9/eth0"), b"not json"),
-    (ip_key(POOL, 4, ip("10.1.2.50")), b"{"),
+    (ip_key("net1", 4, ip("10.1.2.50")), b"{"),
     (block_key(POOL, Block(4, ip("10.1.2.128"), 26)), b"]"),
 ])
 def test_undecodable_records_reported(key: str, value: bytes) -> None:
