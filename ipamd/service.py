@@ -90,6 +90,7 @@ class IpamService:
         self._cache = _Cache()
         self._cache_lock = threading.Lock()
         self._attachment_locks: dict[str, list[Any]] = {}
+        self._pending: set[tuple[str, int, int]] = set()  # (network, family, address) picked, not committed
         self._locks_lock = threading.Lock()
 
     # -- start-up ------------------------------------------------------------------------------------------
@@ -263,9 +264,28 @@ class IpamService:
                     if existing is not None:
                         return self._existing(existing, requested)
                     raise
-                self.failpoints.hit("add.after_pick")
-                return self._commit_add(att, netconf, picks, netns, pod or {}, deadline)
+                self._reserve(picks)
+                try:
+                    self.failpoints.hit("add.after_pick")
+                    return self._commit_add(att, netconf, picks, netns, pod or {}, deadline)
+                finally:
+                    self._reserve(picks, release=True)
             return self._retrying("ADD", deadline, attempt)  # type: ignore[no-any-return]
+
+    def _busy(self, pool: Pool, taken: set[int]) -> "_Busy":
+        """``taken`` plus the addresses concurrent ADDs in this daemon have picked but not yet committed, so they
+        pick different addresses instead of colliding on the lowest free one (field case B04)."""
+        return _Busy(taken, self._pending, pool.network, pool.range.family)
+
+    def _reserve(self, picks: list[_Pick], release: bool = False) -> None:
+        with self._cache_lock:
+            for p in picks:
+                if not p.requested:
+                    item = (p.pool.network, p.pool.range.family, p.value)
+                    if release:
+                        self._pending.discard(item)
+                    else:
+                        self._pending.add(item)
 
     @staticmethod
     def _existing(rec: HandleRecord, requested: dict[int, tuple[Pool, int]]) -> list[Allocation]:
@@ -337,7 +357,7 @@ class IpamService:
             for st in own:
                 if st.taken is None:
                     continue
-                value = rng.first_free(st.block.first, st.block.last, st.taken)
+                value = rng.first_free(st.block.first, st.block.last, self._busy(pool, st.taken))
                 if value is not None:
                     return _Pick(index, pool, st.block, value, "own", st.mod_revision)
         # our blocks look full or unloaded: reload them once (another actor may have released addresses)
@@ -345,7 +365,7 @@ class IpamService:
             taken = self._read_taken(pool.id, st.block, deadline)
             with self._cache_lock:
                 st.taken = taken
-            value = rng.first_free(st.block.first, st.block.last, taken)
+            value = rng.first_free(st.block.first, st.block.last, self._busy(pool, taken))
             if value is not None:
                 return _Pick(index, pool, st.block, value, "own", st.mod_revision)
         # 2. claim the lowest unclaimed block
@@ -353,7 +373,7 @@ class IpamService:
         for block in candidate_blocks(rng, self._block_prefix(pool), claimed):
             with self._cache_lock:
                 foreign = self._cache.unclaimed_taken.get((pool.id, block.first), set())
-            value = rng.first_free(block.first, block.last, foreign)
+            value = rng.first_free(block.first, block.last, self._busy(pool, foreign))
             if value is not None:
                 return _Pick(index, pool, block, value, "claim")
         # 3. borrow from a block another node owns (decision 5 of field-cases.md)
@@ -363,7 +383,7 @@ class IpamService:
             taken = self._read_taken(pool.id, st.block, deadline)
             with self._cache_lock:
                 st.taken = taken
-            value = rng.first_free(st.block.first, st.block.last, taken)
+            value = rng.first_free(st.block.first, st.block.last, self._busy(pool, taken))
             if value is not None:
                 return _Pick(index, pool, st.block, value, "borrow", st.mod_revision)
         return None
@@ -691,6 +711,18 @@ class IpamService:
     def _gc_lock(self, network: str) -> Iterator[None]:
         with self._serialised("gc:" + network):
             yield
+
+
+class _Busy:
+    """``value in busy``: taken in the block, or picked by a concurrent ADD of this daemon (same network)."""
+
+    __slots__ = ("taken", "pending", "network", "family")
+
+    def __init__(self, taken: set[int], pending: set[tuple[str, int, int]], network: str, family: int) -> None:
+        self.taken, self.pending, self.network, self.family = taken, pending, network, family
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.taken or (self.network, self.family, value) in self.pending
 
 
 class _DeadlinePassed(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Container, Iterable, Iterator
 
 from .errors import InvalidConfig
 
@@ -132,12 +132,12 @@ class Range:
             n -= hi - lo + 1 - sum(1 for v in specials if lo <= v <= hi)
         return max(n, 0)
 
-    def first_free(self, lo: int, hi: int, taken: Iterable[int] | set[int]) -> int | None:
+    def first_free(self, lo: int, hi: int, taken: "Container[int] | Iterable[int]") -> int | None:
         """Lowest usable address in ``[lo, hi]`` not in ``taken``; ``None`` if none.
 
         Cost is bounded by ``len(taken)`` plus the few special addresses, never by the span's size.
         """
-        taken_set = taken if isinstance(taken, (set, frozenset)) else set(taken)
+        taken_set: Container[int] = taken if isinstance(taken, Container) else set(taken)
         lo = max(lo, self.start)
         hi = min(hi, self.end)
         value = lo
