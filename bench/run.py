@@ -125,21 +125,8 @@ def time_process(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> in
     return dt
 
 
-CNI_MAGIC = b"IPAMD1\n"
-
-
-def _section(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise OSError("ipamd closed the connection early")
-        buf += chunk
-    return buf
+# the plugin's own framing helpers (client side of docs/cni-socket.md)
+from ipamd_cni import MAGIC as CNI_MAGIC, _recv_exact, _section  # noqa: E402
 
 
 def cni_socket_call(path: str, env: dict[str, str], conf: dict[str, Any]) -> tuple[int, int, bytes]:

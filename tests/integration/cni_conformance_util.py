@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import subprocess
 from typing import Any
 
-from harness import CniOutput, cni_config, installed_shim
+from harness import CniOutput, Daemon, cni_config, installed_shim
 from ipamd.store.etcd import EtcdStore
 
 VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -201,3 +202,42 @@ def run_shim_raw(env: dict[str, str], *, socket: str | None, stdin: Any = None, 
         p = subprocess.run([installed_shim()], stdin=stdin, capture_output=True, env=e,
                            timeout=timeout)
     return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
+
+
+def revision(d: Daemon) -> int:
+    """The etcd store revision (header of a read of one absent key)."""
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        return store.read("x", None, 5)[1]
+    finally:
+        store.close()
+
+
+def wait_registered(d: Daemon, timeout: float = 10.0) -> None:
+    """Wait for the daemon's ``nodes/<node>`` liveness key. The lease thread writes it in parallel with the first
+    sync, so it can land just after the daemon reports SERVING; after it, an idle daemon writes nothing (lease
+    keepalives are not writes), so the store revision is quiet."""
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        deadline = time.monotonic() + timeout
+        while not store.read("nodes/" + d.node, None, 5)[0]:
+            assert time.monotonic() < deadline, "nodes/%s never written" % d.node
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def ip_owner(d: Daemon, address: str) -> str | None:
+    """The ``handle`` named by the address record of ``address`` (any pool), or ``None`` when it is free."""
+    import json
+
+    keys = ip_records(d, address)
+    if not keys:
+        return None
+    assert len(keys) == 1, keys
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        kvs, _ = store.read(keys[0], None, 5)
+    finally:
+        store.close()
+    return json.loads(kvs[0].value)["handle"]

@@ -20,9 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from cni_conformance_util import assert_err, assert_ok_empty, handle_ips, ip_records, parse_stdout, read_handle
+from cni_conformance_util import revision, wait_registered, ip_owner, assert_err, assert_ok_empty, handle_ips, ip_records, parse_stdout, read_handle
 from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni, snapshot_counts
-from ipamd.store.etcd import EtcdStore
 
 
 @pytest.fixture(scope="module")
@@ -53,43 +52,7 @@ def assert_added(out: CniOutput, address: str) -> None:
     assert [ip["address"] for ip in obj["ips"]] == [address], out
 
 
-def revision(d: Daemon) -> int:
-    """The etcd store revision (header of a read of one absent key)."""
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        return store.read("x", None, 5)[1]
-    finally:
-        store.close()
 
-
-def wait_registered(d: Daemon, timeout: float = 10.0) -> None:
-    """Wait for the daemon's ``nodes/<node>`` liveness key. The lease thread writes it in parallel with the first
-    sync, so it can land just after the daemon reports SERVING; after it, an idle daemon writes nothing (lease
-    keepalives are not writes), so the store revision is quiet."""
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        deadline = time.monotonic() + timeout
-        while not store.read("nodes/" + d.node, None, 5)[0]:
-            assert time.monotonic() < deadline, "nodes/%s never written" % d.node
-            time.sleep(0.05)
-    finally:
-        store.close()
-
-
-def ip_owner(d: Daemon, address: str) -> str | None:
-    """The ``handle`` named by the address record of ``address`` (any pool), or ``None`` when it is free."""
-    import json
-
-    keys = ip_records(d, address)
-    if not keys:
-        return None
-    assert len(keys) == 1, keys
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        kvs, _ = store.read(keys[0], None, 5)
-    finally:
-        store.close()
-    return json.loads(kvs[0].value)["handle"]
 
 
 def counts(d: Daemon) -> tuple[int, int]:

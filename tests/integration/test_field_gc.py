@@ -9,14 +9,12 @@ design.md §2 after every scenario.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
 
-from cni_conformance_util import NO_ATTACHMENT, assert_ok_empty, handle_ips, ip_records, parse_stdout
+from cni_conformance_util import ip_owner, NO_ATTACHMENT, assert_ok_empty, handle_ips, ip_records, parse_stdout
 from harness import CniOutput, Daemon, cni_config, run_cni, snapshot_counts
-from ipamd.store.etcd import EtcdStore
 
 VALID = "cni.dev/valid-attachments"
 LEGACY = "cni.dev/attachments"
@@ -41,19 +39,6 @@ def gc(d: Daemon, conf: Any, **keys: list[tuple[str, str]] | None) -> CniOutput:
             body[key] = [{"containerID": c, "ifname": i} for c, i in keys[name]]
     return run_cni("GC", body, socket=d.cni_socket, **NO_ATTACHMENT)
 
-
-def ip_owner(d: Daemon, address: str) -> str | None:
-    """The ``handle`` named by the address record of ``address`` (any pool), or ``None`` when it is free."""
-    keys = ip_records(d, address)
-    if not keys:
-        return None
-    assert len(keys) == 1, keys
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        kvs, _ = store.read(keys[0], None, 5)
-    finally:
-        store.close()
-    return json.loads(kvs[0].value)["handle"]
 
 
 def held(d: Daemon, network: str, cid: str, if_name: str, address: str) -> bool:

@@ -15,14 +15,13 @@ instance the lease of a daemon another test killed with SIGKILL expiring 30 s la
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from cni_conformance_util import (NO_ATTACHMENT, SUPPORTED, assert_err, assert_ok_empty, bridge_result, handle_ips,
-                                  ip_records, parse_stdout, read_handle)
+                                  ip_records, parse_stdout, read_handle, revision, wait_registered)
 from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni, snapshot_counts
 from ipamd.store.base import prefix_end
 from ipamd.store.etcd import EtcdStore
@@ -62,27 +61,6 @@ def address(out: CniOutput) -> str:
     return obj["ips"][0]["address"]
 
 
-def revision(d: Daemon) -> int:
-    """The etcd store revision (header of a read of one absent key)."""
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        return store.read("x", None, 5)[1]
-    finally:
-        store.close()
-
-
-def wait_registered(d: Daemon, timeout: float = 10.0) -> None:
-    """Wait for the daemon's ``nodes/<node>`` liveness key. The lease thread writes it in parallel with the first
-    sync, so it can land just after the daemon reports SERVING; after it, an idle daemon writes nothing (lease
-    keepalives are not writes), so the store revision is quiet."""
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        deadline = time.monotonic() + timeout
-        while not store.read("nodes/" + d.node, None, 5)[0]:
-            assert time.monotonic() < deadline, "nodes/%s never written" % d.node
-            time.sleep(0.05)
-    finally:
-        store.close()
 
 
 def records(d: Daemon) -> dict[str, tuple[bytes, int]]:
