@@ -144,6 +144,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     metrics = Metrics()
     service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, metrics=metrics,
                           failpoints=Failpoints.from_env(), etcd_timeout=cfg.etcd_timeout)
+    metrics.watch_pools(service.pool_usage)
     os.makedirs(os.path.dirname(cfg.grpc_socket) or ".", exist_ok=True)
     if os.path.exists(cfg.grpc_socket):
         os.unlink(cfg.grpc_socket)

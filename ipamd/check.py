@@ -29,6 +29,11 @@ class Violation:
         return "INV%d %s: %s" % (self.invariant, self.key, self.message)
 
 
+def pool_range(spec: dict) -> Range | None:
+    """The :class:`Range` a pool record describes, or ``None`` if the record is malformed."""
+    return _pool_range(spec)
+
+
 def _pool_range(spec: dict) -> Range | None:
     try:
         net = ipaddress.ip_network(spec["subnet"])

@@ -5,7 +5,11 @@ Names follow Prometheus conventions: ``ipamd_`` prefix, base units, counters end
 
 from __future__ import annotations
 
+from typing import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -29,8 +33,36 @@ class Metrics:
         self.gc_released = Counter("ipamd_gc_released_total", "attachments released by GC", registry=r)
         self.ready = Gauge("ipamd_ready", "1 once the first sync with etcd is done", registry=r)
 
+    def watch_pools(self, usage: Callable[[], list[tuple[str, int, int]]]) -> None:
+        """Export ``ipamd_pool_free_addresses`` / ``ipamd_pool_allocated_addresses`` per pool, computed at scrape
+        time by ``usage()`` (pool id, usable, allocated); nothing is exported while etcd cannot be read."""
+        self.registry.register(_PoolCollector(usage))
+
     def serve(self, address: str) -> object:
         """Serve ``/metrics`` on ``host:port`` (port 0 picks one); returns the server (``server_port`` attr)."""
         host, _, port = address.rpartition(":")
         server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
         return server
+
+
+class _PoolCollector(Collector):
+    def __init__(self, usage: Callable[[], list[tuple[str, int, int]]]) -> None:
+        self.usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        free = GaugeMetricFamily("ipamd_pool_free_addresses", "Usable addresses not allocated, per pool",
+                                 labels=["pool"])
+        allocated = GaugeMetricFamily("ipamd_pool_allocated_addresses", "Allocated addresses, per pool",
+                                      labels=["pool"])
+        try:
+            rows = self.usage()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because etcd is away
+            rows = []
+        for pool, usable, used in rows:
+            free.add_metric([pool], max(usable - used, 0))
+            allocated.add_metric([pool], used)
+        yield free
+        yield allocated
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())

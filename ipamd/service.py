@@ -333,8 +333,9 @@ class IpamService:
             return _Pick(index, pool, st.block, value, mode, st.mod_revision, requested=True)
 
     def _pick_free(self, index: int, rset: tuple[Pool, ...], deadline: float) -> _Pick:
+        free_elsewhere = [0]  # free addresses in other nodes' blocks that strictAffinity forbids borrowing
         for pool in rset:
-            pick = self._pick_in_pool(index, pool, deadline)
+            pick = self._pick_in_pool(index, pool, deadline, free_elsewhere)
             if pick is not None:
                 return pick
         pool = rset[0]
@@ -344,11 +345,17 @@ class IpamService:
             allocated = sum(len(st.taken or ()) for p in rset for st in self._pool_states(p.id).values())
             mine = sum(1 for p in rset for st in self._pool_states(p.id).values() if st.node == self.node)
         usable = sum(p.range.usable_count() for p in rset)
+        if any(p.strict_affinity for p in rset):
+            raise PoolExhausted("no free address for node %s in pool %s (strictAffinity)" % (self.node, subnets),
+                                "network %s: node %s owns %d block(s), all full; 0 unclaimed blocks; %d free "
+                                "address(es) in blocks owned by other nodes, not borrowed because of strictAffinity"
+                                % (pool.network, self.node, mine, free_elsewhere[0]))
         raise PoolExhausted("no free address in pool %s" % subnets,
                             "network %s: %d of %d usable addresses allocated; node %s owns %d block(s); "
                             "0 unclaimed blocks" % (pool.network, allocated, usable, self.node, mine))
 
-    def _pick_in_pool(self, index: int, pool: Pool, deadline: float) -> _Pick | None:
+    def _pick_in_pool(self, index: int, pool: Pool, deadline: float,
+                      free_elsewhere: list[int] | None = None) -> _Pick | None:
         rng = pool.range
         # 1. the lowest free address in this node's blocks (lowest block first)
         with self._cache_lock:
@@ -383,6 +390,11 @@ class IpamService:
             taken = self._read_taken(pool.id, st.block, deadline)
             with self._cache_lock:
                 st.taken = taken
+            if pool.strict_affinity:
+                if free_elsewhere is not None:
+                    free_elsewhere[0] += rng.usable_count(st.block.first, st.block.last) - sum(
+                        1 for v in taken if rng.usable(v) and st.block.first <= v <= st.block.last)
+                continue
             value = rng.first_free(st.block.first, st.block.last, self._busy(pool, taken))
             if value is not None:
                 return _Pick(index, pool, st.block, value, "borrow", st.mod_revision)
@@ -622,6 +634,23 @@ class IpamService:
             if pool.range.first_free(st.block.first, st.block.last, taken) is not None:
                 return True
         return False
+
+    def pool_usage(self) -> list[tuple[str, int, int]]:
+        """``(pool id, usable, allocated)`` for every pool this daemon knows a record of; allocated is one
+        count-only read per pool (addresses of the network inside the pool's subnet). For the metrics scrape."""
+        from .check import pool_range
+
+        with self._cache_lock:
+            pools = [(pool_id, decode(entry[0])) for pool_id, entry in self._cache.pools.items()]
+        out = []
+        for pool_id, spec in pools:
+            rng = pool_range(spec)
+            if rng is None:
+                continue
+            first = Block(rng.family, rng.network, rng.prefixlen)
+            start, end = ips_range(pool_network(pool_id), first)
+            out.append((pool_id, rng.usable_count(), self.store.count(start, end, self.etcd_timeout)))
+        return out
 
     # -- GC ------------------------------------------------------------------------------------------------
 

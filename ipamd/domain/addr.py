@@ -123,13 +123,18 @@ class Range:
                 return False
         return True
 
-    def usable_count(self) -> int:
-        """Number of addresses that may be handed out (``free + allocated = usable_count``)."""
+    def usable_count(self, lo: int | None = None, hi: int | None = None) -> int:
+        """Number of addresses that may be handed out (``free + allocated = usable_count``), in the whole range
+        or in ``[lo, hi]`` (e.g. one block). Arithmetic only: no walk over the span."""
+        start = self.start if lo is None else max(lo, self.start)
+        end = self.end if hi is None else min(hi, self.end)
+        if start > end:
+            return 0
         specials = {v for v in (self.network, self.gateway, self.last if self.family == 4 else None)
-                    if v is not None and self.start <= v <= self.end}
-        n = self.end - self.start + 1 - len(specials)
-        for lo, hi in _merge_spans((max(lo, self.start), min(hi, self.end)) for lo, hi in self.excludes):
-            n -= hi - lo + 1 - sum(1 for v in specials if lo <= v <= hi)
+                    if v is not None and start <= v <= end}
+        n = end - start + 1 - len(specials)
+        for x, y in _merge_spans((max(x, start), min(y, end)) for x, y in self.excludes):
+            n -= y - x + 1 - sum(1 for v in specials if x <= v <= y)
         return max(n, 0)
 
     def first_free(self, lo: int, hi: int, taken: "Container[int] | Iterable[int]") -> int | None:

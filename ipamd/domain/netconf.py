@@ -20,7 +20,7 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
-    "socket", "blockSize", "blockSize6", "exclude",
+    "socket", "blockSize", "blockSize6", "exclude", "strictAffinity",
 })
 ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 
@@ -31,13 +31,15 @@ class Pool:
 
     ``id`` is ``<network>/<subnet key>`` (e.g. ``net1/0a0a0000-24``): pools of different networks are independent
     (cni-conformance.md T38), and two ranges of one network never share a subnet.
-    ``block_prefix`` is the prefix length of its blocks.
+    ``block_prefix`` is the prefix length of its blocks. ``strict_affinity``: never borrow an address from a
+    block another node owns (Calico's strictAffinity; field case B34).
     """
 
     id: str
     network: str
     range: Range
     block_prefix: int
+    strict_affinity: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,9 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     if not raw_sets:
         raise InvalidConfig("ipam for network %s has no ranges" % name, "set ipam.ranges or ipam.subnet")
     excludes = _excludes(ipam)
+    strict = ipam.get("strictAffinity", False)
+    if not isinstance(strict, bool):
+        raise InvalidConfig("ipam.strictAffinity %r is not true or false" % (strict,))
     range_sets: list[tuple[Pool, ...]] = []
     seen: list[Range] = []
     for i, raw_set in enumerate(raw_sets):
@@ -189,7 +194,8 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
             if pools and pools[0].range.family != rng.family:
                 raise InvalidConfig("%s subnet %s mixes address families in one range set" % (where, rng.subnet))
             seen.append(rng)
-            pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng)))
+            pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng),
+                              strict))
         range_sets.append(tuple(pools))
     socket = ipam.get("socket")
     return NetConf(name=name, range_sets=tuple(range_sets), routes=_routes(ipam), dns=_dns(ipam),

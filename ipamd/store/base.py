@@ -111,6 +111,10 @@ class Store(Protocol):
         """Serializable-free (linearizable) read of a key or range: ``(kvs, revision)``."""
         ...
 
+    def count(self, key: str, range_end: str, timeout: float) -> int:
+        """Number of keys in ``[key, range_end)`` (etcd ``count_only``: nothing but the number is sent)."""
+        ...
+
     def grant_lease(self, ttl: int, timeout: float) -> int:
         """A new lease of ``ttl`` seconds; returns its id."""
         ...

@@ -171,6 +171,13 @@ class EtcdStore:
         resp = self._call("kvstub", "Range", self._range_request(key, range_end), timeout, write=False)
         return tuple(self._kv(kv) for kv in resp.kvs), int(resp.header.revision)  # type: ignore[attr-defined]
 
+    def count(self, key: str, range_end: str, timeout: float) -> int:
+        """See :meth:`ipamd.store.base.Store.count`."""
+        req = self._range_request(key, range_end)
+        req.count_only = True
+        resp = self._call("kvstub", "Range", req, timeout, write=False)
+        return int(resp.count)  # type: ignore[attr-defined]
+
     def grant_lease(self, ttl: int, timeout: float) -> int:
         resp = self._call("leasestub", "LeaseGrant", etcdrpc.LeaseGrantRequest(TTL=ttl), timeout, write=False)
         return int(resp.ID)  # type: ignore[attr-defined]
