@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Sequence
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -49,6 +50,29 @@ def wait_for_port(port: int, timeout: float) -> None:
     raise TimeoutError("nothing listens on 127.0.0.1:%d after %.0f s" % (port, timeout))
 
 
+def etcd_command(name: str, data_dir: str, client_port: int, peer_port: int, initial_cluster: str,
+                 new_cluster: bool = True, extra: Sequence[str] = ()) -> list[str]:
+    """The command line of one etcd member on 127.0.0.1 (client and peer URLs on the given ports)."""
+    client = "http://127.0.0.1:%d" % client_port
+    peer = "http://127.0.0.1:%d" % peer_port
+    return [etcd_binary(), "--name", name, "--data-dir", data_dir,
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", initial_cluster, "--initial-cluster-state", "new" if new_cluster else "existing",
+            *extra]
+
+
+def stop_process(proc: "subprocess.Popen[bytes]", grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; waits for the exit. Only for processes we started."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class EmbeddedEtcd:
     """A single-member etcd on 127.0.0.1 with data in ``data_dir``; ``endpoint`` is its client URL."""
 
@@ -65,13 +89,9 @@ class EmbeddedEtcd:
     def start(self, timeout: float = 20.0) -> "EmbeddedEtcd":
         """Start the member and wait until it accepts connections. Raises ``RuntimeError`` if it exits,
         ``FileNotFoundError`` (before creating anything) when no etcd binary is found."""
-        binary = etcd_binary()
+        cmd = etcd_command("ipamd-embedded", self.data_dir, self.client_port, self.peer_port,
+                           "ipamd-embedded=http://127.0.0.1:%d" % self.peer_port, extra=("--log-level", "error"))
         os.makedirs(self.data_dir, exist_ok=True)
-        peer = "http://127.0.0.1:%d" % self.peer_port
-        cmd = [binary, "--name", "ipamd-embedded", "--data-dir", self.data_dir,
-               "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-               "--initial-cluster", "ipamd-embedded=" + peer, "--log-level", "error"]
         log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -84,12 +104,6 @@ class EmbeddedEtcd:
 
     def stop(self) -> None:
         """Stop the member (SIGTERM, then SIGKILL after 5 s)."""
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None

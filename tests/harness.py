@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ipamd.check import check_store
-from ipamd.embedded import etcd_binary, free_port, wait_for_port
+from ipamd.embedded import etcd_binary, etcd_command, free_port, stop_process, wait_for_port
 from ipamd.store.etcd import EtcdStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,12 +53,8 @@ class EtcdMember:
         return "http://127.0.0.1:%d" % self.client_port
 
     def start(self, new: bool = True) -> None:
-        peer = "http://127.0.0.1:%d" % self.peer_port
-        cmd = [etcd_binary(), "--name", self.name, "--data-dir", self.data_dir,
-               "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-               "--initial-cluster", self.cluster, "--initial-cluster-state", "new" if new else "existing",
-               *ETCD_TUNING]
+        cmd = etcd_command(self.name, self.data_dir, self.client_port, self.peer_port, self.cluster, new,
+                           ETCD_TUNING)
         log = open(os.path.join(os.path.dirname(self.data_dir), self.name + ".log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -70,13 +66,8 @@ class EtcdMember:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
 
