@@ -31,10 +31,6 @@ class Violation:
 
 def pool_range(spec: dict) -> Range | None:
     """The :class:`Range` a pool record describes, or ``None`` if the record is malformed."""
-    return _pool_range(spec)
-
-
-def _pool_range(spec: dict) -> Range | None:
     try:
         net = ipaddress.ip_network(spec["subnet"])
         gw = spec.get("gateway")
@@ -64,7 +60,7 @@ def check_snapshot(kvs: Iterable[KV]) -> list[Violation]:
     for kv in kvs:
         try:
             if kv.key.startswith(POOLS):
-                pools[kv.key[len(POOLS):]] = _pool_range(json.loads(kv.value))
+                pools[kv.key[len(POOLS):]] = pool_range(json.loads(kv.value))
             elif kv.key.startswith(BLOCKS):
                 pool_id, _, bkey = kv.key[len(BLOCKS):].rpartition("/")
                 blocks.setdefault(pool_id, []).append((Block.from_key(bkey), json.loads(kv.value).get("node", "")))

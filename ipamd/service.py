@@ -572,8 +572,7 @@ class IpamService:
     def get(self, att: Attachment) -> HandleRecord | None:
         """The attachment's record read from etcd (linearizable; never from the cache), or ``None``."""
         self._require_ready()
-        kvs, _ = self.store.read(handle_key(att.handle), None, self.etcd_timeout)
-        return HandleRecord.decode(kvs[0].value) if kvs else None
+        return self._read_handle(att.handle)
 
     def list_attachments(self, network: str = "") -> list[HandleRecord]:
         """All attachments, or those of one ``network``, read from etcd in key order."""
@@ -666,7 +665,7 @@ class IpamService:
         """
         self._require_ready()
         deadline = time.monotonic() + self.request_timeout
-        with self._gc_lock(network):
+        with self._serialised("gc:" + network):
             prefix = handle_key(network + "/")
             _, snapshot_rev = self.store.read(prefix, None, self.etcd_timeout)  # revision R of the liveness set
             self.failpoints.hit("gc.after_snapshot")
@@ -735,11 +734,6 @@ class IpamService:
         if len(batch) == 1:
             return 0  # changed since the snapshot (re-ADDed or released): not stale any more
         return sum(self._gc_release([item], deadline, failures) for item in batch)
-
-    @contextmanager
-    def _gc_lock(self, network: str) -> Iterator[None]:
-        with self._serialised("gc:" + network):
-            yield
 
 
 class _Busy:

@@ -198,9 +198,5 @@ class EtcdStore:
     def revoke(self, lease_id: int, timeout: float) -> None:
         self._call("leasestub", "LeaseRevoke", etcdrpc.LeaseRevokeRequest(ID=lease_id), timeout, write=False)
 
-    def status_revision(self, timeout: float) -> int:
-        """Current store revision (a cheap linearizable read of one absent key)."""
-        return self.read("\0", None, timeout)[1]
-
     def close(self) -> None:
         self._client.close()
