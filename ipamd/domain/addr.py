@@ -257,20 +257,21 @@ def block_of(rng: Range, block_prefix: int, value: int) -> Block:
     return Block(rng.family, value - ((value - rng.network) % size), block_prefix)
 
 
-def candidate_blocks(rng: Range, block_prefix: int, claimed: Iterable[int]) -> Iterator[Block]:
+def candidate_blocks(rng: Range, block_prefix: int, claimed: Container[int],
+                     start: int | None = None) -> Iterator[Block]:
     """Unclaimed blocks of ``rng`` that hold at least one usable address, lowest first.
 
-    ``claimed`` is the set of first addresses of blocks already owned by some node. The walk starts at the block
-    holding ``rng.start`` and skips claimed blocks; it is lazy, so a /64 of /122 blocks is fine.
+    ``claimed`` holds the first addresses of blocks already owned by some node (any container: a dict's keys view
+    is used as is, never copied). The walk starts at the block holding ``max(rng.start, start)`` and skips claimed
+    blocks; it is lazy, so a /64 of /122 blocks is fine. Cost: one step per claimed block passed over.
     """
-    claimed_set = set(claimed)
-    cursor = rng.start
+    cursor = rng.start if start is None else max(rng.start, start)
     while cursor <= rng.end:
         # the next usable address (first_free jumps over excluded spans), then the block holding it
         value = rng.first_free(cursor, rng.end, ())
         if value is None:
             return
         blk = block_of(rng, block_prefix, value)
-        if blk.first not in claimed_set:
+        if blk.first not in claimed:
             yield blk
         cursor = blk.last + 1

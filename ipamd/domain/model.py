@@ -1,26 +1,31 @@
-"""The etcd data model: key names under the prefix and the JSON records stored there (pure).
+"""The etcd data model: key names under the prefix and the records stored there (pure).
 
-Layout (documented in docs/etcd-layout.md; all keys relative to the configured prefix, default ``/ipamd/v1/``)::
+Every record's encoder, decoder and key parser lives here, once (docs/etcd-layout.md is the reference; all keys are
+relative to the configured prefix, default ``/ipamd/v1/``)::
 
-    pools/<network>/<subnet key>                  pool spec            (first claim; blockSize fixed then)
-    blocks/<network>/<subnet key>/<block key>     {"node"}             (create-if-absent claim)
-    ips/<network>/v4|v6/<address hex>             {"handle","node","pool"}  (ADD, with the handle)
-    handles/<network>/<containerID>/<ifName>      the attachment        (ADD, with the addresses)
+    pools/<network>/<subnet key>                  PoolRecord           (first claim; blockSize fixed then)
+    blocks/<network>/<subnet key>/<block key>     BlockRecord {"node"} (create-if-absent claim)
+    ips/<network>/v4|v6/<address hex>             IpRecord {"handle","node","pool"}  (ADD, with the handle)
+    handles/<network>/<containerID>/<ifName>      HandleRecord         (ADD, with the addresses)
     nodes/<node>                                  liveness, on a lease
 
 A pool id is ``<network>/<subnet key>``; subnet and block keys are ``<fixed-width hex>-<prefix>``, address keys
 fixed-width hex under one directory per network and family, so one block's addresses are one contiguous, ordered
-key range (design.md §2) and an address is unique within its network whatever pool (subnet) it came from: a
-network whose subnet is changed or widened can never hand out an address an older pool still holds.
+key range and an address is unique within its network whatever pool (subnet) it came from: a network whose subnet
+is changed or widened can never hand out an address an older pool still holds.
+
+Decoders raise ``ValueError`` (``KeyError``/``TypeError`` are turned into it) for a malformed record, so a caller
+has one exception to catch for "something else wrote this key".
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addr import BITS, Block, addr_key, to_ip
+from .addr import BITS, Block, Range, addr_key, key_addr, to_ip
 
 POOLS = "pools/"
 BLOCKS = "blocks/"
@@ -28,6 +33,8 @@ IPS = "ips/"
 HANDLES = "handles/"
 NODES = "nodes/"
 
+
+# -- keys ------------------------------------------------------------------------------------------------------------
 
 def pool_key(pool_id: str) -> str:
     return POOLS + pool_id
@@ -44,6 +51,11 @@ def blocks_prefix(pool_id: str) -> str:
 def pool_network(pool_id: str) -> str:
     """The network name of a pool id (``<network>/<subnet key>``)."""
     return pool_id.split("/", 1)[0]
+
+
+def pool_subnet(pool_id: str) -> Block:
+    """The subnet of a pool id as a :class:`Block` (first address and prefix). Raises ``ValueError``."""
+    return Block.from_key(pool_id.rsplit("/", 1)[1])
 
 
 def ip_key(network: str, family: int, value: int) -> str:
@@ -68,9 +80,134 @@ def node_key(node: str) -> str:
     return NODES + node
 
 
+def parse_block_key(key: str) -> tuple[str, Block]:
+    """``blocks/<pool id>/<block key>`` -> ``(pool id, Block)``. Raises ``ValueError`` for any other key."""
+    if not key.startswith(BLOCKS):
+        raise ValueError("not a block key: %r" % key)
+    pool_id, _, bkey = key[len(BLOCKS):].rpartition("/")
+    if not pool_id:
+        raise ValueError("not a block key: %r" % key)
+    try:
+        return pool_id, Block.from_key(bkey)
+    except (ValueError, KeyError) as exc:
+        raise ValueError("not a block key: %r (%s)" % (key, exc)) from None
+
+
+def parse_ip_key(key: str) -> tuple[str, int, int]:
+    """``ips/<network>/v4|v6/<hex>`` -> ``(network, family, address)``. Raises ``ValueError`` for any other key."""
+    if not key.startswith(IPS):
+        raise ValueError("not an address key: %r" % key)
+    network, _, rest = key[len(IPS):].partition("/")
+    fam, _, hexaddr = rest.partition("/")
+    family, value = key_addr(hexaddr)
+    if not network or fam != "v%d" % family:
+        raise ValueError("not an address key: %r" % key)
+    return network, family, value
+
+
+def parse_handle_key(key: str) -> str:
+    """``handles/<network>/<containerID>/<ifName>`` -> the handle id. Raises ``ValueError`` for any other key."""
+    if not key.startswith(HANDLES) or key.count("/") != 3:
+        raise ValueError("not a handle key: %r" % key)
+    return key[len(HANDLES):]
+
+
 def dumps(obj: dict[str, Any]) -> bytes:
     """Compact, key-sorted JSON bytes for an etcd value."""
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    """A record's JSON object. Raises ``ValueError`` when it is not JSON or not an object."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("record is not a JSON object")
+    return obj
+
+
+# -- records ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    """The value at ``pools/<pool id>``: the range the pool was last allocated from and its fixed block size.
+
+    ``range`` is a :class:`Range` (subnet, start, end, gateway, excludes); ``block_prefix`` the prefix length of
+    every block of the pool, fixed by the first claim so blocks never overlap (docs/etcd-layout.md).
+    """
+
+    network: str
+    range: Range
+    block_prefix: int
+
+    def encode(self) -> bytes:
+        rng = self.range
+        return dumps({"network": self.network, "subnet": str(rng.subnet),
+                      "rangeStart": str(to_ip(rng.family, rng.start)), "rangeEnd": str(to_ip(rng.family, rng.end)),
+                      "gateway": str(to_ip(rng.family, rng.gateway)) if rng.gateway is not None else None,
+                      "blockSize": self.block_prefix,
+                      "exclude": ["%s-%s" % (to_ip(rng.family, lo), to_ip(rng.family, hi))
+                                  for lo, hi in rng.excludes]})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "PoolRecord":
+        """Raises ``ValueError`` for a malformed record."""
+        try:
+            obj = decode(raw)
+            net = ipaddress.ip_network(obj["subnet"])
+            gw = obj.get("gateway")
+            excludes = []
+            for item in obj.get("exclude") or ():
+                lo, _, hi = item.partition("-")
+                excludes.append((int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))))
+            rng = Range(net.version, int(net.network_address), net.prefixlen,
+                        int(ipaddress.ip_address(obj["rangeStart"])), int(ipaddress.ip_address(obj["rangeEnd"])),
+                        int(ipaddress.ip_address(gw)) if gw else None, tuple(excludes))
+            prefix = obj["blockSize"]
+            if isinstance(prefix, bool) or not isinstance(prefix, int):
+                raise ValueError("blockSize %r is not an integer" % (prefix,))
+            return cls(str(obj.get("network", "")), rng, prefix)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError("malformed pool record: %s" % exc) from None
+
+
+def encode_block_record(node: str) -> bytes:
+    """Value at ``blocks/<pool>/<block>``: ``{"node"}``; the claim time is the key's create_revision in etcd."""
+    return dumps({"node": node})
+
+
+def decode_block_record(raw: bytes) -> str:
+    """The owner node of a block record ("" when the record names none). Raises ``ValueError``."""
+    node = decode(raw).get("node", "")
+    if not isinstance(node, str):
+        raise ValueError("block record node %r is not a string" % (node,))
+    return node
+
+
+@dataclass(frozen=True, slots=True)
+class IpRecord:
+    """The value at ``ips/<network>/v4|v6/<addr>``: the handle holding it, the node that allocated it, its pool
+    (small and constant-size, field case B05)."""
+
+    handle: str
+    node: str
+    pool: str
+
+    def encode(self) -> bytes:
+        return dumps({"handle": self.handle, "node": self.node, "pool": self.pool})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "IpRecord":
+        """Raises ``ValueError`` for a malformed record."""
+        obj = decode(raw)
+        parts = (obj.get("handle", ""), obj.get("node", ""), obj.get("pool", ""))
+        if not all(isinstance(p, str) for p in parts):
+            raise ValueError("malformed address record %r" % (obj,))
+        return cls(*parts)
+
+
+def encode_ip_record(handle: str, node: str, pool_id: str) -> bytes:
+    """Value at ``ips/<network>/v4|v6/<addr>`` (see :class:`IpRecord`)."""
+    return IpRecord(handle, node, pool_id).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +240,6 @@ class Allocation:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Allocation":
-        import ipaddress
-
         iface = ipaddress.ip_interface(obj["address"])
         gw = obj.get("gateway")
         return cls(obj["pool"], iface.version, int(iface.ip), iface.network.prefixlen,
@@ -130,6 +265,10 @@ class HandleRecord:
     def handle(self) -> str:
         return "%s/%s/%s" % (self.network, self.container_id, self.if_name)
 
+    @property
+    def ip_keys(self) -> tuple[str, ...]:
+        return tuple(a.ip_key for a in self.allocations)
+
     def encode(self) -> bytes:
         return dumps({"network": self.network, "containerID": self.container_id, "ifName": self.if_name,
                       "node": self.node, "ips": [a.to_json() for a in self.allocations],
@@ -137,24 +276,11 @@ class HandleRecord:
 
     @classmethod
     def decode(cls, raw: bytes) -> "HandleRecord":
-        obj = json.loads(raw)
-        return cls(obj["network"], obj["containerID"], obj["ifName"], obj.get("node", ""),
-                   tuple(Allocation.from_json(a) for a in obj.get("ips", [])), obj.get("netns", ""),
-                   dict(obj.get("pod") or {}))
-
-
-def encode_ip_record(handle: str, node: str, pool_id: str) -> bytes:
-    """Value at ``ips/<network>/v4|v6/<addr>``: ``{"handle", "node", "pool"}`` (small, constant-size; B05)."""
-    return dumps({"handle": handle, "node": node, "pool": pool_id})
-
-
-def encode_block_record(node: str) -> bytes:
-    """Value at ``blocks/<pool>/<block>``: ``{"node"}``; the claim time is the key's create_revision in etcd."""
-    return dumps({"node": node})
-
-
-def decode(raw: bytes) -> dict[str, Any]:
-    obj = json.loads(raw)
-    if not isinstance(obj, dict):
-        raise ValueError("record is not a JSON object")
-    return obj
+        """Raises ``ValueError`` for a malformed record."""
+        try:
+            obj = decode(raw)
+            return cls(obj["network"], obj["containerID"], obj["ifName"], obj.get("node", ""),
+                       tuple(Allocation.from_json(a) for a in obj.get("ips", [])), obj.get("netns", ""),
+                       dict(obj.get("pod") or {}))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError("malformed handle record: %s" % exc) from None

@@ -1,0 +1,236 @@
+"""The allocation policy (pure: no I/O, no locks): which address an ADD takes in one pool.
+
+Given a pool, this node's view of the pool's blocks (:class:`PoolState`) and the addresses other requests of this
+daemon have reserved, :func:`choose` answers one of
+
+- :class:`Pick` ``own``: the lowest free address of this node's lowest block with room;
+- :class:`Pick` ``claim``: the lowest free address of the lowest unclaimed block (so a fresh pool fills like
+  host-local, and eight nodes starting at once own the eight lowest blocks: field case B02);
+- :class:`Load`: the caller must read the address records of these blocks first, then ask again (a block of ours
+  not loaded yet; our full blocks before giving up on them; other nodes' blocks before borrowing);
+- :class:`Pick` ``borrow``: a free address in another node's block (field case B34, decision 5), unless the pool
+  sets ``strictAffinity``;
+- :class:`Exhausted`: nothing is free for this node.
+
+This is Calico's split (``ipam_block.go`` beside its reader/writer, docs/architecture.md): the arithmetic here, the
+datastore in the transactions, the locking in the cache. Cost per call is bounded by the size of one block plus the
+blocks it has to pass over, never by what the node or the cluster holds: full blocks leave :attr:`PoolState.room`
+once and come back only when one of their addresses is released.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import AbstractSet, Container
+
+from .addr import BITS, Block, Range, block_of, candidate_blocks, to_ip
+from .errors import AddressUnavailable
+from .model import PoolRecord, pool_subnet
+from .netconf import Pool
+
+
+@dataclass(slots=True)
+class BlockState:
+    """What this daemon knows of one claimed block: owner ``node``, the block key's ``mod_revision``, and (when
+    loaded) ``taken``, the addresses that have a record in it."""
+
+    block: Block
+    node: str
+    mod_revision: int
+    taken: set[int] | None = None
+
+
+@dataclass(slots=True)
+class PoolState:
+    """This daemon's view of one pool. Mutable; the cache owns it and holds its lock while the policy runs.
+
+    - ``record``/``record_raw``/``record_revision``: the pool record in etcd (None/0 when there is none);
+    - ``blocks``: every claimed block of the pool (any node), by first address;
+    - ``room``: sorted first addresses of this node's blocks not known to be full under ``room_range``;
+    - ``claim_floor``: no unclaimed block lies below it (the claim walk starts there);
+    - ``unclaimed_taken``: addresses known taken in blocks nobody owns (held through an overlapping pool of the
+      same network, e.g. after the subnet was widened);
+    - ``subnet``: the pool's subnet as a :class:`Block`, from the pool id (``ValueError`` if malformed).
+    """
+
+    pool_id: str
+    record: PoolRecord | None = None
+    record_raw: bytes | None = None
+    record_revision: int = 0
+    blocks: dict[int, BlockState] = field(default_factory=dict)
+    room: list[int] = field(default_factory=list)
+    room_range: Range | None = None
+    claim_floor: int = 0
+    unclaimed_taken: dict[int, set[int]] = field(default_factory=dict)
+    subnet: Block = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.subnet = pool_subnet(self.pool_id)  # raises ValueError for a malformed pool id
+
+    def add_room(self, first: int) -> None:
+        """Mark one of our blocks as possibly having room (idempotent)."""
+        i = bisect.bisect_left(self.room, first)
+        if i == len(self.room) or self.room[i] != first:
+            self.room.insert(i, first)
+
+    def drop_room(self, first: int) -> None:
+        i = bisect.bisect_left(self.room, first)
+        if i < len(self.room) and self.room[i] == first:
+            del self.room[i]
+
+    def reset_room(self, node: str, rng: Range | None) -> None:
+        """Every block of ``node`` may have room again (the range changed, or after a full reload)."""
+        self.room = sorted(first for first, st in self.blocks.items() if st.node == node)
+        self.room_range = rng
+        self.claim_floor = 0  # blocks without a usable address under the old range may have one now
+
+    def set_block(self, st: BlockState, node: str) -> None:
+        """Record a block (claimed by anyone); ours gets a place in ``room``."""
+        self.blocks[st.block.first] = st
+        if st.node == node:
+            self.add_room(st.block.first)
+        else:
+            self.drop_room(st.block.first)
+
+    def remove_block(self, first: int) -> None:
+        self.blocks.pop(first, None)
+        self.drop_room(first)
+        self.claim_floor = min(self.claim_floor, first)
+
+    @property
+    def block_prefix(self) -> int | None:
+        """The pool's block size: its record's, else that of any block seen, else ``None`` (nothing claimed)."""
+        if self.record is not None:
+            return self.record.block_prefix
+        for st in self.blocks.values():
+            return st.block.prefixlen
+        return None
+
+    def block_containing(self, value: int) -> BlockState | None:
+        """The claimed block holding ``value`` (arithmetic on the pool's block size; no walk), or ``None``."""
+        prefix = self.block_prefix
+        if prefix is None:
+            return None
+        size = 1 << (BITS[self.subnet.family] - prefix)
+        return self.blocks.get(value - ((value - self.subnet.first) % size))
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """One planned allocation: ``value`` in ``block``; ``mode`` is ``own``, ``claim`` or ``borrow``;
+    ``block_revision`` the block key's mod_revision the transaction compares (0 for a claim)."""
+
+    block: Block
+    value: int
+    mode: str
+    block_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Read the address records of ``blocks`` (then ask again with them in ``fresh``)."""
+
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """No address for this node: ``owned`` blocks of ours (all full), ``allocated`` addresses seen in the pool's
+    blocks, ``free_elsewhere`` free addresses in other nodes' blocks that ``strictAffinity`` forbids borrowing."""
+
+    owned: int
+    allocated: int
+    free_elsewhere: int
+
+
+Decision = Pick | Load | Exhausted
+
+
+class Busy:
+    """``value in busy``: taken in the block, or reserved by a concurrent ADD of this daemon (same network and
+    family), so concurrent ADDs pick different addresses instead of colliding on the lowest free one (B04)."""
+
+    __slots__ = ("taken", "reserved")
+
+    def __init__(self, taken: Container[int], reserved: Container[int]) -> None:
+        self.taken, self.reserved = taken, reserved
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.taken or value in self.reserved
+
+
+def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved: Container[int], *,
+           fresh: AbstractSet[int] = frozenset()) -> Decision:
+    """The next free address for ``node`` in ``pool`` (see the module docstring for the order).
+
+    ``block_prefix`` is the pool's block size (its record's once one exists); ``reserved`` the addresses of the
+    pool's network and family that concurrent ADDs of this daemon have picked; ``fresh`` the first addresses of
+    blocks whose address records were read during this request (they are not asked for again). Prunes
+    ``state.room`` of blocks found full and moves ``state.claim_floor`` up; otherwise does not change ``state``.
+    Deterministic.
+    """
+    rng = pool.range
+    if state.room_range != rng:
+        state.reset_room(node, rng)
+    # 1. the lowest free address in this node's blocks, lowest block first
+    for first in tuple(state.room):
+        st = state.blocks.get(first)
+        if st is None or st.node != node:
+            state.drop_room(first)
+            continue
+        if st.taken is None:
+            return Load((st.block,))
+        value = rng.first_free(st.block.first, st.block.last, Busy(st.taken, reserved))
+        if value is not None:
+            return Pick(st.block, value, "own", st.mod_revision)
+        state.drop_room(first)  # full (or full of reservations: the cache puts it back when they settle)
+    # 2. claim the lowest unclaimed block with a free address
+    for n, blk in enumerate(candidate_blocks(rng, block_prefix, state.blocks, state.claim_floor)):
+        if n == 0:  # every block the walk passed over to get here is claimed: start here next time
+            state.claim_floor = max(state.claim_floor, blk.first)
+        value = rng.first_free(blk.first, blk.last, Busy(state.unclaimed_taken.get(blk.first, ()), reserved))
+        if value is not None:
+            return Pick(blk, value, "claim")
+    # 3. our full blocks: re-read once per request before giving up on them (another actor may have released)
+    ours = [st for st in state.blocks.values() if st.node == node]
+    stale = tuple(st.block for st in ours if st.block.first not in fresh)
+    if stale:
+        return Load(stale)
+    # 4. other nodes' blocks: read, then borrow (unless strictAffinity)
+    others = sorted((st for st in state.blocks.values() if st.node != node), key=lambda s: s.block.first)
+    unread = tuple(st.block for st in others if st.block.first not in fresh or st.taken is None)
+    if unread:
+        return Load(unread)
+    free_elsewhere = 0
+    for st in others:
+        taken = st.taken or set()
+        if pool.strict_affinity:
+            free_elsewhere += rng.usable_count(st.block.first, st.block.last) - sum(
+                1 for v in taken if rng.usable(v) and st.block.first <= v <= st.block.last)
+            continue
+        value = rng.first_free(st.block.first, st.block.last, Busy(taken, reserved))
+        if value is not None:
+            return Pick(st.block, value, "borrow", st.mod_revision)
+    allocated = sum(len(st.taken or ()) for st in state.blocks.values())
+    return Exhausted(len(ours), allocated, free_elsewhere)
+
+
+def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick:
+    """The pick for a requested address (cni-conformance.md §5.3): in our block, in another node's block
+    (borrowed), or claiming the unclaimed block that holds it (so every address lies in an owned block,
+    invariant 2). Whether it is free is for the transaction's compare to decide (a cached "taken" may be stale).
+
+    Raises :class:`AddressUnavailable` (101) when the address is not allocatable in the pool (gateway, network,
+    IPv4 broadcast, excluded, outside the range).
+    """
+    rng = pool.range
+    if not rng.usable(value):
+        what = "the gateway" if value == rng.gateway else "not allocatable"
+        raise AddressUnavailable("requested address %s is %s in pool %s" % (to_ip(rng.family, value), what,
+                                                                          rng.subnet))
+    block = block_of(rng, block_prefix, value)
+    st = state.blocks.get(block.first)
+    if st is None:
+        return Pick(block, value, "claim")
+    return Pick(st.block, value, "own" if st.node == node else "borrow", st.mod_revision)
