@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol, Sequence
+from urllib.parse import urlsplit
 
 from ..domain.errors import IpamError, TryAgainLater
 
@@ -93,6 +94,31 @@ def prefix_end(prefix: str) -> str:
             return raw.decode("latin-1")
         raw.pop()
     return "\0"
+
+
+def parse_endpoint(item: str) -> tuple[str, int, bool]:
+    """One etcd client URL (``http://host:port``, ``https://host:port``, or ``host:port`` for http) ->
+    ``(host, port, secure)``. Raises ``ValueError`` naming what is wrong."""
+    url = urlsplit(item if "://" in item else "http://" + item)
+    if url.scheme not in ("http", "https"):
+        raise ValueError("etcd endpoint %r: scheme must be http or https" % item)
+    try:
+        port = url.port
+    except ValueError:
+        raise ValueError("etcd endpoint %r: port must be 1-65535" % item) from None
+    if not url.hostname or port is None or port == 0:
+        raise ValueError("etcd endpoint %r: needs host:port, e.g. http://127.0.0.1:2379" % item)
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError("etcd endpoint %r: only scheme://host:port is allowed" % item)
+    return url.hostname, port, url.scheme == "https"
+
+
+def parse_endpoints(text: str) -> list[tuple[str, int, bool]]:
+    """``"http://127.0.0.1:2379,https://h:2379"`` -> ``[(host, port, secure)]``; raises ``ValueError``."""
+    out = [parse_endpoint(item.strip()) for item in text.split(",") if item.strip()]
+    if not out:
+        raise ValueError("no etcd endpoints in %r" % text)
+    return out
 
 
 class Store(Protocol):

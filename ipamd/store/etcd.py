@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Sequence
-from urllib.parse import urlsplit
+from typing import Any, Sequence
 
 import grpc
 import pyetcd
 from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 
+from ..domain.errors import IpamError
 from .base import (KV, Compare, Delete, Get, Op, Put, StoreOutcomeUnknown, StoreRejected, StoreUnavailable,
-                   TxnResult)
+                   TxnResult, parse_endpoints)
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +52,6 @@ _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDIT
               grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OUT_OF_RANGE}
 
 
-def parse_endpoints(text: str) -> list[tuple[str, int, bool]]:
-    """``"http://127.0.0.1:2379,https://h:2379"`` -> ``[(host, port, secure)]``; raises ``ValueError``."""
-    out = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        url = urlsplit(item if "://" in item else "http://" + item)
-        if url.hostname is None or url.port is None:
-            raise ValueError("etcd endpoint %r needs host:port" % item)
-        out.append((url.hostname, url.port, url.scheme == "https"))
-    if not out:
-        raise ValueError("no etcd endpoints in %r" % text)
-    return out
-
-
 class EtcdStore:
     """:class:`ipamd.store.base.Store` on an etcd v3 cluster; every key is prefixed with ``prefix``.
 
@@ -92,8 +76,8 @@ class EtcdStore:
         try:
             self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, user=user,
                                                            password=password, failover=True)
-        except grpc.RpcError as exc:
-            raise StoreUnavailable("cannot authenticate to etcd at %s: %s" % (endpoints, exc.code())) from exc
+        except Exception as exc:  # noqa: BLE001 - authentication at construction: translated like every call
+            raise self._translate(exc, write=False) from exc
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -124,32 +108,48 @@ class EtcdStore:
         setattr(msg, _FIELDS[c.target], c.value)
         return msg
 
-    def _call(self, stub_name: str, method: str, request: object, timeout: float, write: bool) -> object:
+    def _call(self, stub_name: str, method: str, request: object, timeout: float, write: bool) -> Any:
         client = self._client
         try:
             with self._lock:
                 stub = getattr(client, stub_name)
             return getattr(stub, method)(request, timeout, credentials=client.call_credentials,
                                          metadata=client.metadata)
-        except etcd_exc.NoServerAvailableError as exc:
-            raise StoreUnavailable("no etcd endpoint available") from exc
-        except ValueError as exc:  # the client's "Trying to use a failed node" without failover
-            raise StoreUnavailable("no etcd endpoint available: %s" % exc) from exc
-        except grpc.RpcError as exc:
+        except Exception as exc:  # noqa: BLE001 - every client error is translated here (style.md "Errors")
+            raise self._translate(exc, write) from exc
+
+    def _translate(self, exc: BaseException, write: bool) -> IpamError:
+        """The store error for any exception of the etcd client or gRPC (field case B53): unavailability and
+        timeouts are :class:`StoreUnavailable` (:class:`StoreOutcomeUnknown` for a write that may have committed),
+        refusals :class:`StoreRejected`; anything unexpected is :class:`StoreUnavailable` naming its class, so a
+        caller retries within its deadline and never sees a foreign exception."""
+        if isinstance(exc, IpamError):
+            return exc
+        if isinstance(exc, etcd_exc.NoServerAvailableError):
+            return StoreUnavailable("no etcd endpoint available")
+        if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
             code = exc.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
-                with self._lock:
-                    ep = client.endpoint_in_use
-                    if ep is not None:
-                        ep.fail()
-                    client._clear_old_stubs()
-            detail = "%s: %s" % (code.name, exc.details())
+                client = getattr(self, "_client", None)  # None while the constructor authenticates
+                if client is not None:
+                    with self._lock:
+                        ep = client.endpoint_in_use
+                        if ep is not None:
+                            ep.fail()
+                        client._clear_old_stubs()
+            details = exc.details() if callable(getattr(exc, "details", None)) else ""
+            detail = "%s: %s" % (getattr(code, "name", code), details)
             if code in _PERMANENT:
-                raise StoreRejected("etcd refused the request: %s" % detail) from exc
+                return StoreRejected("etcd refused the request: %s" % detail)
             if write and code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
                                   grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
-                raise StoreOutcomeUnknown("etcd did not answer: %s" % detail) from exc
-            raise StoreUnavailable("etcd request failed: %s" % detail) from exc
+                return StoreOutcomeUnknown("etcd did not answer: %s" % detail)
+            return StoreUnavailable("etcd request failed: %s" % detail)
+        if isinstance(exc, etcd_exc.Etcd3Exception):
+            return StoreUnavailable("etcd client error: %s" % (str(exc) or exc.__class__.__name__))
+        if isinstance(exc, ValueError):  # the client's "Trying to use a failed node" without failover
+            return StoreUnavailable("no etcd endpoint available: %s" % exc)
+        return StoreUnavailable("unexpected etcd client error: %s: %s" % (exc.__class__.__name__, exc))
 
     # -- Store ---------------------------------------------------------------------------------------------
 
@@ -183,7 +183,7 @@ class EtcdStore:
         return int(resp.ID)  # type: ignore[attr-defined]
 
     def keepalive(self, lease_id: int, timeout: float) -> int:
-        # LeaseKeepAlive is a stream; one request/response pair refreshes the lease.
+        """See :meth:`ipamd.store.base.Store.keepalive` (one request/response pair of the LeaseKeepAlive stream)."""
         client = self._client
         try:
             with self._lock:
@@ -191,12 +191,15 @@ class EtcdStore:
             for resp in stub.LeaseKeepAlive(iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout,
                                             credentials=client.call_credentials, metadata=client.metadata):
                 return int(resp.TTL)
-        except grpc.RpcError as exc:
-            raise StoreUnavailable("etcd lease keepalive failed: %s" % exc.code().name) from exc
+        except Exception as exc:  # noqa: BLE001 - translated here, like every call (B53)
+            raise self._translate(exc, write=False) from exc
         return 0
 
     def revoke(self, lease_id: int, timeout: float) -> None:
         self._call("leasestub", "LeaseRevoke", etcdrpc.LeaseRevokeRequest(ID=lease_id), timeout, write=False)
 
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing must not fail a shutdown
+            log.debug("closing the etcd client failed", exc_info=True)

@@ -1,0 +1,24 @@
+"""The store contract (tests/store_contract.py) against a real etcd member: the same cases the in-memory store
+passes in the unit tier, so the double used by the fast service tests cannot drift from etcd."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from harness import EtcdCluster
+from ipamd.store.etcd import EtcdStore
+from store_contract import CONTRACT
+
+
+@pytest.fixture
+def store(etcd: EtcdCluster, prefix: str) -> Iterator[EtcdStore]:
+    s = EtcdStore(etcd.endpoints, prefix)
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("case", CONTRACT, ids=lambda c: c.__name__)
+def test_contract(case, store: EtcdStore) -> None:  # type: ignore[no-untyped-def]
+    case(store)
