@@ -1,15 +1,24 @@
-"""Daemon configuration: defaults < TOML file (``--config``) < ``IPAMD_*`` environment < flags, parsed once into a
-frozen :class:`DaemonConfig`. Flag names are the contract operators and tests rely on (docs/configuration.md).
+"""Daemon configuration: defaults < TOML file (``--config``) < ``IPAMD_*`` environment < flags, parsed and validated
+once into a frozen :class:`DaemonConfig`. Flag names are the contract operators and tests rely on
+(docs/configuration.md). A bad setting is one :class:`ConfigError` naming the setting, where it came from and what
+is allowed; the daemon prints it on one line and exits with status 2 (field case B54).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+from .store.base import parse_endpoints
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it (and its source)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +39,25 @@ class DaemonConfig:
     embedded_etcd: str = ""
     request_timeout: float = 8.0
     etcd_timeout: float = 2.0
+    gc_timeout: float = 300.0
     node_lease_ttl: int = 30
+    handle_cache_size: int = 16384
     log_level: str = "INFO"
 
 
-_FLOATS = {"request_timeout", "etcd_timeout"}
-_INTS = {"node_lease_ttl"}
+_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout"}
+_INTS = {"node_lease_ttl", "handle_cache_size"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Longest unix socket path (``sun_path`` is 108 bytes with its terminating NUL).
+MAX_SOCKET_PATH = 107
+_NODE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _HELP = {
     "node_name": "this node's name (default: the hostname)",
-    "etcd_endpoints": "comma-separated etcd client URLs; the client fails over between them",
+    "etcd_endpoints": "comma-separated etcd client URLs (http:// or https://); the client fails over between them",
     "etcd_prefix": "key prefix of all ipamd keys (default /ipamd/v1/)",
     "etcd_ca_cert": "CA certificate for https endpoints",
-    "etcd_cert": "client certificate for etcd",
-    "etcd_key": "client key for etcd",
+    "etcd_cert": "client certificate for etcd (with --etcd-key)",
+    "etcd_key": "client key for etcd (with --etcd-cert)",
     "etcd_user": "etcd user (with --etcd-password)",
     "etcd_password": "etcd password",
     "cni_socket": "unix socket ipamd-cni talks to (default /run/ipamd/cni.sock)",
@@ -50,8 +65,10 @@ _HELP = {
     "metrics_address": "host:port of the Prometheus /metrics endpoint (off when empty)",
     "embedded_etcd": "start a one-member etcd with its data in DIR, stopped with the daemon (demo, single machine)",
     "request_timeout": "deadline of one request including retries, seconds (default 8)",
-    "etcd_timeout": "deadline of one etcd call, seconds (default 2)",
-    "node_lease_ttl": "TTL of the node liveness lease, seconds (default 30)",
+    "etcd_timeout": "deadline of one etcd call, seconds (default 2; at most --request-timeout)",
+    "gc_timeout": "budget of one background GC release, seconds (default 300)",
+    "node_lease_ttl": "TTL of the node liveness lease, whole seconds >= 2 (default 30)",
+    "handle_cache_size": "handles kept in memory for one-transaction DELs (default 16384)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -59,16 +76,76 @@ _HELP = {
 def _coerce(name: str, value: Any, where: str) -> Any:
     try:
         if name in _FLOATS:
+            if isinstance(value, bool):
+                raise TypeError
             return float(value)
         if name in _INTS:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise TypeError
             return int(value)
     except (TypeError, ValueError):
-        raise SystemExit("ipamd: %s: %s=%r is not a number" % (where, name, value)) from None
+        raise ConfigError("%s: %s=%r is not a%s number" % (where, name, value,
+                                                             " whole" if name in _INTS else "")) from None
     if name == "etcd_endpoints" and isinstance(value, list):
         return ",".join(str(v) for v in value)
     if not isinstance(value, str):
-        raise SystemExit("ipamd: %s: %s=%r is not a string" % (where, name, value))
+        raise ConfigError("%s: %s=%r is not a string" % (where, name, value))
     return value
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` (port 0 picks one) -> ``(host, port)``. Raises :class:`ConfigError`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError("%r is not host:port (port 0-65535)" % text)
+    return host.strip("[]"), int(port)
+
+
+def _positive(value: float) -> str | None:
+    return None if math.isfinite(value) and value > 0 else "must be a number of seconds > 0"
+
+
+def _socket_path(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if len(value.encode()) > MAX_SOCKET_PATH:
+        return "is longer than %d bytes (the unix socket limit)" % MAX_SOCKET_PATH
+    return None
+
+
+def _endpoints(value: str) -> str | None:
+    try:
+        parse_endpoints(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _metrics(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_listen_address(value)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "node_name": lambda v: None if _NODE_RE.fullmatch(v) else
+    "must be 1-253 letters, digits, '.', '-' or '_', starting and ending with a letter or digit",
+    "etcd_endpoints": _endpoints,
+    "etcd_prefix": lambda v: None if v and not any(c.isspace() for c in v) else "must be non-empty, no spaces",
+    "cni_socket": _socket_path,
+    "grpc_socket": _socket_path,
+    "metrics_address": _metrics,
+    "request_timeout": _positive,
+    "etcd_timeout": _positive,
+    "gc_timeout": _positive,
+    "node_lease_ttl": lambda v: None if 2 <= v <= 86400 else "must be whole seconds from 2 to 86400",
+    "handle_cache_size": lambda v: None if 0 <= v <= 10_000_000 else "must be 0 to 10000000",
+    "log_level": lambda v: None if v.upper() in LOG_LEVELS else "must be one of %s" % ", ".join(LOG_LEVELS),
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,35 +159,77 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> DaemonConfig:
-    """Parse ``argv`` (without the program name) with the file and ``environ`` (default ``os.environ``).
+    """Parse ``argv`` (without the program name) with the file and ``environ`` (default ``os.environ``), then
+    validate every setting (see :func:`validate`).
 
-    Raises ``SystemExit`` with a message naming the bad key or value.
+    Raises :class:`ConfigError` with a message naming the bad key, its source and what is allowed; argparse's own
+    ``SystemExit(2)`` for an unknown flag.
     """
     environ = os.environ if environ is None else environ
     args = parser().parse_args(list(argv))
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     names = {f.name for f in fields(DaemonConfig)}
     if args.config:
         try:
             with open(args.config, "rb") as fh:
                 doc = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise SystemExit("ipamd: cannot read config %s: %s" % (args.config, exc)) from None
+            raise ConfigError("cannot read config %s: %s" % (args.config, exc)) from None
         for key, value in doc.items():
             if key not in names:
-                raise SystemExit("ipamd: %s: unknown key %r" % (args.config, key))
+                raise ConfigError("%s: unknown key %r" % (args.config, key))
             values[key] = _coerce(key, value, args.config)
+            sources[key] = args.config
     for name in names:
         env_value = environ.get("IPAMD_" + name.upper())
         if env_value:
             values[name] = _coerce(name, env_value, "IPAMD_" + name.upper())
+            sources[name] = "IPAMD_" + name.upper()
     for name in names:
         flag = getattr(args, name)
         if flag is not None:
             values[name] = _coerce(name, flag, "--" + name.replace("_", "-"))
+            sources[name] = "--" + name.replace("_", "-")
     if not values.get("node_name"):
         values["node_name"] = socket.gethostname()
+        sources["node_name"] = "the hostname"
     prefix = values.get("etcd_prefix", "/ipamd/v1/")
-    if not prefix.endswith("/"):
+    if prefix and not prefix.endswith("/"):
         values["etcd_prefix"] = prefix + "/"
-    return DaemonConfig(**values)
+    cfg = DaemonConfig(**values)
+    validate(cfg, sources)
+    return cfg
+
+
+def validate(cfg: DaemonConfig, sources: Mapping[str, str] | None = None) -> None:
+    """Check every setting and the relations between them; raises :class:`ConfigError` for the first bad one,
+    naming it (as a flag) and its source."""
+    sources = sources or {}
+
+    def fail(name: str, why: str) -> ConfigError:
+        where = sources.get(name)
+        return ConfigError("--%s%s %s" % (name.replace("_", "-"), " (from %s)" % where if where and
+                                          not where.startswith("--") else "", why))
+
+    for name, check in _CHECKS.items():
+        why = check(getattr(cfg, name))
+        if why is not None:
+            raise fail(name, ("%r: " % getattr(cfg, name) if name not in ("etcd_endpoints", "metrics_address")
+                              else "") + why)
+    if cfg.etcd_timeout > cfg.request_timeout:
+        raise fail("etcd_timeout", "%g must not exceed --request-timeout %g (one etcd call must fit in a request)"
+                   % (cfg.etcd_timeout, cfg.request_timeout))
+    if bool(cfg.etcd_cert) != bool(cfg.etcd_key):
+        raise fail("etcd_cert" if cfg.etcd_key else "etcd_key", "is required with --%s"
+                   % ("etcd-key" if cfg.etcd_key else "etcd-cert"))
+    if bool(cfg.etcd_user) != bool(cfg.etcd_password):
+        raise fail("etcd_password" if cfg.etcd_user else "etcd_user",
+                   "is required with --%s" % ("etcd-user" if cfg.etcd_user else "etcd-password"))
+    secure = any(s for _, _, s in parse_endpoints(cfg.etcd_endpoints))
+    if secure and not cfg.etcd_ca_cert:
+        raise fail("etcd_ca_cert", "is required for https etcd endpoints")
+    for name in ("etcd_ca_cert", "etcd_cert", "etcd_key"):
+        path = getattr(cfg, name)
+        if path and not os.access(path, os.R_OK):
+            raise fail(name, "%r is not a readable file" % path)

@@ -53,7 +53,11 @@ def _check(args: argparse.Namespace) -> int:
     for flag in _ETCD_FLAGS:
         if getattr(args, flag) is not None:
             argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
-    cfg = config.load(argv)
+    try:
+        cfg = config.load(argv)
+    except config.ConfigError as exc:
+        print("ipamctl: %s" % exc, file=sys.stderr)
+        return 2
     store = EtcdStore(cfg.etcd_endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
                       cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
                       password=cfg.etcd_password or None)

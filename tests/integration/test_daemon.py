@@ -13,6 +13,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -347,19 +349,42 @@ def test_config_precedence_file_env_flags(tmp_path):
         4.5, "127.0.0.1:9102", "WARNING")
 
 
-def test_config_errors_name_the_bad_key(tmp_path):
-    """design.md §4: a bad file, key or value stops the daemon with a message naming it."""
-    path = tmp_path / "bad.toml"
-    path.write_text('node_nmae = "typo"\n')
-    with pytest.raises(SystemExit, match="node_nmae"):
-        config_mod.load(["--config", str(path)], environ={})
-    with pytest.raises(SystemExit, match="IPAMD_REQUEST_TIMEOUT"):
-        config_mod.load([], environ={"IPAMD_REQUEST_TIMEOUT": "soon"})
-    with pytest.raises(SystemExit, match="etcd_timeout"):
-        config_mod.load(["--etcd-timeout", "x"], environ={})
-    path.write_text("node_name = \n")
-    with pytest.raises(SystemExit, match=str(path)):
-        config_mod.load(["--config", str(path)], environ={})
+@pytest.mark.parametrize("argv, env, toml, names", [
+    (["--etcd-endpoints", "foo"], {}, None, ["--etcd-endpoints", "foo"]),
+    (["--etcd-endpoints", "ftp://127.0.0.1:1"], {}, None, ["--etcd-endpoints", "http or https"]),
+    (["--log-level", "LOUD"], {}, None, ["--log-level", "LOUD"]),
+    (["--request-timeout", "-1"], {}, None, ["--request-timeout"]),
+    (["--etcd-timeout", "0"], {}, None, ["--etcd-timeout"]),
+    (["--node-lease-ttl", "0"], {}, None, ["--node-lease-ttl"]),
+    (["--metrics-address", "not-an-address"], {}, None, ["--metrics-address", "not-an-address"]),
+    ([], {"IPAMD_REQUEST_TIMEOUT": "soon"}, None, ["IPAMD_REQUEST_TIMEOUT"]),
+    ([], {"IPAMD_LOG_LEVEL": "LOUD"}, None, ["--log-level", "IPAMD_LOG_LEVEL"]),
+    ([], {}, 'node_nmae = "typo"\n', ["node_nmae"]),
+    ([], {}, "request_timeout = -1\n", ["--request-timeout", "bad.toml"]),
+    ([], {}, "node_name = \n", ["cannot read config"]),
+])
+def test_bad_settings_exit_2_with_one_line(tmp_path, argv, env, toml, names):
+    """Field case B54: the real daemon process, given one bad setting by flag, TOML or environment, prints one line
+    naming it and exits with status 2, before touching etcd or any socket (no traceback)."""
+    args = list(argv)
+    if toml is not None:
+        path = tmp_path / "bad.toml"
+        path.write_text(toml)
+        args += ["--config", str(path)]
+    sock_dir = tmp_path / "run"
+    args += ["--cni-socket", str(sock_dir / "cni.sock"), "--grpc-socket", str(sock_dir / "g.sock"),
+             "--node-name", "b54"]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IPAMD_")}
+    full_env.update(env)
+    proc = subprocess.run([sys.executable, "-m", "ipamd", *args], capture_output=True, text=True, timeout=30,
+                          env=full_env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    for name in names:
+        assert name in lines[0], lines[0]
+    assert not sock_dir.exists()
 
 
 def test_daemon_reads_config_file_env_and_flags(daemons, workdir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.config import DaemonConfig, load
+from ipamd.config import ConfigError, DaemonConfig, load
 
 
 def toml(tmp_path: Path, text: str) -> str:
@@ -91,23 +91,50 @@ def test_toml_types(tmp_path: Path) -> None:
     assert cfg.node_lease_ttl == 10 and cfg.etcd_timeout == 1.0 and isinstance(cfg.etcd_timeout, float)
 
 
-def test_every_field_has_a_flag_and_an_env_var() -> None:
+#: A valid value for every setting (text as given on the command line) and what it parses to.
+SAMPLES: dict[str, tuple[str, object]] = {
+    "node_name": ("node-7", "node-7"),
+    "etcd_endpoints": ("http://10.0.0.1:2379", "http://10.0.0.1:2379"),
+    "etcd_prefix": ("/x/", "/x/"),
+    "etcd_ca_cert": (__file__, __file__),
+    "etcd_cert": (__file__, __file__),
+    "etcd_key": (__file__, __file__),
+    "etcd_user": ("ipamd", "ipamd"),
+    "etcd_password": ("secret", "secret"),
+    "cni_socket": ("/x/cni.sock", "/x/cni.sock"),
+    "grpc_socket": ("/x/grpc.sock", "/x/grpc.sock"),
+    "metrics_address": ("127.0.0.1:9100", "127.0.0.1:9100"),
+    "embedded_etcd": ("/x/", "/x/"),
+    "request_timeout": ("9.5", 9.5),
+    "etcd_timeout": ("1.5", 1.5),
+    "gc_timeout": ("60", 60.0),
+    "node_lease_ttl": ("7", 7),
+    "handle_cache_size": ("100", 100),
+    "log_level": ("DEBUG", "DEBUG"),
+}
+#: Settings that are only valid in pairs: the partner's sample is given too.
+PARTNERS = {"etcd_cert": "etcd_key", "etcd_key": "etcd_cert", "etcd_user": "etcd_password",
+            "etcd_password": "etcd_user"}
+
+
+def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
+    assert set(SAMPLES) == {f.name for f in fields(DaemonConfig)}
     for f in fields(DaemonConfig):
-        if f.name in ("request_timeout", "etcd_timeout"):
-            value, expected = "1.5", 1.5
-        elif f.name == "node_lease_ttl":
-            value, expected = "7", 7
-        else:
-            value, expected = "/x/", "/x/"
-        assert getattr(load(["--" + f.name.replace("_", "-"), value], {}), f.name) == expected, f.name
-        assert getattr(load([], {"IPAMD_" + f.name.upper(): value}), f.name) == expected, f.name
+        value, expected = SAMPLES[f.name]
+        argv, env = ["--" + f.name.replace("_", "-"), value], {"IPAMD_" + f.name.upper(): value}
+        partner = PARTNERS.get(f.name)
+        if partner:
+            argv += ["--" + partner.replace("_", "-"), SAMPLES[partner][0]]
+            env["IPAMD_" + partner.upper()] = SAMPLES[partner][0]
+        assert getattr(load(argv, {}), f.name) == expected, f.name
+        assert getattr(load([], env), f.name) == expected, f.name
 
 
 def test_unknown_toml_key_names_it(tmp_path: Path) -> None:
     path = toml(tmp_path, 'node_name = "a"\netcd_endpoint = "http://typo:2379"\n')
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(ConfigError) as info:
         load(["--config", path], {})
-    assert "etcd_endpoint" in str(info.value.code)
+    assert "etcd_endpoint" in str(info.value)
 
 
 @pytest.mark.parametrize("text, must_contain", [
@@ -116,22 +143,22 @@ def test_unknown_toml_key_names_it(tmp_path: Path) -> None:
     ("node_name = \n", "cannot read config"),
 ])
 def test_bad_toml_values(tmp_path: Path, text: str, must_contain: str) -> None:
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(ConfigError) as info:
         load(["--config", toml(tmp_path, text)], {})
-    assert must_contain in str(info.value.code)
+    assert must_contain in str(info.value)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(ConfigError) as info:
         load(["--config", str(tmp_path / "nope.toml")], {})
-    assert "nope.toml" in str(info.value.code)
+    assert "nope.toml" in str(info.value)
 
 
 @pytest.mark.parametrize("env, argv", [({"IPAMD_REQUEST_TIMEOUT": "x"}, []), ({}, ["--node-lease-ttl", "x"])])
 def test_bad_numbers_name_the_source(env: dict[str, str], argv: list[str]) -> None:
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(ConfigError) as info:
         load(argv, env)
-    assert ("IPAMD_REQUEST_TIMEOUT" if env else "--node-lease-ttl") in str(info.value.code)
+    assert ("IPAMD_REQUEST_TIMEOUT" if env else "--node-lease-ttl") in str(info.value)
 
 
 @pytest.mark.parametrize("source, value, expected", [
@@ -154,3 +181,63 @@ def test_config_is_frozen() -> None:
     cfg = load([], {})
     with pytest.raises(AttributeError):
         cfg.node_name = "x"  # type: ignore[misc]
+
+
+# --- validation (field case B54): one message naming the setting, its source and what is allowed ---------------------
+
+@pytest.mark.parametrize("argv, env, names", [
+    (["--etcd-endpoints", "foo"], {}, ["--etcd-endpoints", "'foo'", "host:port"]),
+    (["--etcd-endpoints", "ftp://127.0.0.1:1"], {}, ["--etcd-endpoints", "http or https"]),
+    (["--etcd-endpoints", "http://127.0.0.1:99999"], {}, ["--etcd-endpoints", "1-65535"]),
+    (["--etcd-endpoints", ","], {}, ["--etcd-endpoints", "no etcd endpoints"]),
+    (["--log-level", "LOUD"], {}, ["--log-level", "LOUD", "DEBUG, INFO, WARNING, ERROR"]),
+    (["--request-timeout", "-1"], {}, ["--request-timeout", "> 0"]),
+    (["--request-timeout", "nan"], {}, ["--request-timeout", "> 0"]),
+    (["--etcd-timeout", "0"], {}, ["--etcd-timeout", "> 0"]),
+    (["--etcd-timeout", "9"], {}, ["--etcd-timeout", "--request-timeout"]),
+    (["--node-lease-ttl", "0"], {}, ["--node-lease-ttl", "2 to 86400"]),
+    (["--node-lease-ttl", "1.5"], {}, ["--node-lease-ttl", "whole"]),
+    (["--metrics-address", "not-an-address"], {}, ["--metrics-address", "host:port"]),
+    (["--metrics-address", "127.0.0.1:70000"], {}, ["--metrics-address", "0-65535"]),
+    (["--node-name", "a/b"], {}, ["--node-name", "'a/b'"]),
+    (["--cni-socket", "/" + "x" * 120], {}, ["--cni-socket", "107 bytes"]),
+    (["--etcd-user", "u"], {}, ["--etcd-password", "required"]),
+    (["--etcd-cert", __file__], {}, ["--etcd-key", "required"]),
+    (["--etcd-endpoints", "https://127.0.0.1:2379"], {}, ["--etcd-ca-cert", "https"]),
+    (["--etcd-ca-cert", "/nonexistent/ca.pem"], {}, ["--etcd-ca-cert", "readable"]),
+    ([], {"IPAMD_LOG_LEVEL": "LOUD"}, ["--log-level", "IPAMD_LOG_LEVEL"]),
+    ([], {"IPAMD_REQUEST_TIMEOUT": "-3"}, ["--request-timeout", "IPAMD_REQUEST_TIMEOUT"]),
+])
+def test_bad_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(argv, env)
+    message = str(info.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message, message
+
+
+@pytest.mark.parametrize("text, names", [
+    ('log_level = "LOUD"\n', ["--log-level", "ipamd.toml"]),
+    ("request_timeout = -1\n", ["--request-timeout", "ipamd.toml"]),
+    ("node_lease_ttl = 0\n", ["--node-lease-ttl", "ipamd.toml"]),
+    ("node_lease_ttl = 2.5\n", ["node_lease_ttl", "whole"]),
+    ("request_timeout = true\n", ["request_timeout"]),
+    ('etcd_endpoints = ["http://a:2379", "ftp://b:1"]\n', ["--etcd-endpoints", "ftp://b:1"]),
+])
+def test_bad_toml_settings_are_named(tmp_path: Path, text: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(["--config", toml(tmp_path, text)], {})
+    for name in names:
+        assert name in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--etcd-endpoints", "127.0.0.1:2379"],                       # scheme defaults to http
+    ["--etcd-endpoints", "http://[::1]:2379,http://h:1"],
+    ["--metrics-address", "[::]:0"],
+    ["--node-lease-ttl", "2", "--etcd-timeout", "8", "--request-timeout", "8"],
+    ["--log-level", "debug"],
+])
+def test_good_settings_pass(argv: list[str]) -> None:
+    load(argv, {})
