@@ -15,11 +15,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import config as config_mod
+from . import logs
+from .domain.errors import IpamError
 from .domain.model import dumps, node_key
-from .store.base import Put, StoreUnavailable
+from .store.base import Put
+
+if TYPE_CHECKING:
+    from .service import IpamService
 
 log = logging.getLogger("ipamd")
 
@@ -92,32 +97,37 @@ def install_cni(argv: Sequence[str]) -> int:
     return 0
 
 
-def _keep_node_alive(service, cfg, stop: threading.Event,  # type: ignore[no-untyped-def]
-                     registered: threading.Event) -> None:
-    """Keep ``nodes/<node>`` on a lease while running; re-create it after an etcd outage; revoke on stop.
-    Sets ``registered`` once the record is first written (the daemon is not ready before that)."""
-    lease = 0
-    while not stop.is_set():
-        try:
-            if lease == 0 or service.store.keepalive(lease, cfg.etcd_timeout) <= 0:
-                lease = service.store.grant_lease(cfg.node_lease_ttl, cfg.etcd_timeout)
-                service.store.txn([], [Put(node_key(cfg.node_name), dumps({"node": cfg.node_name,
-                                                                             "pid": os.getpid()}), lease)],
-                                  [], cfg.etcd_timeout)
-            registered.set()
-        except StoreUnavailable as exc:
-            log.debug("node lease: %s", exc)
-            lease = 0
-        stop.wait(0.5 if lease == 0 else max(1.0, cfg.node_lease_ttl / 3))
-    if lease:
-        try:
-            service.store.revoke(lease, cfg.etcd_timeout)
-        except StoreUnavailable:
-            pass
+class _NodeLease:
+    """Keeps ``nodes/<node>`` on a lease while the daemon runs (one round per call of :meth:`round`), re-creates it
+    after an etcd outage, revokes it on stop. ``registered`` is set once the record is first written (the daemon
+    is not ready before that)."""
+
+    def __init__(self, service: "IpamService", cfg: config_mod.DaemonConfig) -> None:
+        self.service, self.cfg = service, cfg
+        self.lease = 0
+        self.registered = threading.Event()
+
+    def round(self) -> float:
+        store, cfg = self.service.store, self.cfg
+        if self.lease == 0 or store.keepalive(self.lease, cfg.etcd_timeout) <= 0:
+            self.lease = 0
+            self.lease = store.grant_lease(cfg.node_lease_ttl, cfg.etcd_timeout)
+            store.txn([], [Put(node_key(cfg.node_name), dumps({"node": cfg.node_name, "pid": os.getpid()}),
+                               self.lease)], [], cfg.etcd_timeout)
+        self.registered.set()
+        return max(1.0, cfg.node_lease_ttl / 3)
+
+    def revoke(self) -> None:
+        if self.lease:
+            try:
+                self.service.store.revoke(self.lease, self.cfg.etcd_timeout)
+            except IpamError as exc:
+                log.info("node lease not revoked (%s); it expires by itself", exc)
 
 
 def run(cfg: config_mod.DaemonConfig) -> int:
     from .cniserver import CniServer
+    from .concurrency import supervise
     from .embedded import EmbeddedEtcd
     from .failpoints import Failpoints
     from .grpcapi import GrpcServer
@@ -138,12 +148,19 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             return 2
         endpoints = embedded.endpoint
         log.info("embedded etcd at %s, data in %s", endpoints, cfg.embedded_etcd)
-    store = EtcdStore(endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None, cert=cfg.etcd_cert or None,
-                      key=cfg.etcd_key or None, user=cfg.etcd_user or None, password=cfg.etcd_password or None,
-                      timeout=cfg.etcd_timeout)
+    try:
+        store = EtcdStore(endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
+                          cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
+                          password=cfg.etcd_password or None, timeout=cfg.etcd_timeout)
+    except IpamError as exc:
+        log.error("cannot connect to etcd at %s: %s", endpoints, exc)
+        if embedded is not None:
+            embedded.stop()
+        return 1
     metrics = Metrics()
-    service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, metrics=metrics,
-                          failpoints=Failpoints.from_env(), etcd_timeout=cfg.etcd_timeout)
+    service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, etcd_timeout=cfg.etcd_timeout,
+                          gc_timeout=cfg.gc_timeout, handle_limit=cfg.handle_cache_size, metrics=metrics,
+                          failpoints=Failpoints.from_env())
     metrics.watch_pools(service.pool_usage)
     os.makedirs(os.path.dirname(cfg.grpc_socket) or ".", exist_ok=True)
     if os.path.exists(cfg.grpc_socket):
@@ -157,55 +174,54 @@ def run(cfg: config_mod.DaemonConfig) -> int:
              cfg.grpc_socket, endpoints, cfg.etcd_prefix,
              ", metrics on %s" % cfg.metrics_address if cfg.metrics_address else "")
 
-    registered = threading.Event()
+    lease = _NodeLease(service, cfg)
+    serving = [False]
 
-    def first_sync() -> None:
-        delay = 0.1
-        while not stop.is_set():
-            try:
-                service.sync()
-                while not registered.wait(0.1):  # the node record is written before the daemon reports ready
-                    if stop.is_set():
-                        return
-                service.set_ready()
-                grpc_server.set_serving(True)
-                log.info("first sync with etcd done; ready")
-                watch_etcd()
-                return
-            except StoreUnavailable as exc:
-                log.warning("first sync with etcd failed (%s); retrying in %.1f s", exc, delay)
-                stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+    def sync_round() -> float:
+        """Until the first sync: sync, wait for the node record, report ready. After it: readiness follows etcd
+        (health NOT_SERVING and ipamd_ready 0 while etcd cannot be read; requests are still tried)."""
+        if not service.ready:
+            service.sync()
+            if not lease.registered.wait(0.5):  # the node record is written before the daemon reports ready
+                return 0.0
+            service.set_ready()
+            grpc_server.set_serving(True)
+            serving[0] = True
+            log.info("first sync with etcd done; ready")
+            return 2.0
+        try:
+            store.read(node_key(cfg.node_name), None, cfg.etcd_timeout)
+        except IpamError:
+            if serving[0]:
+                log.warning("etcd unreachable: reporting not ready")
+                serving[0] = False
+                grpc_server.set_serving(False)
+                metrics.ready.set(0)
+            raise
+        if not serving[0]:
+            log.info("etcd reachable again: ready")
+            serving[0] = True
+            grpc_server.set_serving(True)
+            metrics.ready.set(1)
+        return 2.0
 
-    def watch_etcd() -> None:
-        """Readiness follows etcd after the first sync: health NOT_SERVING and ipamd_ready 0 while etcd cannot be
-        read (requests are still tried, and answer 11 at their deadline)."""
-        serving = True
-        while not stop.wait(2.0):
-            try:
-                service.store.read(node_key(cfg.node_name), None, cfg.etcd_timeout)
-                ok = True
-            except StoreUnavailable as exc:
-                ok = False
-                if serving:
-                    log.warning("etcd unreachable (%s): reporting not ready", exc)
-            if ok != serving:
-                serving = ok
-                grpc_server.set_serving(ok)
-                metrics.ready.set(1 if ok else 0)
-                if ok:
-                    log.info("etcd reachable again: ready")
-
-    threading.Thread(target=first_sync, name="sync", daemon=True).start()
-    lease_thread = threading.Thread(target=_keep_node_alive, args=(service, cfg, stop, registered), name="lease",
-                                    daemon=True)
-    lease_thread.start()
+    loops = [
+        threading.Thread(target=supervise, name="sync", daemon=True,
+                         args=("sync", sync_round, stop, metrics.loop_errors.labels("sync").inc, 0.1, 5.0)),
+        threading.Thread(target=supervise, name="lease", daemon=True,
+                         args=("node lease", lease.round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
+                               max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),
+    ]
+    for t in loops:
+        t.start()
     stop.wait()
     log.info("stopping: finishing requests in flight")
     grpc_server.set_serving(False)
     cni.stop()
     grpc_server.stop()
-    lease_thread.join(timeout=cfg.etcd_timeout + 1)
+    for t in loops:
+        t.join(timeout=cfg.etcd_timeout + 1)
+    lease.revoke()
     try:
         os.unlink(cfg.grpc_socket)
     except FileNotFoundError:
@@ -223,9 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "install-cni":
         return install_cni(argv[1:])
-    cfg = config_mod.load(argv)
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_mod.load(argv)
+    except config_mod.ConfigError as exc:
+        print("ipamd: %s" % exc, file=sys.stderr)
+        return 2
+    logs.setup(cfg.log_level)
     return run(cfg)
 
 

@@ -37,23 +37,24 @@ def handle_cni(service: IpamService, env: Mapping[str, str], stdin: bytes,
     """Run one CNI call; returns ``(exit status, stdout, stderr)``.
 
     stdout carries exactly one JSON document (ADD result, VERSION object, or error object) or nothing
-    (DEL/CHECK/GC/STATUS success). Never raises: unexpected exceptions become code 999 without a traceback
-    on stdout (the traceback goes to the daemon log).
+    (DEL/CHECK/GC/STATUS success). Never raises: unexpected exceptions become code 999 without a traceback on
+    stdout (the traceback goes to the daemon log). Logs one line per call with its context (docs/operations.md).
     """
     started = time.monotonic()
     command = env.get("CNI_COMMAND", "") or ""
     stderr: list[str] = []
     cni_version = "1.1.0"
+    ctx: dict[str, object] = {"container_id": env.get("CNI_CONTAINERID"), "if_name": env.get("CNI_IFNAME")}
     try:
         if command == "VERSION":
             out = {"cniVersion": decode_version_request(None if stdin_error else stdin),
                    "supportedVersions": list(SUPPORTED_VERSIONS)}
-            return _finish(service, "VERSION", started, 0, json.dumps(out).encode(), stderr)
+            return _finish(service, "VERSION", started, 0, json.dumps(out).encode(), stderr, ctx)
         try:
             req = decode_request(env, stdin, stdin_error)
         except AboutRequest:
             stderr.append(ABOUT)
-            return _finish(service, "ABOUT", started, 0, b"", stderr)
+            return _finish(service, "ABOUT", started, 0, b"", stderr, ctx)
         except IpamError:
             try:
                 raw = loads_strict(stdin or b"")
@@ -63,23 +64,23 @@ def handle_cni(service: IpamService, env: Mapping[str, str], stdin: bytes,
                 pass
             raise
         cni_version = req.cni_version
+        ctx["network"] = req.name
         stderr.extend(req.warnings)
-        out_obj = _run_verb(service, req, stderr)
+        out_obj = _run_verb(service, req, stderr, ctx)
         body = json.dumps(out_obj).encode() if out_obj is not None else b""
-        return _finish(service, command, started, 0, body, stderr, req)
+        return _finish(service, command, started, 0, body, stderr, ctx)
     except IpamError as exc:
-        log.info("CNI %s failed: code %d: %s", command, exc.cni_code, exc.msg,
-                 extra={"container_id": env.get("CNI_CONTAINERID"), "if_name": env.get("CNI_IFNAME")})
-        return _finish(service, command, started, 1, json.dumps(exc.to_cni(cni_version)).encode(), stderr,
-                       code=exc.cni_code)
+        return _finish(service, command, started, 1, json.dumps(exc.to_cni(cni_version)).encode(), stderr, ctx,
+                       exc)
     except Exception as exc:  # noqa: BLE001 - the CNI contract wants code 999, not a crash
-        log.exception("CNI %s: unexpected error", command)
+        log.exception("CNI %s: unexpected error", command, extra=ctx)
         err = IpamError("internal error: %s" % (exc.__class__.__name__,), str(exc))
-        return _finish(service, command, started, 1, json.dumps(err.to_cni(cni_version)).encode(), stderr,
-                       code=999)
+        return _finish(service, command, started, 1, json.dumps(err.to_cni(cni_version)).encode(), stderr, ctx,
+                       err)
 
 
-def _run_verb(service: IpamService, req: CniRequest, stderr: list[str]) -> dict[str, object] | None:
+def _run_verb(service: IpamService, req: CniRequest, stderr: list[str],
+              ctx: dict[str, object]) -> dict[str, object] | None:
     att = req.attachment
     if req.command == "ADD":
         netconf = parse_netconf(req.conf, req.name)
@@ -88,6 +89,7 @@ def _run_verb(service: IpamService, req: CniRequest, stderr: list[str]) -> dict[
         pod = {k: req.args[a] for k, a in (("namespace", "K8S_POD_NAMESPACE"), ("name", "K8S_POD_NAME"),
                                              ("uid", "K8S_POD_UID")) if req.args.get(a)}
         allocations = service.add(att, netconf, requested=requested, netns=req.netns, pod=pod)
+        ctx["addresses"] = [a.cidr for a in allocations]
         return render_result(req.cni_version, allocations, netconf)
     if req.command == "DEL":
         service.delete(att)
@@ -131,14 +133,21 @@ def gc_valid_attachments(conf: dict[str, object]) -> set[tuple[str, str]] | None
 
 
 def _finish(service: IpamService, verb: str, started: float, status: int, stdout: bytes, stderr: list[str],
-            req: CniRequest | None = None, code: int = 0) -> tuple[int, bytes, bytes]:
+            ctx: dict[str, object], error: IpamError | None = None) -> tuple[int, bytes, bytes]:
     m = service.metrics
     label = verb if verb in VERBS or verb == "ABOUT" else "OTHER"  # no label per junk command
+    code = error.cni_code if error is not None else 0
     m.requests.labels(label, "ok" if status == 0 else str(code)).inc()
+    took = time.monotonic() - started
     if verb == "ADD":
-        m.add_seconds.observe(time.monotonic() - started)
-    if status == 0 and req is not None:
-        log.info("CNI %s ok", verb, extra={"container_id": req.container_id, "if_name": req.if_name})
+        m.add_seconds.observe(took)
+    if verb != "VERSION" and log.isEnabledFor(logging.INFO):
+        ctx["duration_ms"] = took * 1000.0
+        ctx["code"] = code
+        if error is None:
+            log.info("CNI %s ok", label, extra=ctx)
+        else:
+            log.info("CNI %s failed: %s", label, error.msg, extra=ctx)
     text = "".join("ipamd: %s\n" % line for line in stderr).encode()
     return status, stdout, text
 

@@ -44,18 +44,25 @@ def _attachment(msg: ipam_pb2.Attachment) -> Attachment:
 
 
 def _guard(verb: str) -> Callable[..., Any]:
-    """Count the call and turn an :class:`IpamError` into its gRPC status plus the CNI code in metadata."""
+    """Count the call and translate every error at this boundary: an :class:`IpamError` becomes its gRPC status,
+    anything unexpected INTERNAL with code 999 (logged with its traceback); the CNI code travels in the trailing
+    metadata either way (docs/errors.md)."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(self: "IpamServicer", request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 out = fn(self, request, context)
+            except IpamError as exc:
+                err = exc
+            except Exception as exc:  # noqa: BLE001 - never a bare UNKNOWN or a dropped call
+                log.exception("gRPC %s: unexpected error", verb)
+                err = IpamError("internal error: %s" % exc.__class__.__name__, str(exc))
+            else:
                 self._count(verb, "ok")
                 return out
-            except IpamError as exc:
-                self._count(verb, str(exc.cni_code))
-                context.set_trailing_metadata(((CODE_METADATA, str(exc.cni_code)),))
-                context.abort(grpc.StatusCode[GRPC_STATUS_BY_CODE.get(exc.cni_code, "INTERNAL")],
-                              exc.msg + (": " + exc.details if exc.details else ""))
+            self._count(verb, str(err.cni_code))
+            context.set_trailing_metadata(((CODE_METADATA, str(err.cni_code)),))
+            context.abort(grpc.StatusCode[GRPC_STATUS_BY_CODE.get(err.cni_code, "INTERNAL")],
+                          err.msg + (": " + err.details if err.details else ""))
         call.__name__ = fn.__name__
         call.__doc__ = fn.__doc__
         return call

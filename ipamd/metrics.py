@@ -32,6 +32,9 @@ class Metrics:
         self.block_claims = Counter("ipamd_block_claims_total", "blocks claimed by this node", registry=r)
         self.gc_released = Counter("ipamd_gc_released_total", "attachments released by GC", registry=r)
         self.ready = Gauge("ipamd_ready", "1 once the first sync with etcd is done", registry=r)
+        self.loop_errors = Counter("ipamd_background_errors_total",
+                                   "Errors in background loops (each followed by a backoff and a retry)", ["loop"],
+                                   registry=r)
 
     def watch_pools(self, usage: Callable[[], list[tuple[str, int, int]]]) -> None:
         """Export ``ipamd_pool_free_addresses`` / ``ipamd_pool_allocated_addresses`` per pool, computed at scrape

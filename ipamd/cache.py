@@ -1,0 +1,288 @@
+"""The node's view of etcd: its pools' blocks, the addresses in its own blocks, its handles, and the reservations
+of requests in flight. An optimisation only (design.md §1): every write compares revisions, so a stale view costs a
+failed compare and one more round trip, never a wrong answer.
+
+Thread-safe: one lock guards everything; the pure policy (:mod:`ipamd.domain.policy`) runs under it. Picking an
+address and reserving it happen under the same lock hold, so two requests of this daemon never pick the same
+address. Memory is bounded by what the node holds plus one small record per claimed block of its pools; the handle
+cache keeps at most ``handle_limit`` entries (least recently used out first).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import AbstractSet, Iterable, Sequence
+
+from .domain.addr import Block
+from .domain.model import (HandleRecord, PoolRecord, decode_block_record, parse_block_key, parse_ip_key,
+                           pool_network)
+from .domain.netconf import Pool
+from .domain.policy import BlockState, Decision, Pick, PoolState, choose, choose_requested
+from .store.base import KV
+
+#: Default bound of the handle cache (entries). A handle that fell out costs its DEL one more round trip.
+HANDLE_LIMIT = 16384
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Another request of this daemon is claiming a block of the pool: wait for ``event``, then plan again (one
+    claim per pool in flight, so a daemon's concurrent ADDs do not race each other for the same block: B49)."""
+
+    event: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class CachedHandle:
+    """A handle this node wrote or read: its ``mod_revision`` and its allocations."""
+
+    mod_revision: int
+    record: HandleRecord
+
+
+class NodeCache:
+    """See the module docstring. ``node`` is this daemon's node name."""
+
+    def __init__(self, node: str, handle_limit: int = HANDLE_LIMIT) -> None:
+        self.node = node
+        self.handle_limit = handle_limit
+        self._lock = threading.Lock()
+        self._pools: dict[str, PoolState] = {}
+        self._handles: OrderedDict[str, CachedHandle] = OrderedDict()
+        self._reserved: dict[tuple[str, int], set[int]] = {}
+        self._claims: dict[str, threading.Event] = {}
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def replace(self, pools: Iterable[KV], blocks: Iterable[KV], taken: dict[tuple[str, int], set[int]]) -> None:
+        """Replace the whole view (first sync, or a full re-read): ``pools`` and ``blocks`` are the pool and block
+        records; ``taken`` maps (pool id, block first) -> addresses of this node's blocks. Malformed records are
+        skipped (``ipamctl check`` reports them)."""
+        states: dict[str, PoolState] = {}
+        for kv in pools:
+            pool_id = kv.key.split("/", 1)[1]
+            try:
+                states[pool_id] = PoolState(pool_id, PoolRecord.decode(kv.value), kv.value, kv.mod_revision)
+            except ValueError:
+                continue
+        for kv in blocks:
+            try:
+                pool_id, block = parse_block_key(kv.key)
+                node = decode_block_record(kv.value)
+                st = states[pool_id] if pool_id in states else states.setdefault(pool_id, PoolState(pool_id))
+            except ValueError:
+                continue
+            st.set_block(BlockState(block, node, kv.mod_revision, taken.get((pool_id, block.first))), self.node)
+        with self._lock:
+            self._pools = states
+
+    def own_blocks(self) -> list[tuple[str, Block]]:
+        """(pool id, block) of every block this node owns."""
+        with self._lock:
+            return [(pid, st.block) for pid, ps in self._pools.items() for st in ps.blocks.values()
+                    if st.node == self.node]
+
+    def pool_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._pools)
+
+    def pool_record(self, pool_id: str) -> tuple[PoolRecord | None, bytes | None, int]:
+        """(record, its bytes, its mod_revision) as last seen; (None, None, 0) when there is none."""
+        with self._lock:
+            ps = self._pools.get(pool_id)
+            if ps is None:
+                return None, None, 0
+            return ps.record, ps.record_raw, ps.record_revision
+
+    def block_prefix(self, pool: Pool) -> int:
+        """The pool's block size: fixed by its record (or its blocks) once a block was claimed, so a configuration
+        asking for another size cannot make overlapping blocks; else the configuration's."""
+        with self._lock:
+            ps = self._pools.get(pool.id)
+            prefix = ps.block_prefix if ps is not None else None
+        return pool.block_prefix if prefix is None else prefix
+
+    # -- planning ------------------------------------------------------------------------------------------------
+
+    def plan(self, pool: Pool, requested: int | None = None, *,
+             fresh: AbstractSet[int] = frozenset()) -> Decision | Wait:
+        """The policy's decision for one address of ``pool`` (see :func:`ipamd.domain.policy.choose`), with the
+        picked address reserved until :meth:`settle`. A claim while another claim of the pool is in flight in this
+        daemon answers :class:`Wait`. Raises ``AddressUnavailable`` (101) for a requested address the pool cannot
+        give."""
+        with self._lock:
+            ps = self._pool(pool.id)
+            prefix = ps.block_prefix
+            prefix = pool.block_prefix if prefix is None else prefix
+            reserved = self._reserved.setdefault((pool.network, pool.range.family), set())
+            if requested is not None:
+                return choose_requested(pool, prefix, self.node, ps, requested)
+            decision = choose(pool, prefix, self.node, ps, reserved, fresh=fresh)
+            if isinstance(decision, Pick):
+                if decision.mode == "claim":
+                    if pool.id in self._claims:
+                        return Wait(self._claims[pool.id])
+                    self._claims[pool.id] = threading.Event()
+                reserved.add(decision.value)
+            return decision
+
+    def settle(self, pool: Pool, pick: Pick, requested: bool) -> None:
+        """End a pick's reservation (after its transaction committed, failed or raised); a claim in flight ends and
+        its waiters plan again. Idempotent."""
+        with self._lock:
+            if not requested:
+                self._reserved.get((pool.network, pool.range.family), set()).discard(pick.value)
+                if pick.mode == "claim":
+                    event = self._claims.pop(pool.id, None)
+                    if event is not None:
+                        event.set()
+                ps = self._pools.get(pool.id)
+                st = ps.blocks.get(pick.block.first) if ps is not None else None
+                if ps is not None and st is not None and st.node == self.node:
+                    ps.add_room(pick.block.first)  # it may have looked full only because of reservations
+
+    def loaded(self, pool: Pool, block: Block, kvs: Iterable[KV]) -> None:
+        """Address records of ``block`` read from etcd (a :class:`~ipamd.domain.policy.Load` answered)."""
+        taken = {parse_ip_key(kv.key)[2] for kv in kvs}
+        with self._lock:
+            ps = self._pool(pool.id)
+            st = ps.blocks.get(block.first)
+            if st is None:
+                ps.unclaimed_taken[block.first] = taken
+                return
+            st.taken = taken
+            if st.node == self.node:
+                ps.add_room(block.first)
+
+    # -- after a transaction -------------------------------------------------------------------------------------
+
+    def committed_add(self, record: HandleRecord, picks: Sequence[tuple[Pool, Pick]], revision: int,
+                      pool_puts: dict[str, tuple[PoolRecord, bytes]]) -> None:
+        """An ADD committed at ``revision``: its addresses are taken, its claimed blocks ours, its pool records
+        written, its handle known."""
+        with self._lock:
+            for pool_id, (rec, raw) in pool_puts.items():
+                ps = self._pool(pool_id)
+                ps.record, ps.record_raw, ps.record_revision = rec, raw, revision
+            for pool, pick in picks:
+                ps = self._pool(pool.id)
+                st = ps.blocks.get(pick.block.first)
+                if pick.mode == "claim" or st is None:
+                    foreign = ps.unclaimed_taken.pop(pick.block.first, set())
+                    st = BlockState(pick.block, self.node, revision, set(foreign))
+                    ps.set_block(st, self.node)
+                if st.taken is not None:
+                    st.taken.add(pick.value)
+            self._put_handle(record.handle, CachedHandle(revision, record))
+
+    def learned(self, pool: Pool, pick: Pick, blocks: Sequence[KV], ips: Sequence[KV], pool_kv: KV | None) -> set[int]:
+        """Refresh the view from a failed ADD's reads for one address (see :class:`ipamd.txns.AddressReads`);
+        returns the block's taken addresses as read."""
+        taken = {parse_ip_key(kv.key)[2] for kv in ips}
+        with self._lock:
+            ps = self._pool(pool.id)
+            self._set_record(ps, pool_kv)
+            if pick.mode == "claim":
+                self._refresh_blocks(ps, blocks)
+            elif blocks:
+                try:
+                    node = decode_block_record(blocks[0].value)
+                except ValueError:
+                    node = ""
+                old = ps.blocks.get(pick.block.first)
+                keep = old.taken if old is not None and old.node == node else None
+                ps.set_block(BlockState(pick.block, node, blocks[0].mod_revision, keep), self.node)
+            else:
+                ps.remove_block(pick.block.first)
+            st = ps.blocks.get(pick.block.first)
+            if st is not None:
+                st.taken = taken
+            else:
+                ps.unclaimed_taken[pick.block.first] = taken
+        return taken
+
+    def released(self, record: HandleRecord) -> None:
+        """The attachment's addresses were released (DEL, GC): free them in our view and forget the handle."""
+        with self._lock:
+            self._handles.pop(record.handle, None)
+            for alloc in record.allocations:
+                for ps in self._pools_of(record.network, alloc.family, alloc.value):
+                    st = ps.block_containing(alloc.value)
+                    if st is not None:
+                        if st.taken is not None:
+                            st.taken.discard(alloc.value)
+                        if st.node == self.node:
+                            ps.add_room(st.block.first)
+                    else:
+                        for taken in ps.unclaimed_taken.values():
+                            taken.discard(alloc.value)
+
+    def _pool(self, pool_id: str) -> PoolState:
+        ps = self._pools.get(pool_id)
+        if ps is None:
+            ps = self._pools[pool_id] = PoolState(pool_id)
+        return ps
+
+    def _pools_of(self, network: str, family: int, value: int) -> list[PoolState]:
+        """Pools of ``network`` whose subnet holds the address (one, or a few when subnets were widened)."""
+        out = []
+        for pool_id, ps in self._pools.items():
+            subnet = ps.subnet
+            if subnet.family == family and subnet.first <= value <= subnet.last and pool_network(pool_id) == network:
+                out.append(ps)
+        return out
+
+    def _set_record(self, ps: PoolState, kv: KV | None) -> None:
+        if kv is None:
+            ps.record, ps.record_raw, ps.record_revision = None, None, 0
+            return
+        try:
+            ps.record, ps.record_raw, ps.record_revision = PoolRecord.decode(kv.value), kv.value, kv.mod_revision
+        except ValueError:
+            ps.record, ps.record_raw, ps.record_revision = None, None, 0
+
+    def _refresh_blocks(self, ps: PoolState, kvs: Sequence[KV]) -> None:
+        """Replace a pool's block list with a fresh read (keeping the loaded addresses of blocks whose owner did
+        not change)."""
+        seen = set()
+        for kv in kvs:
+            try:
+                _, block = parse_block_key(kv.key)
+                node = decode_block_record(kv.value)
+            except ValueError:
+                continue
+            seen.add(block.first)
+            old = ps.blocks.get(block.first)
+            keep = old.taken if old is not None and old.node == node else None
+            ps.set_block(BlockState(block, node, kv.mod_revision, keep), self.node)
+        for first in [f for f in ps.blocks if f not in seen]:
+            ps.remove_block(first)
+
+    # -- handles -------------------------------------------------------------------------------------------------
+
+    def handle(self, handle: str) -> CachedHandle | None:
+        with self._lock:
+            entry = self._handles.get(handle)
+            if entry is not None:
+                self._handles.move_to_end(handle)
+            return entry
+
+    def put_handle(self, handle: str, entry: CachedHandle | None) -> None:
+        """Remember (or, with ``None``, forget) a handle's record and revision."""
+        with self._lock:
+            if entry is None:
+                self._handles.pop(handle, None)
+            else:
+                self._put_handle(handle, entry)
+
+    def _put_handle(self, handle: str, entry: CachedHandle) -> None:
+        self._handles[handle] = entry
+        self._handles.move_to_end(handle)
+        while len(self._handles) > self.handle_limit:
+            self._handles.popitem(last=False)
+
+    def handle_count(self) -> int:
+        with self._lock:
+            return len(self._handles)

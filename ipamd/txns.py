@@ -1,0 +1,192 @@
+"""One transaction type per operation: each builds its etcd request and decodes its own failure reads, by name.
+
+The shapes are those of docs/etcd-layout.md "Transactions". The object that built a request is the only one that
+knows where each failure read sits, so a caller never indexes ``reads[i]``: it asks the transaction for the
+decoded result (``AddTxn.failure(result)`` -> :class:`AddFailure`). Pure: nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .domain.model import (IpRecord, block_key, blocks_prefix, encode_block_record, handle_key, ip_key, ips_range,
+                           pool_key)
+from .domain.netconf import Pool
+from .domain.policy import Pick
+from .store.base import KV, Compare, Delete, Get, Op, Put, TxnResult, prefix_end
+
+#: Operations per transaction list that we allow ourselves, under etcd's default ``--max-txn-ops`` of 128 (B24).
+MAX_TXN_OPS = 120
+
+
+class _Reads:
+    """Failure-branch reads registered under a name; :meth:`decode` maps a result's reads back to the names."""
+
+    __slots__ = ("ops", "names")
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.names: list[str] = []
+
+    def add(self, name: str, op: Get) -> None:
+        self.ops.append(op)
+        self.names.append(name)
+
+    def decode(self, result: TxnResult) -> dict[str, tuple[KV, ...]]:
+        if len(result.reads) != len(self.names):
+            raise ValueError("transaction returned %d reads, %d were asked for" % (len(result.reads), len(self.names)))
+        return dict(zip(self.names, result.reads))
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAddress:
+    """One address of an ADD: range-set ``index``, its ``pool``, the policy's ``pick``, whether it was
+    ``requested`` by the caller, and the pool record guard (see :class:`PoolGuard`)."""
+
+    index: int
+    pool: Pool
+    pick: Pick
+    requested: bool
+    guard: "PoolGuard"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolGuard:
+    """What an ADD does with the pool record: ``compare`` is ``("version", 0)`` (the record must not exist yet),
+    ``("mod", R)`` (it must still be the one read at R) or ``None``; ``put`` the new record bytes or ``None``."""
+
+    compare: tuple[str, int] | None
+    put: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressReads:
+    """What a failed ADD read for one of its addresses.
+
+    ``blocks``: for a claim, every block record of the pool (who won what); otherwise the block record itself
+    (empty when the block is gone). ``ips``: the address records of the block. ``pool``: the pool record, or None.
+    """
+
+    blocks: tuple[KV, ...]
+    ips: tuple[KV, ...]
+    pool: KV | None
+
+
+@dataclass(frozen=True, slots=True)
+class AddFailure:
+    """A failed ADD: ``handle`` is the attachment's record when it already exists (a retried or concurrent ADD),
+    and ``addresses`` maps range-set index -> :class:`AddressReads`."""
+
+    handle: KV | None
+    addresses: dict[int, AddressReads] = field(default_factory=dict)
+
+
+class AddTxn:
+    """ADD (design.md §2 "Transactions"): ``IF handle.version == 0 AND ip.version == 0 AND block guard AND pool
+    guard (per address) THEN put handle, ips (and claimed blocks, pool records) ELSE get handle, and per address the
+    block (or the pool's block list for a claim), the block's address records and the pool record``.
+
+    ``handle`` is the handle id, ``record`` the encoded :class:`~ipamd.domain.model.HandleRecord`, ``node`` this
+    daemon's node. One round trip, all or nothing: a dual-stack ADD carries every address.
+    """
+
+    def __init__(self, handle: str, record: bytes, node: str, network: str,
+                 planned: Sequence[PlannedAddress]) -> None:
+        hkey = handle_key(handle)
+        self.compares: list[Compare] = [Compare(hkey, "version", "==", 0)]
+        self.success: list[Op] = [Put(hkey, record)]
+        self._reads = _Reads()
+        self._reads.add("handle", Get(hkey))
+        self._indexes = [p.index for p in planned]
+        for p in planned:
+            pick = p.pick
+            ikey = ip_key(network, pick.block.family, pick.value)
+            bkey = block_key(p.pool.id, pick.block)
+            self.compares.append(Compare(ikey, "version", "==", 0))
+            self.success.append(Put(ikey, IpRecord(handle, node, p.pool.id).encode()))
+            if pick.mode == "claim":
+                self.compares.append(Compare(bkey, "version", "==", 0))
+                self.success.append(Put(bkey, encode_block_record(node)))
+                prefix = blocks_prefix(p.pool.id)
+                self._reads.add("blocks:%d" % p.index, Get(prefix, prefix_end(prefix)))
+            else:
+                self.compares.append(Compare(bkey, "mod", "==", pick.block_revision))
+                self._reads.add("blocks:%d" % p.index, Get(bkey))
+            start, end = ips_range(network, pick.block)
+            self._reads.add("ips:%d" % p.index, Get(start, end))
+            pkey = pool_key(p.pool.id)
+            if p.guard.compare is not None:
+                self.compares.append(Compare(pkey, p.guard.compare[0], "==", p.guard.compare[1]))
+            if p.guard.put is not None:
+                self.success.append(Put(pkey, p.guard.put))
+            self._reads.add("pool:%d" % p.index, Get(pkey))
+
+    @property
+    def failure(self) -> list[Op]:
+        return self._reads.ops
+
+    def decode_failure(self, result: TxnResult) -> AddFailure:
+        """The failure branch's reads, by name. Raises ``ValueError`` if the result does not match the request."""
+        reads = self._reads.decode(result)
+        handle = reads["handle"]
+        out = AddFailure(handle[0] if handle else None)
+        for i in self._indexes:
+            pool = reads["pool:%d" % i]
+            out.addresses[i] = AddressReads(reads["blocks:%d" % i], reads["ips:%d" % i], pool[0] if pool else None)
+        return out
+
+
+class DelTxn:
+    """DEL (design.md §2): ``IF handle.mod_revision == R THEN delete every ip key, delete handle ELSE get handle``.
+
+    ``revision`` 0 with no keys is the "I know of no record" form: it succeeds exactly when the handle is absent
+    (nothing to release) and otherwise returns the record in the same round trip.
+    """
+
+    def __init__(self, handle: str, revision: int, ip_keys: Sequence[str]) -> None:
+        hkey = handle_key(handle)
+        self.compares = [Compare(hkey, "mod", "==", revision)]
+        self.success: list[Op] = [*(Delete(k) for k in ip_keys), Delete(hkey)] if revision else []
+        self._reads = _Reads()
+        self._reads.add("handle", Get(hkey))
+
+    @property
+    def failure(self) -> list[Op]:
+        return self._reads.ops
+
+    def decode_failure(self, result: TxnResult) -> KV | None:
+        """The handle's current record (None when it is gone)."""
+        kvs = self._reads.decode(result)["handle"]
+        return kvs[0] if kvs else None
+
+
+class ReleaseBatchTxn:
+    """Release several attachments at once (GC, repair): ``IF every handle.mod_revision == R_read THEN delete their
+    ip keys and handles``. ``items`` are ``(handle KV as read, its ip keys)``; built to fit :data:`MAX_TXN_OPS`
+    (use :func:`batches`). No failure reads: on a failed compare the caller retries the items one by one."""
+
+    def __init__(self, items: Sequence[tuple[KV, Sequence[str]]]) -> None:
+        self.items = list(items)
+        self.compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in items]
+        self.success: list[Op] = []
+        for kv, keys in items:
+            self.success.extend(Delete(k) for k in keys)
+            self.success.append(Delete(kv.key))
+        self.failure: list[Op] = []
+
+
+def batches(items: Sequence[tuple[KV, Sequence[str]]],
+            limit: int = MAX_TXN_OPS) -> list[list[tuple[KV, Sequence[str]]]]:
+    """Split release items into groups whose delete list stays within ``limit`` operations (B24). An item larger
+    than the limit on its own gets a group of its own (etcd will refuse it: never silently dropped)."""
+    out: list[list[tuple[KV, Sequence[str]]]] = []
+    ops = 0
+    for item in items:
+        need = len(item[1]) + 1
+        if not out or ops + need > limit:
+            out.append([])
+            ops = 0
+        out[-1].append(item)
+        ops += need
+    return out
