@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from . import config as config_mod
 from . import logs
@@ -102,7 +103,7 @@ class _NodeLease:
     after an etcd outage, revokes it on stop. ``registered`` is set once the record is first written (the daemon
     is not ready before that)."""
 
-    def __init__(self, service: "IpamService", cfg: config_mod.DaemonConfig) -> None:
+    def __init__(self, service: IpamService, cfg: config_mod.DaemonConfig) -> None:
         self.service, self.cfg = service, cfg
         self.lease = 0
         self.registered = threading.Event()

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Iterable, Sequence
 
 from .domain.addr import Block
-from .domain.model import (HandleRecord, PoolRecord, decode_block_record, parse_block_key, parse_ip_key,
-                           pool_network)
+from .domain.model import HandleRecord, PoolRecord, decode_block_record, parse_block_key, parse_ip_key, pool_network
 from .domain.netconf import Pool
 from .domain.policy import BlockState, Decision, Pick, PoolState, choose, choose_requested
 from .store.base import KV
@@ -152,7 +152,7 @@ class NodeCache:
             if st is None:
                 ps.unclaimed_taken[block.first] = taken
                 return
-            st.taken = taken
+            st.set_taken(taken)
             if st.node == self.node:
                 ps.add_room(block.first)
 
@@ -198,7 +198,7 @@ class NodeCache:
                 ps.remove_block(pick.block.first)
             st = ps.blocks.get(pick.block.first)
             if st is not None:
-                st.taken = taken
+                st.set_taken(taken)
             else:
                 ps.unclaimed_taken[pick.block.first] = taken
         return taken
@@ -211,8 +211,7 @@ class NodeCache:
                 for ps in self._pools_of(record.network, alloc.family, alloc.value):
                     st = ps.block_containing(alloc.value)
                     if st is not None:
-                        if st.taken is not None:
-                            st.taken.discard(alloc.value)
+                        st.release(alloc.value)
                         if st.node == self.node:
                             ps.add_room(st.block.first)
                     else:

@@ -9,12 +9,24 @@ holding an address is found by arithmetic on the pool's block sizes, never by a 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .domain.addr import BITS, Block, Range
-from .domain.model import (BLOCKS, HANDLES, IPS, POOLS, HandleRecord, IpRecord, PoolRecord, decode_block_record,
-                           parse_block_key, parse_handle_key, parse_ip_key)
+from .domain.model import (
+    BLOCKS,
+    HANDLES,
+    IPS,
+    POOLS,
+    HandleRecord,
+    IpRecord,
+    PoolRecord,
+    decode_block_record,
+    parse_block_key,
+    parse_handle_key,
+    parse_ip_key,
+)
 from .store.base import KV, Store
 
 
@@ -111,7 +123,7 @@ def check_snapshot(kvs: Iterable[KV]) -> list[Violation]:
             seen_pools.add(alloc.pool_id)
     for pool_id, pb in blocks.items():
         ordered = sorted((b for b, _ in pb.by_first.values()), key=lambda b: (b.family, b.first))
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in itertools.pairwise(ordered):
             if a.family == b.family and b.first <= a.last:
                 out.append(Violation(3, BLOCKS + pool_id, "blocks %s and %s overlap" % (a.cidr(), b.cidr())))
     return out

@@ -16,13 +16,22 @@ import os
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Mapping
+from collections.abc import Mapping
 
-from .domain.cni import (ABOUT, SUPPORTED_VERSIONS, VERBS, AboutRequest, CniRequest, decode_request,
-                         decode_version_request, loads_strict, render_result, requested_addresses)
+from .domain.cni import (
+    ABOUT,
+    SUPPORTED_VERSIONS,
+    VERBS,
+    AboutRequest,
+    CniRequest,
+    decode_request,
+    decode_version_request,
+    loads_strict,
+    render_result,
+    requested_addresses,
+)
 from .domain.errors import InvalidConfig, IpamError, TryAgainLater
-from .domain.netconf import parse_netconf
+from .domain.netconf import parse_netconf_cached
 from .service import IpamService
 
 log = logging.getLogger(__name__)
@@ -72,7 +81,7 @@ def handle_cni(service: IpamService, env: Mapping[str, str], stdin: bytes,
     except IpamError as exc:
         return _finish(service, command, started, 1, json.dumps(exc.to_cni(cni_version)).encode(), stderr, ctx,
                        exc)
-    except Exception as exc:  # noqa: BLE001 - the CNI contract wants code 999, not a crash
+    except Exception as exc:
         log.exception("CNI %s: unexpected error", command, extra=ctx)
         err = IpamError("internal error: %s" % (exc.__class__.__name__,), str(exc))
         return _finish(service, command, started, 1, json.dumps(err.to_cni(cni_version)).encode(), stderr, ctx,
@@ -83,7 +92,7 @@ def _run_verb(service: IpamService, req: CniRequest, stderr: list[str],
               ctx: dict[str, object]) -> dict[str, object] | None:
     att = req.attachment
     if req.command == "ADD":
-        netconf = parse_netconf(req.conf, req.name)
+        netconf = parse_netconf_cached(req.conf, req.name)
         stderr.extend(netconf.warnings)
         requested = requested_addresses(req, netconf)
         pod = {k: req.args[a] for k, a in (("namespace", "K8S_POD_NAMESPACE"), ("name", "K8S_POD_NAME"),
@@ -95,11 +104,11 @@ def _run_verb(service: IpamService, req: CniRequest, stderr: list[str],
         service.delete(att)
         return None
     if req.command == "CHECK":
-        netconf = parse_netconf(req.conf, req.name)
+        netconf = parse_netconf_cached(req.conf, req.name)
         service.check(att, netconf, req.conf.get("prevResult"))
         return None
     if req.command == "STATUS":
-        netconf = parse_netconf(req.conf, req.name)
+        netconf = parse_netconf_cached(req.conf, req.name)
         service.status(netconf)
         return None
     if req.command == "GC":
@@ -137,7 +146,7 @@ def _finish(service: IpamService, verb: str, started: float, status: int, stdout
     m = service.metrics
     label = verb if verb in VERBS or verb == "ABOUT" else "OTHER"  # no label per junk command
     code = error.cni_code if error is not None else 0
-    m.requests.labels(label, "ok" if status == 0 else str(code)).inc()
+    m.child(m.requests, label, "ok" if status == 0 else str(code)).inc()
     took = time.monotonic() - started
     if verb == "ADD":
         m.add_seconds.observe(took)
@@ -152,33 +161,37 @@ def _finish(service: IpamService, verb: str, started: float, status: int, stdout
     return status, stdout, text
 
 
-def _recv_exact(conn: socket.socket, n: int, deadline: float) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request not received within %.0f s" % READ_DEADLINE)
-        conn.settimeout(remaining)  # the whole request must arrive by the deadline, not each recv
-        chunk = conn.recv(min(n - len(buf), 1 << 16))
-        if not chunk:
-            raise ConnectionError("peer closed after %d of %d bytes" % (len(buf), n))
-        buf += chunk
-    return bytes(buf)
-
-
 def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, str | None]:
-    """Read one framed request; raises ``ValueError`` on a bad frame, ``ConnectionError``/``OSError`` on I/O."""
+    """Read one framed request (docs/cni-socket.md); most arrive in one ``recv``. The whole request must arrive
+    within :data:`READ_DEADLINE` seconds and be at most :data:`MAX_REQUEST` bytes. Raises ``ValueError`` on a bad
+    frame, ``ConnectionError``/``OSError`` (``TimeoutError``) on I/O."""
     deadline = time.monotonic() + READ_DEADLINE
-    if _recv_exact(conn, len(MAGIC), deadline) != MAGIC:
+    conn.settimeout(READ_DEADLINE)
+    buf = bytearray()
+
+    def need(n: int) -> None:
+        while len(buf) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError("request not received within %.0f s" % READ_DEADLINE)
+            chunk = conn.recv(max(1 << 16, n - len(buf)))
+            if not chunk:
+                raise ConnectionError("peer closed after %d of %d bytes" % (len(buf), n))
+            buf.extend(chunk)
+
+    need(len(MAGIC))
+    if buf[:len(MAGIC)] != MAGIC:
         raise ValueError("bad magic: not an ipamd-cni v1 request")
+    pos = len(MAGIC)
     parts = []
-    total = 0
     for _ in range(3):
-        n = int.from_bytes(_recv_exact(conn, 4, deadline), "big")
-        total += n
-        if total > MAX_REQUEST:
+        need(pos + 4)
+        n = int.from_bytes(buf[pos:pos + 4], "big")
+        pos += 4
+        if pos + n > MAX_REQUEST:
             raise ValueError("request larger than %d bytes" % MAX_REQUEST)
-        parts.append(_recv_exact(conn, n, deadline))
+        need(pos + n)
+        parts.append(bytes(buf[pos:pos + n]))
+        pos += n
     env = {}
     for pair in parts[0].split(b"\0"):
         if pair:
@@ -194,12 +207,13 @@ def encode_response(status: int, stdout: bytes, stderr: bytes) -> bytes:
 
 
 class CniServer:
-    """Serves the CNI socket at ``path`` with a bounded worker pool; :meth:`stop` drains requests in flight."""
+    """Serves the CNI socket at ``path`` with ``workers`` threads, each accepting and answering one connection at a
+    time (no hand-off between threads: a request costs one accept, one or two recvs and one send).
+    :meth:`stop` stops accepting and lets the requests in flight finish."""
 
     def __init__(self, service: IpamService, path: str, workers: int = 32) -> None:
         self.service = service
         self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)  # a stale socket of a previous run; a live daemon holds a lock elsewhere
@@ -208,12 +222,14 @@ class CniServer:
         os.chmod(path, 0o600)
         self._sock.listen(256)
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="cni-accept", daemon=True)
+        self._threads = [threading.Thread(target=self._worker, name="cni-%d" % i, daemon=True)
+                         for i in range(workers)]
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
-    def _accept_loop(self) -> None:
+    def _worker(self) -> None:
         while not self._stopping.is_set():
             try:
                 conn, _ = self._sock.accept()
@@ -225,24 +241,18 @@ class CniServer:
                 self._stopping.wait(0.1)
                 continue
             try:
-                self._pool.submit(self._serve, conn, time.monotonic())
-            except RuntimeError:  # shutting down
-                conn.close()
+                self._serve(conn)
+            except Exception:
+                log.exception("CNI worker: unexpected error")
 
-    def _serve(self, conn: socket.socket, accepted: float) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         try:
             try:
                 env, stdin, err = read_request(conn)
             except (ValueError, ConnectionError, OSError) as exc:
                 log.warning("bad CNI request: %s", exc)
                 return
-            conn.settimeout(None)
-            if time.monotonic() - accepted > self.service.request_timeout:
-                out = encode_response(1, json.dumps(TryAgainLater("ipamd overloaded: request waited too long")
-                                                    .to_cni("1.1.0")).encode(), b"")
-            else:
-                out = encode_response(*handle_cni(self.service, env, stdin, err))
-            conn.sendall(out)
+            conn.sendall(encode_response(*handle_cni(self.service, env, stdin, err)))
         except OSError as exc:
             log.info("CNI client went away: %s", exc)
         finally:
@@ -256,8 +266,8 @@ class CniServer:
         except OSError:
             pass
         self._sock.close()
-        self._thread.join(timeout=2)
-        self._pool.shutdown(wait=True)
+        for t in self._threads:
+            t.join(timeout=self.service.request_timeout + READ_DEADLINE)
         try:
             os.unlink(self.path)
         except FileNotFoundError:

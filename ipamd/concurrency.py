@@ -10,10 +10,12 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_if_result, wait_random_exponential
 
@@ -88,6 +90,17 @@ def retry_until(deadline: float, what: str, body: Callable[[], T | None],
     once. ``on_conflict`` is called for each ``None`` (metrics).
     """
     started = time.monotonic()
+    # the steady state commits at the first attempt: run it without the retry machinery
+    try:
+        out = body()
+        if out is not None:
+            return out
+        if on_conflict is not None:
+            on_conflict()
+    except (StoreUnavailable, DeadlinePassed) as exc:
+        log.debug("%s: first attempt did not commit (%s); retrying", what, exc)
+        if time.monotonic() >= deadline:
+            raise _give_up(what, started, exc, 1) from exc
 
     def stop(state: RetryCallState) -> bool:
         return time.monotonic() + (state.upcoming_sleep or 0.0) >= deadline
@@ -95,11 +108,7 @@ def retry_until(deadline: float, what: str, body: Callable[[], T | None],
     def give_up(state: RetryCallState) -> T:
         outcome = state.outcome
         exc = outcome.exception() if outcome is not None and outcome.failed else None
-        took = time.monotonic() - started
-        if isinstance(exc, StoreUnavailable):
-            raise TryAgainLater("%s: etcd unavailable until the deadline (%.1f s): %s" % (what, took, exc.msg)) from exc
-        raise TryAgainLater("%s did not complete within %.1f s (%d attempts; conflicts or etcd too slow)"
-                            % (what, took, state.attempt_number)) from exc
+        raise _give_up(what, started, exc, state.attempt_number + 1) from exc
 
     def conflict(state: RetryCallState) -> None:
         outcome = state.outcome
@@ -118,6 +127,14 @@ def retry_until(deadline: float, what: str, body: Callable[[], T | None],
     return out
 
 
+def _give_up(what: str, started: float, exc: BaseException | None, attempts: int) -> TryAgainLater:
+    took = time.monotonic() - started
+    if isinstance(exc, StoreUnavailable):
+        return TryAgainLater("%s: etcd unavailable until the deadline (%.1f s): %s" % (what, took, exc.msg))
+    return TryAgainLater("%s did not complete within %.1f s (%d attempts; conflicts or etcd too slow)"
+                         % (what, took, attempts))
+
+
 def supervise(name: str, body: Callable[[], float | None], stop: threading.Event,
               on_error: Callable[[BaseException], None] | None = None, first_backoff: float = 0.2,
               max_backoff: float = 10.0) -> None:
@@ -130,13 +147,12 @@ def supervise(name: str, body: Callable[[], float | None], stop: threading.Event
     """
     from .domain.errors import IpamError
 
-    wait = wait_random_exponential(multiplier=first_backoff, max=max_backoff)
     failures = 0
     while not stop.is_set():
         try:
             pause = body()
             failures = 0
-        except Exception as exc:  # noqa: BLE001 - a background loop must outlive every error (B53)
+        except Exception as exc:
             failures += 1
             if isinstance(exc, IpamError):
                 log.warning("%s: %s (failure %d in a row); retrying", name, exc, failures)
@@ -145,17 +161,8 @@ def supervise(name: str, body: Callable[[], float | None], stop: threading.Event
             if on_error is not None:
                 try:
                     on_error(exc)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("%s: error hook failed", name)
-            pause = wait(_State(failures))
+            pause = random.uniform(0, min(max_backoff, first_backoff * 2 ** min(failures, 16)))
         if pause:
             stop.wait(pause)
-
-
-class _State:
-    """The one field of tenacity's ``RetryCallState`` its wait strategies read."""
-
-    __slots__ = ("attempt_number",)
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number

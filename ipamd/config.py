@@ -12,8 +12,10 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+
 from .store.base import parse_endpoints
 
 
@@ -80,7 +82,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 raise TypeError
             return float(value)
         if name in _INTS:
-            if isinstance(value, bool) or isinstance(value, float):
+            if isinstance(value, (bool, float)):
                 raise TypeError
             return int(value)
     except (TypeError, ValueError):

@@ -12,8 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -62,7 +62,7 @@ def etcd_command(name: str, data_dir: str, client_port: int, peer_port: int, ini
             *extra]
 
 
-def stop_process(proc: "subprocess.Popen[bytes]", grace: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; waits for the exit. Only for processes we started."""
     if proc.poll() is None:
         proc.terminate()
@@ -86,7 +86,7 @@ class EmbeddedEtcd:
     def endpoint(self) -> str:
         return "http://127.0.0.1:%d" % self.client_port
 
-    def start(self, timeout: float = 20.0) -> "EmbeddedEtcd":
+    def start(self, timeout: float = 20.0) -> EmbeddedEtcd:
         """Start the member and wait until it accepts connections. Raises ``RuntimeError`` if it exits,
         ``FileNotFoundError`` (before creating anything) when no etcd binary is found."""
         cmd = etcd_command("ipamd-embedded", self.data_dir, self.client_port, self.peer_port,

@@ -2,7 +2,8 @@
 
 Inert unless ``IPAMD_FAILPOINTS`` is set, e.g. ``add.after_pick=pause:3;add.after_commit=crash``
 (field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS``, ``error``
-(raises a plain ``RuntimeError``, which the CNI path reports as code 999), ``error:N`` (only the first N hits). Points: ``add.after_pick``,
+(raises a plain ``RuntimeError``, which the CNI path reports as code 999), ``error:N`` (only the first N hits).
+Points: ``add.after_pick``,
 ``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete``.
 """
 
@@ -27,7 +28,7 @@ class Failpoints:
                 self._points[name] = action
 
     @classmethod
-    def from_env(cls) -> "Failpoints":
+    def from_env(cls) -> Failpoints:
         return cls(os.environ.get("IPAMD_FAILPOINTS", ""))
 
     def hit(self, point: str) -> None:

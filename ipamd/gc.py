@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .cache import NodeCache
 from .concurrency import DeadlinePassed, KeyedLocks, remaining
@@ -125,7 +125,7 @@ class GarbageCollector:
             by_key = {kv.key: rec for kv, rec in items}
             for batch in batches([(kv, rec.ip_keys) for kv, rec in items]):
                 self._release(job, [(kv, by_key[kv.key]) for kv, _ in batch], budget_end)
-        except Exception as exc:  # noqa: BLE001 - a background job reports, never dies silently (B53)
+        except Exception as exc:
             log.exception("GC of network %s: unexpected error", job.network)
             job.failures.append("unexpected error: %s" % exc)
         finally:

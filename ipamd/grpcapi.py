@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .domain.cni import Attachment, CniRequest, render_result, requested_addresses, validate_container_id, \
-    validate_if_name, validate_network_name
+from .domain.cni import (
+    Attachment,
+    CniRequest,
+    render_result,
+    requested_addresses,
+    validate_container_id,
+    validate_if_name,
+    validate_network_name,
+)
 from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError
 from .domain.model import HandleRecord
 from .domain.netconf import parse_netconf
@@ -48,12 +56,12 @@ def _guard(verb: str) -> Callable[..., Any]:
     anything unexpected INTERNAL with code 999 (logged with its traceback); the CNI code travels in the trailing
     metadata either way (docs/errors.md)."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def call(self: "IpamServicer", request: Any, context: grpc.ServicerContext) -> Any:
+        def call(self: IpamServicer, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 out = fn(self, request, context)
             except IpamError as exc:
                 err = exc
-            except Exception as exc:  # noqa: BLE001 - never a bare UNKNOWN or a dropped call
+            except Exception as exc:
                 log.exception("gRPC %s: unexpected error", verb)
                 err = IpamError("internal error: %s" % exc.__class__.__name__, str(exc))
             else:
@@ -76,7 +84,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         self.service = service
 
     def _count(self, verb: str, outcome: str) -> None:
-        self.service.metrics.requests.labels("grpc." + verb, outcome).inc()
+        m = self.service.metrics
+        m.child(m.requests, "grpc." + verb, outcome).inc()
 
     @_guard("Allocate")
     def Allocate(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -126,7 +135,7 @@ class GrpcServer:
     def __init__(self, service: IpamService, path: str, workers: int = 16) -> None:
         self.path = path
         self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
-        ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service), self.server)
+        ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service), self.server)  # type: ignore[no-untyped-call]
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.set_serving(False)

@@ -5,7 +5,8 @@ Names follow Prometheus conventions: ``ipamd_`` prefix, base units, counters end
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -17,6 +18,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("ipamd_requests_total", "CNI and gRPC requests by verb and outcome",
                                 ["verb", "outcome"], registry=r)
@@ -35,6 +37,14 @@ class Metrics:
         self.loop_errors = Counter("ipamd_background_errors_total",
                                    "Errors in background loops (each followed by a backoff and a retry)", ["loop"],
                                    registry=r)
+
+    def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: the lookup costs a few microseconds and runs on every request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def watch_pools(self, usage: Callable[[], list[tuple[str, int, int]]]) -> None:
         """Export ``ipamd_pool_free_addresses`` / ``ipamd_pool_allocated_addresses`` per pool, computed at scrape

@@ -20,10 +20,25 @@ from .cache import CachedHandle, NodeCache, Wait
 from .concurrency import DeadlinePassed, KeyedLocks, remaining, retry_until
 from .domain.addr import Block, to_ip
 from .domain.cni import Attachment
-from .domain.errors import (AddressUnavailable, CheckMismatch, CheckNoAllocation, NotAvailable, PoolExhausted,
-                            TryAgainLater)
-from .domain.model import (BLOCKS, POOLS, Allocation, HandleRecord, PoolRecord, handle_key, ips_range,
-                           parse_handle_key, pool_network)
+from .domain.errors import (
+    AddressUnavailable,
+    CheckMismatch,
+    CheckNoAllocation,
+    NotAvailable,
+    PoolExhausted,
+    TryAgainLater,
+)
+from .domain.model import (
+    BLOCKS,
+    POOLS,
+    Allocation,
+    HandleRecord,
+    PoolRecord,
+    handle_key,
+    ips_range,
+    parse_handle_key,
+    pool_network,
+)
 from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
 from .failpoints import Failpoints
@@ -96,7 +111,7 @@ class IpamService:
 
     def _txn(self, verb: str, txn: AddTxn | DelTxn, deadline: float) -> TxnResult:
         timeout = min(remaining(deadline), self.etcd_timeout)
-        self.metrics.etcd_txns.labels(verb).inc()
+        self.metrics.child(self.metrics.etcd_txns, verb).inc()
         try:
             return self.store.txn(txn.compares, txn.success, txn.failure, timeout)
         except StoreUnavailable:
@@ -125,7 +140,7 @@ class IpamService:
         with self._locks.hold(att.handle):
             return retry_until(deadline, "ADD",
                                lambda: self._add_once(att, netconf, wanted, netns, pod or {}, state, deadline),
-                               self.metrics.cas_conflicts.labels("ADD").inc)
+                               self.metrics.child(self.metrics.cas_conflicts, "ADD").inc)
 
     def _add_once(self, att: Attachment, netconf: NetConf, requested: dict[int, tuple[Pool, int]], netns: str,
                   pod: dict[str, str], state: _AddState, deadline: float) -> list[Allocation] | None:
@@ -308,7 +323,7 @@ class IpamService:
                     kv = txn.decode_failure(res)
                     known[0] = (kv.mod_revision, self._decode_for_release(kv)) if kv is not None else (0, None)
                 return None
-            return retry_until(deadline, "DEL", once, self.metrics.cas_conflicts.labels("DEL").inc)
+            return retry_until(deadline, "DEL", once, self.metrics.child(self.metrics.cas_conflicts, "DEL").inc)
 
     @staticmethod
     def _decode_for_release(kv: KV) -> HandleRecord | None:

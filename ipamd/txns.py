@@ -7,11 +7,19 @@ decoded result (``AddTxn.failure(result)`` -> :class:`AddFailure`). Pure: nothin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
-from .domain.model import (IpRecord, block_key, blocks_prefix, encode_block_record, handle_key, ip_key, ips_range,
-                           pool_key)
+from .domain.model import (
+    IpRecord,
+    block_key,
+    blocks_prefix,
+    encode_block_record,
+    handle_key,
+    ip_key,
+    ips_range,
+    pool_key,
+)
 from .domain.netconf import Pool
 from .domain.policy import Pick
 from .store.base import KV, Compare, Delete, Get, Op, Put, TxnResult, prefix_end
@@ -23,7 +31,7 @@ MAX_TXN_OPS = 120
 class _Reads:
     """Failure-branch reads registered under a name; :meth:`decode` maps a result's reads back to the names."""
 
-    __slots__ = ("ops", "names")
+    __slots__ = ("names", "ops")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -36,7 +44,7 @@ class _Reads:
     def decode(self, result: TxnResult) -> dict[str, tuple[KV, ...]]:
         if len(result.reads) != len(self.names):
             raise ValueError("transaction returned %d reads, %d were asked for" % (len(result.reads), len(self.names)))
-        return dict(zip(self.names, result.reads))
+        return dict(zip(self.names, result.reads, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +56,7 @@ class PlannedAddress:
     pool: Pool
     pick: Pick
     requested: bool
-    guard: "PoolGuard"
+    guard: PoolGuard
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ enumerates ``hosts()`` or ``subnets()``: a /64 never ends, so every walk is boun
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Container, Iterable, Iterator
 
 from .errors import InvalidConfig
 
@@ -118,10 +118,7 @@ class Range:
             return False
         if self.family == 4 and value == self.last:
             return False
-        for lo, hi in self.excludes:
-            if lo <= value <= hi:
-                return False
-        return True
+        return all(not lo <= value <= hi for lo, hi in self.excludes)
 
     def usable_count(self, lo: int | None = None, hi: int | None = None) -> int:
         """Number of addresses that may be handed out (``free + allocated = usable_count``), in the whole range
@@ -137,7 +134,7 @@ class Range:
             n -= y - x + 1 - sum(1 for v in specials if x <= v <= y)
         return max(n, 0)
 
-    def first_free(self, lo: int, hi: int, taken: "Container[int] | Iterable[int]") -> int | None:
+    def first_free(self, lo: int, hi: int, taken: Container[int] | Iterable[int]) -> int | None:
         """Lowest usable address in ``[lo, hi]`` not in ``taken``; ``None`` if none.
 
         Cost is bounded by ``len(taken)`` plus the few special addresses, never by the span's size.
@@ -164,11 +161,11 @@ class Range:
                 return hi + 1
         return None
 
-    def overlaps(self, other: "Range") -> bool:
+    def overlaps(self, other: Range) -> bool:
         return self.family == other.family and self.network <= other.last and other.network <= self.last
 
     @classmethod
-    def from_config(cls, obj: object, where: str) -> "Range":
+    def from_config(cls, obj: object, where: str) -> Range:
         """Parse one range object ``{"subnet", "rangeStart"?, "rangeEnd"?, "gateway"?}`` of the ``ipam`` block.
 
         Raises :class:`InvalidConfig` (CNI code 7) with a message naming the field and value for: a bad or
@@ -216,7 +213,7 @@ class Range:
             gateway = network + 1
         return cls(family, network, net.prefixlen, start, end, gateway)
 
-    def with_excludes(self, excludes: tuple[tuple[int, int], ...]) -> "Range":
+    def with_excludes(self, excludes: tuple[tuple[int, int], ...]) -> Range:
         mine = tuple((lo, hi) for lo, hi in excludes if lo <= self.last and hi >= self.network)
         return Range(self.family, self.network, self.prefixlen, self.start, self.end, self.gateway, mine)
 
@@ -242,7 +239,7 @@ class Block:
         return "%s-%d" % (addr_key(self.family, self.first), self.prefixlen)
 
     @classmethod
-    def from_key(cls, key: str) -> "Block":
+    def from_key(cls, key: str) -> Block:
         hexpart, _, plen = key.partition("-")
         family, first = key_addr(hexpart)
         return cls(family, first, int(plen))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .addr import to_ip
 from .errors import DecodeFailure, IncompatibleVersion, InvalidConfig, InvalidEnvironment
@@ -131,9 +132,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError("%s is not JSON" % name)
 
 
+_STRICT = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def loads_strict(data: bytes) -> Any:
-    """``json.loads`` that refuses ``NaN``/``Infinity`` (not JSON; Go's decoder rejects them in our output)."""
-    return json.loads(data, parse_constant=_no_constants)
+    """``json.loads`` that refuses ``NaN``/``Infinity`` (not JSON; Go's decoder rejects them in our output).
+    Raises ``ValueError`` (``UnicodeDecodeError`` for bytes that are not UTF-8)."""
+    return _STRICT.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
 
 
 def decode_version_request(stdin: bytes | None) -> str:
@@ -254,7 +259,7 @@ def requested_addresses(req: CniRequest, netconf: NetConf) -> dict[int, tuple[Po
     return out
 
 
-def render_result(cni_version: str, addresses: "list[Allocation]", netconf: NetConf | None) -> dict[str, Any]:
+def render_result(cni_version: str, addresses: list[Allocation], netconf: NetConf | None) -> dict[str, Any]:
     """The abbreviated IPAM result (cni-conformance.md §3.1) for ``cni_version``.
 
     ``addresses`` are the attachment's allocations in range-set order. 0.3.x/0.4.0 entries carry ``version``; 1.x do

@@ -149,7 +149,7 @@ class PoolRecord:
                                   for lo, hi in rng.excludes]})
 
     @classmethod
-    def decode(cls, raw: bytes) -> "PoolRecord":
+    def decode(cls, raw: bytes) -> PoolRecord:
         """Raises ``ValueError`` for a malformed record."""
         try:
             obj = decode(raw)
@@ -196,7 +196,7 @@ class IpRecord:
         return dumps({"handle": self.handle, "node": self.node, "pool": self.pool})
 
     @classmethod
-    def decode(cls, raw: bytes) -> "IpRecord":
+    def decode(cls, raw: bytes) -> IpRecord:
         """Raises ``ValueError`` for a malformed record."""
         obj = decode(raw)
         parts = (obj.get("handle", ""), obj.get("node", ""), obj.get("pool", ""))
@@ -239,7 +239,7 @@ class Allocation:
         return out
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Allocation":
+    def from_json(cls, obj: dict[str, Any]) -> Allocation:
         iface = ipaddress.ip_interface(obj["address"])
         gw = obj.get("gateway")
         return cls(obj["pool"], iface.version, int(iface.ip), iface.network.prefixlen,
@@ -275,7 +275,7 @@ class HandleRecord:
                       "netns": self.netns, "pod": self.pod})
 
     @classmethod
-    def decode(cls, raw: bytes) -> "HandleRecord":
+    def decode(cls, raw: bytes) -> HandleRecord:
         """Raises ``ValueError`` for a malformed record."""
         try:
             obj = decode(raw)

@@ -200,3 +200,22 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     socket = ipam.get("socket")
     return NetConf(name=name, range_sets=tuple(range_sets), routes=_routes(ipam), dns=_dns(ipam),
                    socket=socket if isinstance(socket, str) else None, warnings=warnings)
+
+
+#: Parsed configurations by (network name, repr of the ``ipam`` object): a runtime sends the same network
+#: configuration on every call, and parsing it (addresses, ranges, routes) costs more than the rest of an ADD.
+_PARSED: dict[tuple[str, str], NetConf] = {}
+PARSED_LIMIT = 512
+
+
+def parse_netconf_cached(conf: dict[str, Any], name: str) -> NetConf:
+    """:func:`parse_netconf` remembered for identical ``ipam`` objects (bounded; :class:`NetConf` is immutable, so
+    sharing it is safe). Same errors as :func:`parse_netconf`, which are not remembered."""
+    key = (name, repr(conf.get("ipam")))
+    found = _PARSED.get(key)
+    if found is None:
+        found = parse_netconf(conf, name)
+        if len(_PARSED) >= PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[key] = found
+    return found

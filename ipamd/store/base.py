@@ -7,8 +7,9 @@ compares make a stale reader fail, and a failed compare returns the current valu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from ..domain.errors import IpamError, TryAgainLater

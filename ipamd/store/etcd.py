@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 import pyetcd
@@ -18,8 +19,19 @@ from pyetcd import etcdrpc
 from pyetcd import exceptions as etcd_exc
 
 from ..domain.errors import IpamError
-from .base import (KV, Compare, Delete, Get, Op, Put, StoreOutcomeUnknown, StoreRejected, StoreUnavailable,
-                   TxnResult, parse_endpoints)
+from .base import (
+    KV,
+    Compare,
+    Delete,
+    Get,
+    Op,
+    Put,
+    StoreOutcomeUnknown,
+    StoreRejected,
+    StoreUnavailable,
+    TxnResult,
+    parse_endpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +88,7 @@ class EtcdStore:
         try:
             self._client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, user=user,
                                                            password=password, failover=True)
-        except Exception as exc:  # noqa: BLE001 - authentication at construction: translated like every call
+        except Exception as exc:
             raise self._translate(exc, write=False) from exc
 
     # -- helpers -------------------------------------------------------------------------------------------
@@ -93,20 +105,35 @@ class EtcdStore:
             req.range_end = self._k(range_end)
         return req
 
-    def _op(self, op: Op) -> etcdrpc.RequestOp:
-        if isinstance(op, Put):
-            return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=self._k(op.key), value=op.value,
-                                                                    lease=op.lease))
-        if isinstance(op, Delete):
-            return etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=self._k(op.key)))
-        if isinstance(op, Get):
-            return etcdrpc.RequestOp(request_range=self._range_request(op.key, op.range_end))
-        raise TypeError("unknown store op %r" % (op,))
+    def _add_ops(self, target: Any, ops: Sequence[Op]) -> None:
+        """Append ``ops`` to a repeated ``RequestOp`` field in place (2-3x cheaper than building each message and
+        its wrapper separately: this is on every ADD's path)."""
+        prefix = self.prefix
+        for op in ops:
+            if isinstance(op, Put):
+                put = target.add().request_put
+                put.key = (prefix + op.key).encode()
+                put.value = op.value
+                if op.lease:
+                    put.lease = op.lease
+            elif isinstance(op, Delete):
+                target.add().request_delete_range.key = (prefix + op.key).encode()
+            elif isinstance(op, Get):
+                rng = target.add().request_range
+                rng.key = (prefix + op.key).encode()
+                if op.range_end is not None:
+                    rng.range_end = (prefix + op.range_end).encode()
+            else:
+                raise TypeError("unknown store op %r" % (op,))
 
-    def _compare(self, c: Compare) -> etcdrpc.Compare:
-        msg = etcdrpc.Compare(key=self._k(c.key), target=_TARGETS[c.target], result=_OPS[c.op])
-        setattr(msg, _FIELDS[c.target], c.value)
-        return msg
+    def _add_compares(self, target: Any, compares: Sequence[Compare]) -> None:
+        prefix = self.prefix
+        for c in compares:
+            msg = target.add()
+            msg.key = (prefix + c.key).encode()
+            msg.target = _TARGETS[c.target]
+            msg.result = _OPS[c.op]
+            setattr(msg, _FIELDS[c.target], c.value)
 
     def _call(self, stub_name: str, method: str, request: object, timeout: float, write: bool) -> Any:
         client = self._client
@@ -115,7 +142,7 @@ class EtcdStore:
                 stub = getattr(client, stub_name)
             return getattr(stub, method)(request, timeout, credentials=client.call_credentials,
                                          metadata=client.metadata)
-        except Exception as exc:  # noqa: BLE001 - every client error is translated here (style.md "Errors")
+        except Exception as exc:
             raise self._translate(exc, write) from exc
 
     def _translate(self, exc: BaseException, write: bool) -> IpamError:
@@ -156,31 +183,32 @@ class EtcdStore:
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op],
             timeout: float) -> TxnResult:
         """See :meth:`ipamd.store.base.Store.txn`."""
-        req = etcdrpc.TxnRequest(compare=[self._compare(c) for c in compares],
-                                 success=[self._op(o) for o in success],
-                                 failure=[self._op(o) for o in failure])
+        req = etcdrpc.TxnRequest()
+        self._add_compares(req.compare, compares)
+        self._add_ops(req.success, success)
+        self._add_ops(req.failure, failure)
         resp = self._call("kvstub", "Txn", req, timeout, write=True)
         reads = []
-        for r in resp.responses:  # type: ignore[attr-defined]
+        for r in resp.responses:
             if r.WhichOneof("response") == "response_range":
                 reads.append(tuple(self._kv(kv) for kv in r.response_range.kvs))
-        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(reads))  # type: ignore[attr-defined]
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(reads))
 
     def read(self, key: str, range_end: str | None, timeout: float) -> tuple[tuple[KV, ...], int]:
         """See :meth:`ipamd.store.base.Store.read`."""
         resp = self._call("kvstub", "Range", self._range_request(key, range_end), timeout, write=False)
-        return tuple(self._kv(kv) for kv in resp.kvs), int(resp.header.revision)  # type: ignore[attr-defined]
+        return tuple(self._kv(kv) for kv in resp.kvs), int(resp.header.revision)
 
     def count(self, key: str, range_end: str, timeout: float) -> int:
         """See :meth:`ipamd.store.base.Store.count`."""
         req = self._range_request(key, range_end)
         req.count_only = True
         resp = self._call("kvstub", "Range", req, timeout, write=False)
-        return int(resp.count)  # type: ignore[attr-defined]
+        return int(resp.count)
 
     def grant_lease(self, ttl: int, timeout: float) -> int:
         resp = self._call("leasestub", "LeaseGrant", etcdrpc.LeaseGrantRequest(TTL=ttl), timeout, write=False)
-        return int(resp.ID)  # type: ignore[attr-defined]
+        return int(resp.ID)
 
     def keepalive(self, lease_id: int, timeout: float) -> int:
         """See :meth:`ipamd.store.base.Store.keepalive` (one request/response pair of the LeaseKeepAlive stream)."""
@@ -191,7 +219,7 @@ class EtcdStore:
             for resp in stub.LeaseKeepAlive(iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout,
                                             credentials=client.call_credentials, metadata=client.metadata):
                 return int(resp.TTL)
-        except Exception as exc:  # noqa: BLE001 - translated here, like every call (B53)
+        except Exception as exc:
             raise self._translate(exc, write=False) from exc
         return 0
 
@@ -201,5 +229,5 @@ class EtcdStore:
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing must not fail a shutdown
+        except Exception:
             log.debug("closing the etcd client failed", exc_info=True)

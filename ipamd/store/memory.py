@@ -18,11 +18,10 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from .base import (KV, Compare, Delete, Get, Op, Put, StoreOutcomeUnknown, StoreRejected, StoreUnavailable,
-                   TxnResult)
+from .base import KV, Compare, Delete, Op, Put, StoreOutcomeUnknown, StoreRejected, StoreUnavailable, TxnResult
 
 #: etcd's defaults: ``--max-txn-ops`` and ``--max-request-bytes``.
 MAX_TXN_OPS = 128
