@@ -106,15 +106,25 @@ class _NodeLease:
     def __init__(self, service: IpamService, cfg: config_mod.DaemonConfig) -> None:
         self.service, self.cfg = service, cfg
         self.lease = 0
+        self.written = False
         self.registered = threading.Event()
 
     def round(self) -> float:
-        store, cfg = self.service.store, self.cfg
-        if self.lease == 0 or store.keepalive(self.lease, cfg.etcd_timeout) <= 0:
-            self.lease = 0
-            self.lease = store.grant_lease(cfg.node_lease_ttl, cfg.etcd_timeout)
+        """Keep the lease alive; grant a new one when it expired; (re)write the record when it is not known to be
+        there. Each step can fail on its own (failpoints ``lease.keepalive``, ``lease.grant``, ``lease.put``); the
+        next round picks up where it failed."""
+        store, cfg, fp = self.service.store, self.cfg, self.service.failpoints
+        fp.hit("lease.keepalive")
+        if self.lease and store.keepalive(self.lease, cfg.etcd_timeout) <= 0:
+            self.lease, self.written = 0, False
+        if not self.lease:
+            fp.hit("lease.grant")
+            self.lease, self.written = store.grant_lease(cfg.node_lease_ttl, cfg.etcd_timeout), False
+        if not self.written:
+            fp.hit("lease.put")
             store.txn([], [Put(node_key(cfg.node_name), dumps({"node": cfg.node_name, "pid": os.getpid()}),
                                self.lease)], [], cfg.etcd_timeout)
+            self.written = True
         self.registered.set()
         return max(1.0, cfg.node_lease_ttl / 3)
 
@@ -181,6 +191,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     def sync_round() -> float:
         """Until the first sync: sync, wait for the node record, report ready. After it: readiness follows etcd
         (health NOT_SERVING and ipamd_ready 0 while etcd cannot be read; requests are still tried)."""
+        service.failpoints.hit("sync.read")
         if not service.ready:
             service.sync()
             if not lease.registered.wait(0.5):  # the node record is written before the daemon reports ready

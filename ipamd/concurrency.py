@@ -136,12 +136,12 @@ def _give_up(what: str, started: float, exc: BaseException | None, attempts: int
 
 
 def supervise(name: str, body: Callable[[], float | None], stop: threading.Event,
-              on_error: Callable[[BaseException], None] | None = None, first_backoff: float = 0.2,
+              on_error: Callable[[], None] | None = None, first_backoff: float = 0.2,
               max_backoff: float = 10.0) -> None:
     """Run a background loop until ``stop`` is set; never ends on an error (field case B53).
 
     ``body`` does one round and returns the seconds to wait before the next (``None``: run again at once). Any
-    exception is logged (with its traceback when it is not an ipamd error), passed to ``on_error`` (metrics) and
+    exception is logged (with its traceback when it is not an ipamd error), counted by ``on_error()`` (metrics) and
     followed by a jittered exponential backoff from ``first_backoff`` up to ``max_backoff`` seconds; a round that
     succeeds resets the backoff. Meant as a thread's target.
     """
@@ -160,7 +160,7 @@ def supervise(name: str, body: Callable[[], float | None], stop: threading.Event
                 log.exception("%s: unexpected error (failure %d in a row); retrying", name, failures)
             if on_error is not None:
                 try:
-                    on_error(exc)
+                    on_error()
                 except Exception:
                     log.exception("%s: error hook failed", name)
             pause = random.uniform(0, min(max_backoff, first_backoff * 2 ** min(failures, 16)))

@@ -1,10 +1,12 @@
 """Test-only failpoints: named steps where a test can make the daemon pause, crash or fail.
 
 Inert unless ``IPAMD_FAILPOINTS`` is set, e.g. ``add.after_pick=pause:3;add.after_commit=crash``
-(field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS``, ``error``
+(field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS`` (every hit;
+``pause:SECONDS:N`` only the first N), ``error``
 (raises a plain ``RuntimeError``, which the CNI path reports as code 999), ``error:N`` (only the first N hits).
 Points: ``add.after_pick``,
-``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete``.
+``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete`` (requests);
+``sync.read``, ``lease.keepalive``, ``lease.grant``, ``lease.put`` (background loops, field case B53).
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class Failpoints:
         if action == "crash":
             os._exit(137)
         if action.startswith("pause:"):
-            time.sleep(float(action.split(":", 1)[1]))
+            _, seconds, *times = action.split(":")
+            n = self._hits[point] = self._hits.get(point, 0) + 1
+            if not times or n <= int(times[0]):
+                time.sleep(float(seconds))
         elif action == "error":
             raise RuntimeError("failpoint %s" % point)
         elif action.startswith("error:"):

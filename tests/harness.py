@@ -122,15 +122,15 @@ class EtcdCluster:
                         return m
         raise RuntimeError("no leader among %s" % out)
 
-    def metric(self, member: EtcdMember, name: str) -> float:
-        """Sum of one Prometheus metric family from a member's own /metrics."""
+    def metric(self, member: EtcdMember, name: str, **labels: str) -> float:
+        """Sum of one Prometheus metric family from a member's own /metrics (samples carrying ``labels``)."""
         import urllib.request
 
         with urllib.request.urlopen(member.endpoint + "/metrics", timeout=5) as resp:
             text = resp.read().decode()
         total = 0.0
         for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
+            if line.startswith((name + " ", name + "{")) and all('%s="%s"' % kv in line for kv in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 

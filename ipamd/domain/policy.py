@@ -24,7 +24,6 @@ import bisect
 from collections.abc import Container
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import AbstractSet
 
 from .addr import BITS, Block, Range, block_of, candidate_blocks, to_ip
 from .errors import AddressUnavailable
