@@ -28,7 +28,11 @@ class Metrics:
                                      ["verb"], registry=r)
         self.etcd_errors = Counter("ipamd_etcd_errors_total", "etcd requests that failed or timed out",
                                    registry=r)
-        self.etcd_txns = Counter("ipamd_etcd_txn_total", "etcd transactions sent", ["verb"], registry=r)
+        self.etcd_txns = Counter("ipamd_etcd_txn_total", "etcd transactions made by requests", ["verb"], registry=r)
+        self.etcd_round_trips = Counter("ipamd_etcd_txn_round_trips_total",
+                                        "etcd Txn calls sent (concurrent transactions may share one)", registry=r)
+        self.etcd_batch_parts = Histogram("ipamd_etcd_txn_batch_parts", "Transactions carried by one etcd Txn call",
+                                          buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), registry=r)
         self.pool_exhausted = Counter("ipamd_pool_exhausted_total", "ADDs refused because a pool was full",
                                       ["pool"], registry=r)
         self.block_claims = Counter("ipamd_block_claims_total", "blocks claimed by this node", registry=r)

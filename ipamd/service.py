@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from .batching import GroupCommit
 from .cache import CachedHandle, NodeCache, Wait
 from .concurrency import DeadlinePassed, KeyedLocks, remaining, retry_until
 from .domain.addr import Block, to_ip
@@ -82,8 +83,13 @@ class IpamService:
         self.revision = 0
         self._locks = KeyedLocks()
         self._specs: dict[tuple[str, object, int], bytes] = {}
+        self.group = GroupCommit(store, on_send=self._sent)
         self.gc_runner = GarbageCollector(store, self.cache, node, metrics=self.metrics, failpoints=self.failpoints,
                                           etcd_timeout=etcd_timeout, gc_timeout=gc_timeout)
+
+    def _sent(self, parts: int) -> None:
+        self.metrics.etcd_round_trips.inc()
+        self.metrics.etcd_batch_parts.observe(parts)
 
     # -- start-up ------------------------------------------------------------------------------------------------
 
@@ -109,10 +115,15 @@ class IpamService:
         if not self.ready:
             raise TryAgainLater("ipamd on node %s is not ready: first sync with etcd not done" % self.node)
 
-    def _txn(self, verb: str, txn: AddTxn | DelTxn, deadline: float) -> TxnResult:
+    def _txn(self, verb: str, txn: AddTxn | DelTxn, deadline: float, batch: bool = False) -> TxnResult:
+        """One transaction within the request's deadline; ``batch``: it may share a round trip with concurrent ones
+        (ipamd.batching: only when that equals sending them one by one)."""
         timeout = min(remaining(deadline), self.etcd_timeout)
         self.metrics.child(self.metrics.etcd_txns, verb).inc()
         try:
+            if batch:
+                return self.group.txn(txn.compares, txn.success, txn.failure, timeout)
+            self.metrics.etcd_round_trips.inc()
             return self.store.txn(txn.compares, txn.success, txn.failure, timeout)
         except StoreUnavailable:
             self.metrics.etcd_errors.inc()
@@ -251,7 +262,9 @@ class IpamService:
                                        p.pool.range.gateway) for p in planned)
         record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod)
         txn = AddTxn(att.handle, record.encode(), self.node, att.network, planned)
-        res = self._txn("ADD", txn, deadline)
+        # claims and pool record writes go alone: they are the contended ones, and their failure reads matter
+        alone = any(p.pick.mode == "claim" or p.guard.put is not None for p in planned)
+        res = self._txn("ADD", txn, deadline, batch=not alone)
         if res.succeeded:
             puts = {p.pool.id: (PoolRecord.decode(p.guard.put), p.guard.put) for p in planned
                     if p.guard.put is not None}
@@ -313,7 +326,7 @@ class IpamService:
                     revision, rec = known[0]
                     txn = DelTxn(handle, revision, rec.ip_keys if rec is not None else ())
                     self.failpoints.hit("del.before_commit")
-                    res = self._txn("DEL", txn, deadline)
+                    res = self._txn("DEL", txn, deadline, batch=revision != 0)
                     if res.succeeded:
                         if rec is not None:
                             self.cache.released(rec)
