@@ -7,8 +7,9 @@ in the trailing metadata ``ipamd-cni-code`` and :func:`ipamd.domain.errors.error
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -64,13 +65,13 @@ class IpamClient:
     def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 10.0) -> None:
         self.timeout = timeout
         self._channel = grpc.insecure_channel("unix:" + socket)
-        self._stub = ipam_pb2_grpc.IpamStub(self._channel)
+        self._stub = ipam_pb2_grpc.IpamStub(self._channel)  # type: ignore[no-untyped-call]
         self.socket = socket
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "IpamClient":
+    def __enter__(self) -> IpamClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -80,13 +81,14 @@ class IpamClient:
         try:
             return fn(request, timeout=self.timeout)
         except grpc.RpcError as exc:
+            call: Any = exc  # a grpc.Call: trailing_metadata() and details()
             code = None
-            for key, value in (exc.trailing_metadata() or ()):  # type: ignore[attr-defined]
+            for key, value in call.trailing_metadata() or ():
                 if key == "ipamd-cni-code":
                     code = int(value)
             if code is None:
-                raise TryAgainLater("ipamd on %s: %s" % (self.socket, exc.details())) from exc  # type: ignore
-            raise error_for_code(code, exc.details() or "") from exc  # type: ignore[attr-defined]
+                raise TryAgainLater("ipamd on %s: %s" % (self.socket, call.details())) from exc
+            raise error_for_code(code, call.details() or "") from exc
 
     def allocate(self, network_config: dict[str, Any], container_id: str, if_name: str, *,
                  requested: list[str] | None = None, netns: str = "",
