@@ -20,7 +20,6 @@ No request waits for a batch to fill: a request is sent as soon as a send slot i
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,9 +50,11 @@ class _Part:
 class GroupCommit:
     """Send transactions through ``store``, merging concurrent ones (see the module docstring).
 
-    ``max_inflight`` is how many merged transactions may be on the wire at once; ``on_send(parts)`` is called for
-    every round trip with the number of parts it carried (metrics). Thread-safe. :meth:`txn` has the store's
-    signature and semantics (same result, same errors, for each caller).
+    A transaction that finds no round trip on the wire and nothing queued is sent at once by its caller. Otherwise
+    it is queued, and one of ``max_inflight`` sender threads sends everything queued that can go together as soon as
+    a round trip is free; the caller waits for its own answer only. ``on_send(parts)`` is called for every round
+    trip with the number of transactions it carried (metrics). Thread-safe. :meth:`txn` has the store's signature
+    and semantics (same result, same errors, for each caller).
     """
 
     def __init__(self, store: Store, max_inflight: int = 2,
@@ -64,35 +65,38 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._queue: list[_Part] = []
         self._inflight = 0
+        self._senders: list[threading.Thread] = []
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op],
             timeout: float) -> TxnResult:
         """Like :meth:`ipamd.store.base.Store.txn`; may share its round trip with concurrent calls."""
         if any(isinstance(op, Get) for op in success):
             return self._direct(compares, success, failure, timeout)
-        part = _Part(compares, success, failure, timeout)
-        deadline = time.monotonic() + timeout
         with self._cond:
-            self._queue.append(part)
-        while True:
-            with self._cond:
-                # send when a slot is free and our part is still queued; else wait for whoever took it
-                while not part.done.is_set() and (self._inflight >= self.max_inflight or part not in self._queue):
-                    left = deadline - time.monotonic()
-                    if left <= 0 and part in self._queue:  # never sent: the caller may simply retry it
-                        self._queue.remove(part)
-                        raise StoreUnavailable("no etcd round trip free within %.1f s" % timeout)
-                    self._cond.wait(max(left, 0.01))
-                if part.done.is_set():
-                    break
+            alone = self._inflight < self.max_inflight and not self._queue
+            if alone:
                 self._inflight += 1
-                batch = self._take()
+            else:
+                part = _Part(compares, success, failure, timeout)
+                self._queue.append(part)
+                if len(self._senders) < self.max_inflight:
+                    t = threading.Thread(target=self._sender, name="etcd-batch-%d" % len(self._senders), daemon=True)
+                    self._senders.append(t)
+                    t.start()
+                self._cond.notify()
+        if alone:
             try:
-                self._send(batch)
+                return self._direct(compares, success, failure, timeout)
             finally:
                 with self._cond:
                     self._inflight -= 1
-                    self._cond.notify_all()
+                    self._cond.notify()
+        if not part.done.wait(timeout):
+            with self._cond:
+                if part in self._queue:  # never sent: the caller may simply retry it
+                    self._queue.remove(part)
+                    raise StoreUnavailable("no etcd round trip free within %.1f s" % timeout)
+            part.done.wait()  # on the wire: its answer (or error) comes within the store's own timeout
         if part.alone:
             return self._direct(compares, success, failure, timeout)
         if part.error is not None:
@@ -100,6 +104,26 @@ class GroupCommit:
         if part.result is None:  # cannot happen: done is set with a result or an error
             raise StoreRejected("internal: a batched transaction ended without an answer")
         return part.result
+
+    def _sender(self) -> None:
+        """Sends queued transactions, as many together as may go together, whenever a round trip is free."""
+        while True:
+            with self._cond:
+                while not self._queue or self._inflight >= self.max_inflight:
+                    self._cond.wait()
+                self._inflight += 1
+                batch = self._take()
+            try:
+                self._send(batch)
+            except Exception as exc:  # noqa: BLE001 - a sender never dies; its parts get the error (B53)
+                for part in batch:
+                    if not part.done.is_set():
+                        part.error = StoreUnavailable("internal: %s: %s" % (exc.__class__.__name__, exc))
+                        part.done.set()
+            finally:
+                with self._cond:
+                    self._inflight -= 1
+                    self._cond.notify()
 
     def _direct(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op],
                 timeout: float) -> TxnResult:
@@ -109,7 +133,7 @@ class GroupCommit:
 
     def _take(self) -> list[_Part]:
         """The queued parts that can go together, oldest first, within the op limit; the others stay queued.
-        Called with the condition held, by a thread whose own part is queued (so the batch is never empty)."""
+        Called with the condition held and the queue not empty."""
         batch: list[_Part] = []
         compared: set[str] = set()
         written: set[str] = set()
@@ -137,7 +161,8 @@ class GroupCommit:
                 part.result = self._direct(part.compares, part.success, part.failure, part.timeout)
             except IpamError as exc:
                 part.error = exc
-            part.done.set()
+            finally:
+                part.done.set()
             return
         compares = [c for part in batch for c in part.compares]
         success = [op for part in batch for op in part.success]

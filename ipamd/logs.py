@@ -10,8 +10,11 @@ field it knows, in a fixed order, as ``key=value`` (docs/configuration.md "Log l
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
+from logging.handlers import QueueHandler, QueueListener
 
 #: Context fields rendered after the message, in this order (the ``extra`` keys modules use).
 CONTEXT_FIELDS = ("container_id", "if_name", "network", "addresses", "handle", "pool", "block", "node",
@@ -41,9 +44,16 @@ class ContextFormatter(logging.Formatter):
 
 
 def setup(level: str) -> None:
-    """Configure the root logger: stderr, one line per record with context (``level`` is a level name)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    """Configure the root logger: stderr, one line per record with context (``level`` is a level name).
+
+    Records go through a queue to one writer thread (``logging.handlers.QueueListener``), so request threads never
+    queue up behind each other on the stream's lock; the listener is stopped (and the queue flushed) at exit."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(records, stream)
+    listener.start()
+    atexit.register(listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [QueueHandler(records)]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
