@@ -121,3 +121,93 @@ CONTRACT: list[Callable[[Store], None]] = [
     case_range_half_open_and_count, case_too_many_ops_refused, case_duplicate_key_refused,
     case_delete_and_recreate, case_lease_revoke_deletes_keys,
 ]
+
+
+# -- watches ---------------------------------------------------------------------------------------------------------
+
+def collect(watch, want: int, timeout: float = 5.0) -> list:  # type: ignore[no-untyped-def]
+    """The next ``want`` events of a watch (fails after ``timeout``)."""
+    import time
+
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want:
+        update = watch.next(max(0.01, deadline - time.monotonic()))
+        assert update is not None or time.monotonic() < deadline, "only %d of %d events" % (len(out), want)
+        if update is not None:
+            out.extend(update.events)
+    return out
+
+
+def case_watch_puts_and_deletes_in_order(store: Store) -> None:
+    start = put(store, "w/before") + 1
+    watch = store.watch()
+    try:
+        watch.add("w/", prefix_end("w/"), start)
+        r1 = put(store, "w/a", b"1")
+        r2 = store.txn([], [Put("w/b", b"2"), Delete("w/a")], [], T).revision
+        put(store, "x/outside")
+        events = collect(watch, 3)
+        assert [(e.deleted, e.kv.key, e.kv.mod_revision) for e in events] == [
+            (False, "w/a", r1), (False, "w/b", r2), (True, "w/a", r2)]
+        assert events[1].kv.value == b"2"
+    finally:
+        watch.close()
+
+
+def case_watch_replays_history_from_its_start(store: Store) -> None:
+    r1 = put(store, "h/a")
+    put(store, "h/b")
+    watch = store.watch()
+    try:
+        watch.add("h/", prefix_end("h/"), r1)
+        assert [e.kv.key for e in collect(watch, 2)] == ["h/a", "h/b"]
+    finally:
+        watch.close()
+
+
+def case_watch_remove_and_progress(store: Store) -> None:
+    import time
+
+    watch = store.watch()
+    try:
+        r0 = put(store, "p/0")
+        watch.add("p/", prefix_end("p/"), r0 + 1)
+        watch.add("q/", prefix_end("q/"), r0 + 1)
+        time.sleep(0.2)  # let etcd acknowledge both creates
+        watch.remove("p/")
+        time.sleep(0.2)
+        put(store, "p/1")
+        r2 = put(store, "q/1")
+        assert [e.kv.key for e in collect(watch, 1)] == ["q/1"]
+        watch.progress()
+        deadline = time.monotonic() + 5
+        while True:
+            update = watch.next(1.0)
+            if update is not None and not update.events and update.revision >= r2:
+                break
+            assert time.monotonic() < deadline and (update is None or not update.events), update
+    finally:
+        watch.close()
+
+
+WATCH_CONTRACT: list[Callable[[Store], None]] = [
+    case_watch_puts_and_deletes_in_order, case_watch_replays_history_from_its_start, case_watch_remove_and_progress,
+]
+
+
+def case_watch_from_compacted_history_fails(store: Store, compact: Callable[[int], None]) -> None:
+    from ipamd.store.base import StoreCompacted
+
+    r1 = put(store, "c/a")
+    r2 = put(store, "c/b")
+    compact(r2)
+    watch = store.watch()
+    try:
+        watch.add("c/", prefix_end("c/"), r1)
+        with pytest.raises(StoreCompacted) as info:
+            for _ in range(50):
+                watch.next(0.1)
+        assert info.value.compact_revision >= r2
+    finally:
+        watch.close()

@@ -31,6 +31,15 @@ class StoreRejected(IpamError):
     is reported at once with etcd's own message (code 999), never as "try again later"."""
 
 
+class StoreCompacted(StoreUnavailable):
+    """A watch asked for history etcd has compacted away (``compact_revision``): the watcher must read the current
+    state again and watch from there (docs/architecture.md "Watch")."""
+
+    def __init__(self, msg: str, compact_revision: int) -> None:
+        super().__init__(msg)
+        self.compact_revision = compact_revision
+
+
 @dataclass(frozen=True, slots=True)
 class KV:
     """A key-value with etcd's versions: ``create_revision``, ``mod_revision`` and per-key ``version``."""
@@ -74,6 +83,53 @@ class Get:
 
 
 Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change seen by a watch: a put (``deleted`` False, ``kv`` the new value) or a delete (``kv.key`` and
+    ``kv.mod_revision``, the revision of the delete; empty value)."""
+
+    deleted: bool
+    kv: KV
+
+
+@dataclass(frozen=True, slots=True)
+class WatchUpdate:
+    """What a watch delivered: ``events`` in revision order, and ``revision``: every change to the watched ranges
+    up to this revision has been delivered (a progress report has no events)."""
+
+    events: tuple[WatchEvent, ...]
+    revision: int
+
+
+class Watch(Protocol):
+    """A stream of changes to some key ranges, created by :meth:`Store.watch`. One consumer thread calls
+    :meth:`next`; any thread may :meth:`add` or :meth:`remove` ranges. When the stream breaks, :meth:`next` raises
+    (:class:`StoreCompacted` when history is gone, :class:`StoreUnavailable` otherwise) and the watch is dead."""
+
+    def add(self, key: str, range_end: str | None, start_revision: int) -> None:
+        """Watch ``[key, range_end)`` (or the one key) from ``start_revision`` on."""
+        ...
+
+    def remove(self, key: str) -> None:
+        """Stop watching the range that starts at ``key`` (no error if there is none)."""
+        ...
+
+    def next(self, timeout: float) -> WatchUpdate | None:
+        """The next update, ``None`` when nothing came within ``timeout`` seconds."""
+        ...
+
+    def progress(self) -> None:
+        """Ask for a progress report (an update with no events and the current revision)."""
+        ...
+
+    def watch(self) -> Watch:
+        """A new, empty :class:`Watch` (add ranges to it)."""
+        ...
+
+    def close(self) -> None:
+        ...
 
 
 @dataclass(frozen=True, slots=True)

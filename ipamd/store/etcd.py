@@ -9,6 +9,7 @@ call after sending -> :class:`StoreOutcomeUnknown`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -26,10 +27,13 @@ from .base import (
     Get,
     Op,
     Put,
+    StoreCompacted,
     StoreOutcomeUnknown,
     StoreRejected,
     StoreUnavailable,
     TxnResult,
+    WatchEvent,
+    WatchUpdate,
     parse_endpoints,
 )
 
@@ -226,8 +230,109 @@ class EtcdStore:
     def revoke(self, lease_id: int, timeout: float) -> None:
         self._call("leasestub", "LeaseRevoke", etcdrpc.LeaseRevokeRequest(ID=lease_id), timeout, write=False)
 
+    def watch(self) -> _EtcdWatch:
+        """See :meth:`ipamd.store.base.Store.watch`: one gRPC Watch stream on the endpoint in use."""
+        client = self._client
+        try:
+            with self._lock:
+                stub = etcdrpc.WatchStub(client.channel)
+        except Exception as exc:
+            raise self._translate(exc, write=False) from exc
+        return _EtcdWatch(self, stub, client.call_credentials, client.metadata)
+
     def close(self) -> None:
         try:
             self._client.close()
         except Exception:
             log.debug("closing the etcd client failed", exc_info=True)
+
+
+_CLOSE = object()
+
+
+class _EtcdWatch:
+    """:class:`ipamd.store.base.Watch` over one bidirectional etcd Watch stream.
+
+    Requests (create, cancel, progress) go through a queue the stream reads; a reader thread turns responses into
+    updates on another queue. The protocol's watch ids are assigned by etcd in the order of the create requests, so
+    pending creates are matched first in, first out. A compacted start revision or a broken stream ends the watch:
+    :meth:`next` raises the translated error.
+    """
+
+    def __init__(self, store: EtcdStore, stub: Any, credentials: Any, metadata: Any) -> None:
+        self._store = store
+        self._requests: queue.Queue[object] = queue.Queue()
+        self._updates: queue.Queue[WatchUpdate | IpamError] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: list[str] = []  # keys of create requests not yet acknowledged, in order
+        self._ids: dict[str, int] = {}  # range start key -> etcd watch id
+        self._closed = False
+        self._call = stub.Watch(self._request_iter(), credentials=credentials, metadata=metadata)
+        threading.Thread(target=self._read, name="etcd-watch", daemon=True).start()
+
+    def _request_iter(self) -> Any:
+        while True:
+            item = self._requests.get()
+            if item is _CLOSE:
+                return
+            yield item
+
+    def add(self, key: str, range_end: str | None, start_revision: int) -> None:
+        req = etcdrpc.WatchCreateRequest(key=self._store._k(key), start_revision=start_revision)
+        if range_end is not None:
+            req.range_end = self._store._k(range_end)
+        with self._lock:
+            self._pending.append(key)
+            self._requests.put(etcdrpc.WatchRequest(create_request=req))
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            watch_id = self._ids.pop(key, None)
+        if watch_id is not None:
+            self._requests.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
+
+    def progress(self) -> None:
+        self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
+
+    def next(self, timeout: float) -> WatchUpdate | None:
+        try:
+            item = self._updates.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, IpamError):
+            self._updates.put(item)  # the watch stays dead: every later call raises too
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._closed = True
+        self._requests.put(_CLOSE)
+        try:
+            self._call.cancel()
+        except Exception:
+            log.debug("cancelling the etcd watch failed", exc_info=True)
+
+    def _read(self) -> None:
+        prefix = len(self._store.prefix)
+        try:
+            for resp in self._call:
+                if resp.compact_revision:
+                    raise StoreCompacted("etcd compacted the watched history up to revision %d"
+                                         % resp.compact_revision, resp.compact_revision)
+                if resp.created:
+                    with self._lock:
+                        if self._pending:
+                            self._ids[self._pending.pop(0)] = resp.watch_id
+                if resp.canceled and resp.cancel_reason:
+                    raise StoreUnavailable("etcd cancelled a watch: %s" % resp.cancel_reason)
+                events = tuple(
+                    WatchEvent(ev.type == 1, KV(ev.kv.key.decode()[prefix:], ev.kv.value, ev.kv.create_revision,
+                                                ev.kv.mod_revision, ev.kv.version))
+                    for ev in resp.events)
+                if events or not resp.created:
+                    self._updates.put(WatchUpdate(events, int(resp.header.revision)))
+            raise StoreUnavailable("etcd closed the watch stream")
+        except IpamError as exc:
+            self._updates.put(exc)
+        except Exception as exc:  # noqa: BLE001 - translated here (B53)
+            self._updates.put(StoreUnavailable("watch ended") if self._closed else self._store._translate(exc, False))

@@ -16,12 +16,26 @@ real etcd (docs/DEVELOPING.md "Test tiers").
 from __future__ import annotations
 
 import bisect
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .base import KV, Compare, Delete, Op, Put, StoreOutcomeUnknown, StoreRejected, StoreUnavailable, TxnResult
+from .base import (
+    KV,
+    Compare,
+    Delete,
+    Op,
+    Put,
+    StoreCompacted,
+    StoreOutcomeUnknown,
+    StoreRejected,
+    StoreUnavailable,
+    TxnResult,
+    WatchEvent,
+    WatchUpdate,
+)
 
 #: etcd's defaults: ``--max-txn-ops`` and ``--max-request-bytes``.
 MAX_TXN_OPS = 128
@@ -66,6 +80,10 @@ class MemoryStore:
         self._key_lease: dict[str, int] = {}
         self._next_lease = 0x1000
         self._faults: dict[str, list[Fault]] = {}
+        self._history: list[tuple[int, WatchEvent]] = []
+        self._writing: int | None = None
+        self.compacted = 0
+        self._watches: list[_MemoryWatch] = []
         self.closed = False
 
     # -- faults --------------------------------------------------------------------------------------------------
@@ -125,6 +143,15 @@ class MemoryStore:
             for lid in dead:
                 for key in self._leases.pop(lid).keys:
                     self._remove(key)
+            self._publish()
+
+    def _record(self, event: WatchEvent) -> None:
+        self._history.append((event.kv.mod_revision, event))
+
+    def _publish(self) -> None:
+        """Hand the events of the revision just written to every watch (called with the lock held)."""
+        for w in self._watches:
+            w.deliver(self.revision)
 
     def _range(self, key: str, range_end: str | None) -> list[KV]:
         if range_end is None:
@@ -137,6 +164,7 @@ class MemoryStore:
     def _remove(self, key: str) -> bool:
         if key not in self._data:
             return False
+        self._record(WatchEvent(True, KV(key, b"", 0, self.revision if self._writing is None else self._writing, 0)))
         del self._data[key]
         del self._keys[bisect.bisect_left(self._keys, key)]
         lid = self._key_lease.pop(key, None)
@@ -152,6 +180,7 @@ class MemoryStore:
         else:
             kv = KV(op.key, op.value, old.create_revision, revision, old.version + 1)
         self._data[op.key] = kv
+        self._record(WatchEvent(False, kv))
         old_lease = self._key_lease.pop(op.key, None)
         if old_lease is not None and old_lease in self._leases:
             self._leases[old_lease].keys.discard(op.key)
@@ -201,6 +230,7 @@ class MemoryStore:
             writes = any(isinstance(op, (Put, Delete)) for op in ops)
             revision = self.revision + 1 if writes else self.revision
             reads: list[tuple[KV, ...]] = []
+            self._writing = revision
             for op in ops:
                 if isinstance(op, Put):
                     self._put(op, revision)
@@ -208,7 +238,9 @@ class MemoryStore:
                     self._remove(op.key)
                 else:
                     reads.append(tuple(self._range(op.key, op.range_end)))
+            self._writing = None
             self.revision = revision
+            self._publish()
             result = TxnResult(ok, revision, tuple(reads))
         if after is not None:
             raise StoreOutcomeUnknown("injected: etcd did not answer (the transaction committed: %s)" % ok)
@@ -253,9 +285,36 @@ class MemoryStore:
                 self.revision += 1
                 for key in list(lease.keys):
                     self._remove(key)
+                self._publish()
+
+    def watch(self) -> _MemoryWatch:
+        """See :meth:`ipamd.store.base.Store.watch`."""
+        self._before("watch", ())
+        w = _MemoryWatch(self)
+        with self._lock:
+            self._watches.append(w)
+        return w
+
+    def compact(self, revision: int) -> None:
+        """Drop the history up to ``revision`` (etcd's compaction): a watch added later from a revision at or
+        below it fails with :class:`StoreCompacted` (open watches are ahead of it: they get every change as it
+        happens)."""
+        with self._lock:
+            self.compacted = max(self.compacted, revision)
+            self._history = [(r, e) for r, e in self._history if r > revision]
 
     def close(self) -> None:
         self.closed = True
+        with self._lock:
+            for w in self._watches:
+                w.fail(StoreUnavailable("store is closed"))
+
+    def break_watches(self) -> None:
+        """End every open watch with :class:`StoreUnavailable` (etcd went away under them)."""
+        with self._lock:
+            for w in self._watches:
+                w.fail(StoreUnavailable("injected: the watch stream broke"))
+            self._watches = []
 
     # -- for tests -----------------------------------------------------------------------------------------------
 
@@ -264,3 +323,61 @@ class MemoryStore:
         with self._lock:
             self._expire()
             return tuple(self._data[k] for k in self._keys)
+
+
+class _MemoryWatch:
+    """:class:`ipamd.store.base.Watch` on a :class:`MemoryStore`: replays history from each range's start revision,
+    then receives every new revision's events."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self._ranges: dict[str, tuple[str | None, int]] = {}  # key -> (range_end, next revision wanted)
+        self._updates: queue.Queue[WatchUpdate | StoreUnavailable] = queue.Queue()
+        self._dead = False
+
+    @staticmethod
+    def _inside(key: str, start: str, end: str | None) -> bool:
+        return key == start if end is None else start <= key and (end == "\0" or key < end)
+
+    def add(self, key: str, range_end: str | None, start_revision: int) -> None:
+        with self._store._lock:
+            if start_revision <= self._store.compacted:
+                self.fail(StoreCompacted("history compacted up to %d" % self._store.compacted, self._store.compacted))
+                return
+            self._ranges[key] = (range_end, start_revision)
+            events = tuple(e for r, e in self._store._history
+                           if r >= start_revision and self._inside(e.kv.key, key, range_end))
+            if events:
+                self._updates.put(WatchUpdate(events, self._store.revision))
+
+    def remove(self, key: str) -> None:
+        with self._store._lock:
+            self._ranges.pop(key, None)
+
+    def deliver(self, revision: int) -> None:
+        events = tuple(e for r, e in self._store._history if r == revision
+                       and any(self._inside(e.kv.key, k, end) for k, (end, _) in self._ranges.items()))
+        if events:
+            self._updates.put(WatchUpdate(events, revision))
+
+    def fail(self, exc: StoreUnavailable) -> None:
+        self._dead = True
+        self._updates.put(exc)
+
+    def progress(self) -> None:
+        self._updates.put(WatchUpdate((), self._store.revision))
+
+    def next(self, timeout: float) -> WatchUpdate | None:
+        try:
+            item = self._updates.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, StoreUnavailable):
+            self._updates.put(item)
+            raise item
+        return item
+
+    def close(self) -> None:
+        with self._store._lock:
+            if self in self._store._watches:
+                self._store._watches.remove(self)

@@ -9,7 +9,7 @@ import pytest
 
 from harness import EtcdCluster
 from ipamd.store.etcd import EtcdStore
-from store_contract import CONTRACT
+from store_contract import CONTRACT, WATCH_CONTRACT, case_watch_from_compacted_history_fails
 
 
 @pytest.fixture
@@ -19,6 +19,10 @@ def store(etcd: EtcdCluster, prefix: str) -> Iterator[EtcdStore]:
     s.close()
 
 
-@pytest.mark.parametrize("case", CONTRACT, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("case", CONTRACT + WATCH_CONTRACT, ids=lambda c: c.__name__)
 def test_contract(case, store: EtcdStore) -> None:  # type: ignore[no-untyped-def]
     case(store)
+
+
+def test_watch_from_compacted_history(store: EtcdStore, etcd: EtcdCluster) -> None:
+    case_watch_from_compacted_history_fails(store, lambda rev: etcd.etcdctl("compact", str(rev)))

@@ -10,12 +10,27 @@ import pytest
 
 from ipamd.store.base import StoreOutcomeUnknown, StoreRejected, StoreUnavailable
 from ipamd.store.memory import MemoryStore
-from store_contract import CONTRACT, Clock
+from store_contract import CONTRACT, WATCH_CONTRACT, Clock, case_watch_from_compacted_history_fails
 
 
-@pytest.mark.parametrize("case", CONTRACT, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("case", CONTRACT + WATCH_CONTRACT, ids=lambda c: c.__name__)
 def test_contract(case) -> None:  # type: ignore[no-untyped-def]
     case(MemoryStore())
+
+
+def test_watch_from_compacted_history() -> None:
+    store = MemoryStore()
+    case_watch_from_compacted_history_fails(store, store.compact)
+
+
+def test_broken_watch_raises_and_stays_dead() -> None:
+    store = MemoryStore()
+    watch = store.watch()
+    watch.add("k", None, 1)
+    store.break_watches()
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable):
+            watch.next(0.1)
 
 
 def test_lease_expiry_deletes_keys() -> None:
