@@ -217,9 +217,17 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             metrics.ready.set(1)
         return 2.0
 
+    def watch_round() -> float:
+        """Keep the view fresh once the first sync is done (ipamd.watcher)."""
+        if not service.ready:
+            return 0.5
+        return service.watcher.round()
+
     loops = [
         threading.Thread(target=supervise, name="sync", daemon=True,
                          args=("sync", sync_round, stop, metrics.loop_errors.labels("sync").inc, 0.1, 5.0)),
+        threading.Thread(target=supervise, name="watch", daemon=True,
+                         args=("watch", watch_round, stop, metrics.loop_errors.labels("watch").inc, 0.1, 5.0)),
         threading.Thread(target=supervise, name="lease", daemon=True,
                          args=("node lease", lease.round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
                                max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),
@@ -233,6 +241,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     grpc_server.stop()
     for t in loops:
         t.join(timeout=cfg.etcd_timeout + 1)
+    service.watcher.close()
     lease.revoke()
     try:
         os.unlink(cfg.grpc_socket)

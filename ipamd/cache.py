@@ -17,13 +17,25 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from .domain.addr import Block
-from .domain.model import HandleRecord, PoolRecord, decode_block_record, parse_block_key, parse_ip_key, pool_network
+from .domain.model import (
+    BLOCKS,
+    IPS,
+    POOLS,
+    HandleRecord,
+    PoolRecord,
+    decode_block_record,
+    parse_block_key,
+    parse_ip_key,
+    pool_network,
+)
 from .domain.netconf import Pool
 from .domain.policy import BlockState, Decision, Pick, PoolState, choose, choose_requested
-from .store.base import KV
+from .store.base import KV, WatchEvent, WatchUpdate
 
 #: Default bound of the handle cache (entries). A handle that fell out costs its DEL one more round trip.
 HANDLE_LIMIT = 16384
+#: Own writes remembered until the watch has delivered them; past this many the view is re-read instead.
+LOCAL_LIMIT = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +65,20 @@ class NodeCache:
         self._handles: OrderedDict[str, CachedHandle] = OrderedDict()
         self._reserved: dict[tuple[str, int], set[int]] = {}
         self._claims: dict[str, threading.Event] = {}
+        #: every change up to this revision is in the view (the sync's revision, then the watch's)
+        self.watch_revision = 0
+        #: address keys this daemon wrote at a revision the watch has not delivered yet: older events are skipped
+        self._local: dict[str, int] = {}
+        #: this node's blocks gained or lost since the watch last asked: (pool id, block, revision)
+        self._own_changes: list[tuple[bool, str, Block, int]] = []
+        self.needs_resync = False
 
     # -- loading -------------------------------------------------------------------------------------------------
 
-    def replace(self, pools: Iterable[KV], blocks: Iterable[KV], taken: dict[tuple[str, int], set[int]]) -> None:
-        """Replace the whole view (first sync, or a full re-read): ``pools`` and ``blocks`` are the pool and block
-        records; ``taken`` maps (pool id, block first) -> addresses of this node's blocks. Malformed records are
-        skipped (``ipamctl check`` reports them)."""
+    def replace(self, pools: Iterable[KV], blocks: Iterable[KV], revision: int) -> None:
+        """Replace the whole view (first sync, or a full re-read after the watch lost its history): ``pools`` and
+        ``blocks`` are the pool and block records read at ``revision``. The addresses of this node's blocks are read
+        when an ADD first needs them. Malformed records are skipped (``ipamctl check`` reports them)."""
         states: dict[str, PoolState] = {}
         for kv in pools:
             pool_id = kv.key.split("/", 1)[1]
@@ -74,9 +93,15 @@ class NodeCache:
                 st = states[pool_id] if pool_id in states else states.setdefault(pool_id, PoolState(pool_id))
             except ValueError:
                 continue
-            st.set_block(BlockState(block, node, kv.mod_revision, taken.get((pool_id, block.first))), self.node)
+            st.set_block(BlockState(block, node, kv.mod_revision), self.node)
+        for st in states.values():
+            st.blocks_revision = revision
         with self._lock:
             self._pools = states
+            self.watch_revision = revision
+            self._local.clear()
+            self._own_changes.clear()
+            self.needs_resync = False
 
     def own_blocks(self) -> list[tuple[str, Block]]:
         """(pool id, block) of every block this node owns."""
@@ -143,8 +168,9 @@ class NodeCache:
                 if ps is not None and st is not None and st.node == self.node:
                     ps.add_room(pick.block.first)  # it may have looked full only because of reservations
 
-    def loaded(self, pool: Pool, block: Block, kvs: Iterable[KV]) -> None:
-        """Address records of ``block`` read from etcd (a :class:`~ipamd.domain.policy.Load` answered)."""
+    def loaded(self, pool: Pool, block: Block, kvs: Iterable[KV], revision: int) -> None:
+        """Address records of ``block`` read from etcd at ``revision`` (a :class:`~ipamd.domain.policy.Load`
+        answered)."""
         taken = {parse_ip_key(kv.key)[2] for kv in kvs}
         with self._lock:
             ps = self._pool(pool.id)
@@ -152,7 +178,7 @@ class NodeCache:
             if st is None:
                 ps.unclaimed_taken[block.first] = taken
                 return
-            st.set_taken(taken)
+            st.set_taken(taken, revision)
             if st.node == self.node:
                 ps.add_room(block.first)
 
@@ -166,26 +192,31 @@ class NodeCache:
             for pool_id, (rec, raw) in pool_puts.items():
                 ps = self._pool(pool_id)
                 ps.record, ps.record_raw, ps.record_revision = rec, raw, revision
-            for pool, pick in picks:
+            for (pool, pick), key in zip(picks, record.ip_keys, strict=True):
                 ps = self._pool(pool.id)
                 st = ps.blocks.get(pick.block.first)
                 if pick.mode == "claim" or st is None:
                     foreign = ps.unclaimed_taken.pop(pick.block.first, set())
-                    st = BlockState(pick.block, self.node, revision, set(foreign))
+                    # a block we claimed was empty but for what other pools of the network hold (read with it)
+                    st = BlockState(pick.block, self.node, revision, set(foreign), read_revision=revision)
                     ps.set_block(st, self.node)
+                    self._note_owner(pool.id, pick.block, None, self.node, revision)
                 if st.taken is not None:
                     st.taken.add(pick.value)
+                self._wrote(key, revision)
             self._put_handle(record.handle, CachedHandle(revision, record))
 
-    def learned(self, pool: Pool, pick: Pick, blocks: Sequence[KV], ips: Sequence[KV], pool_kv: KV | None) -> set[int]:
-        """Refresh the view from a failed ADD's reads for one address (see :class:`ipamd.txns.AddressReads`);
-        returns the block's taken addresses as read."""
+    def learned(self, pool: Pool, pick: Pick, blocks: Sequence[KV], ips: Sequence[KV], pool_kv: KV | None,
+                revision: int) -> set[int]:
+        """Refresh the view from a failed ADD's reads for one address, made at ``revision`` (see
+        :class:`ipamd.txns.AddressReads`); returns the block's taken addresses as read."""
         taken = {parse_ip_key(kv.key)[2] for kv in ips}
         with self._lock:
             ps = self._pool(pool.id)
             self._set_record(ps, pool_kv)
             if pick.mode == "claim":
                 self._refresh_blocks(ps, blocks)
+                ps.blocks_revision = max(ps.blocks_revision, revision)
             elif blocks:
                 try:
                     node = decode_block_record(blocks[0].value)
@@ -194,20 +225,27 @@ class NodeCache:
                 old = ps.blocks.get(pick.block.first)
                 keep = old.taken if old is not None and old.node == node else None
                 ps.set_block(BlockState(pick.block, node, blocks[0].mod_revision, keep), self.node)
+                self._note_owner(pool.id, pick.block, old.node if old is not None else None, node,
+                                 blocks[0].mod_revision)
             else:
+                old = ps.blocks.get(pick.block.first)
                 ps.remove_block(pick.block.first)
+                if old is not None:
+                    self._note_owner(pool.id, pick.block, old.node, None, 0)
             st = ps.blocks.get(pick.block.first)
             if st is not None:
-                st.set_taken(taken)
+                st.set_taken(taken, revision)
             else:
                 ps.unclaimed_taken[pick.block.first] = taken
         return taken
 
-    def released(self, record: HandleRecord) -> None:
-        """The attachment's addresses were released (DEL, GC): free them in our view and forget the handle."""
+    def released(self, record: HandleRecord, revision: int) -> None:
+        """The attachment's addresses were released at ``revision`` (DEL, GC): free them in our view and forget
+        the handle."""
         with self._lock:
             self._handles.pop(record.handle, None)
             for alloc in record.allocations:
+                self._wrote(alloc.ip_key, revision)
                 for ps in self._pools_of(record.network, alloc.family, alloc.value):
                     st = ps.block_containing(alloc.value)
                     if st is not None:
@@ -217,6 +255,97 @@ class NodeCache:
                     else:
                         for taken in ps.unclaimed_taken.values():
                             taken.discard(alloc.value)
+
+    # -- the watch ------------------------------------------------------------------------------------------------
+
+    def _wrote(self, key: str, revision: int) -> None:
+        if self.watch_revision < revision:
+            self._local[key] = revision
+            if len(self._local) > LOCAL_LIMIT:  # the watch is far behind: read everything again instead
+                self._local.clear()
+                self.needs_resync = True
+
+    def apply(self, update: WatchUpdate) -> None:
+        """Apply what the watch delivered (docs/architecture.md "Watch"). An event older than what the view already
+        holds is skipped: older than the block's or block list's last read, than a record's known mod_revision, or
+        than our own write of that key."""
+        with self._lock:
+            for ev in update.events:
+                key, rev = ev.kv.key, ev.kv.mod_revision
+                try:
+                    if key.startswith(IPS):
+                        self._apply_address(ev, key, rev)
+                    elif key.startswith(BLOCKS):
+                        self._apply_block(ev, key, rev)
+                    elif key.startswith(POOLS):
+                        self._apply_pool(ev, key, rev)
+                except ValueError:
+                    continue  # something else wrote a malformed key or record: ipamctl check reports it
+            if update.revision > self.watch_revision:
+                self.watch_revision = update.revision
+                self._local = {k: r for k, r in self._local.items() if r > update.revision}
+
+    def _apply_address(self, ev: WatchEvent, key: str, rev: int) -> None:
+        local = self._local.get(key)
+        if local is not None and rev < local:
+            return
+        network, family, value = parse_ip_key(key)
+        for ps in self._pools_of(network, family, value):
+            st = ps.block_containing(value)
+            if st is None or st.taken is None or rev <= st.read_revision:
+                continue
+            if ev.deleted:
+                st.release(value)
+                if st.node == self.node:
+                    ps.add_room(st.block.first)
+            else:
+                st.taken.add(value)
+
+    def _apply_block(self, ev: WatchEvent, key: str, rev: int) -> None:
+        pool_id, block = parse_block_key(key)
+        ps = self._pool(pool_id)
+        if rev <= ps.blocks_revision:
+            return
+        old = ps.blocks.get(block.first)
+        if old is not None and old.mod_revision > rev:
+            return
+        if ev.deleted:
+            if old is not None:
+                ps.remove_block(block.first)
+                self._note_owner(pool_id, block, old.node, None, rev)
+            return
+        node = decode_block_record(ev.kv.value)
+        keep = old.taken if old is not None and old.node == node else None
+        ps.set_block(BlockState(block, node, rev, keep,
+                                read_revision=old.read_revision if old is not None and keep is not None else 0),
+                     self.node)
+        self._note_owner(pool_id, block, old.node if old is not None else None, node, rev)
+
+    def _apply_pool(self, ev: WatchEvent, key: str, rev: int) -> None:
+        ps = self._pool(key[len(POOLS):])
+        if rev <= ps.record_revision:
+            return
+        if ev.deleted:
+            ps.record, ps.record_raw, ps.record_revision = None, None, 0
+        else:
+            ps.record, ps.record_raw, ps.record_revision = PoolRecord.decode(ev.kv.value), ev.kv.value, rev
+
+    def own_block_changes(self) -> list[tuple[bool, str, Block, int]]:
+        """This node's blocks gained (True) or lost (False) since the last call: (gained, pool id, block,
+        revision). The watch loop adds or removes the watch on their address ranges."""
+        with self._lock:
+            out, self._own_changes = self._own_changes, []
+            return out
+
+    def snapshot(self) -> dict[str, object]:
+        """The view as plain data, for tests and ``ipamctl``: per pool, its record revision and its blocks (owner,
+        mod_revision, taken addresses or None when not loaded)."""
+        with self._lock:
+            return {pool_id: {"record_revision": ps.record_revision,
+                              "blocks": {st.block.key: {"node": st.node, "mod_revision": st.mod_revision,
+                                                        "taken": sorted(st.taken) if st.taken is not None else None}
+                                         for st in ps.blocks.values()}}
+                    for pool_id, ps in self._pools.items()}
 
     def _pool(self, pool_id: str) -> PoolState:
         ps = self._pools.get(pool_id)
@@ -255,9 +384,21 @@ class NodeCache:
             seen.add(block.first)
             old = ps.blocks.get(block.first)
             keep = old.taken if old is not None and old.node == node else None
-            ps.set_block(BlockState(block, node, kv.mod_revision, keep), self.node)
+            ps.set_block(BlockState(block, node, kv.mod_revision, keep,
+                                    read_revision=old.read_revision if old is not None and keep is not None else 0),
+                         self.node)
+            self._note_owner(ps.pool_id, block, old.node if old is not None else None, node, kv.mod_revision)
         for first in [f for f in ps.blocks if f not in seen]:
+            old = ps.blocks[first]
             ps.remove_block(first)
+            self._note_owner(ps.pool_id, old.block, old.node, None, 0)
+
+    def _note_owner(self, pool_id: str, block: Block, before: str | None, after: str | None, revision: int) -> None:
+        """Tell the watch loop when one of our blocks came or went."""
+        if before != self.node and after == self.node:
+            self._own_changes.append((True, pool_id, block, revision))
+        elif before == self.node and after != self.node:
+            self._own_changes.append((False, pool_id, block, revision))
 
     # -- handles -------------------------------------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ def handle_cni(service: IpamService, env: Mapping[str, str], stdin: bytes,
 
     stdout carries exactly one JSON document (ADD result, VERSION object, or error object) or nothing
     (DEL/CHECK/GC/STATUS success). Never raises: unexpected exceptions become code 999 without a traceback on
-    stdout (the traceback goes to the daemon log). Logs one line per call with its context (docs/configuration.md "Log lines").
+    stdout (the traceback goes to the daemon log). Logs one line per call with its context
+    (docs/configuration.md "Log lines").
     """
     started = time.monotonic()
     command = env.get("CNI_COMMAND", "") or ""

@@ -157,7 +157,7 @@ class GarbageCollector:
                 return
         if res.succeeded:
             for _, rec in batch:
-                self.cache.released(rec)
+                self.cache.released(rec, res.revision)
             job.released += len(batch)
             return
         if len(batch) > 1:
@@ -169,9 +169,9 @@ class GarbageCollector:
         kv, rec = batch[0]
         if uncertain:
             try:
-                gone = not self.store.read(kv.key, None, self.etcd_timeout)[0]
+                kvs, revision = self.store.read(kv.key, None, self.etcd_timeout)
             except IpamError:
-                gone = False
-            if gone:
-                self.cache.released(rec)
+                kvs, revision = (kv,), 0
+            if not kvs:
+                self.cache.released(rec, revision)
                 job.released += 1

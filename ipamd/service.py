@@ -47,6 +47,7 @@ from .gc import GarbageCollector
 from .metrics import Metrics
 from .store.base import KV, Get, Store, StoreUnavailable, TxnResult, prefix_end
 from .txns import AddTxn, DelTxn, PlannedAddress, PoolGuard
+from .watcher import ViewWatcher
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class IpamService:
         self._locks = KeyedLocks()
         self._specs: dict[tuple[str, object, int], bytes] = {}
         self.group = GroupCommit(store, on_send=self._sent)
+        self.watcher = ViewWatcher(store, self.cache, self.sync)
         self.gc_runner = GarbageCollector(store, self.cache, node, metrics=self.metrics, failpoints=self.failpoints,
                                           etcd_timeout=etcd_timeout, gc_timeout=gc_timeout)
 
@@ -102,7 +104,7 @@ class IpamService:
         res = self.store.txn([], [Get(POOLS, prefix_end(POOLS)), Get(BLOCKS, prefix_end(BLOCKS))], [],
                              max(self.etcd_timeout, 5.0))
         pools, blocks = res.reads
-        self.cache.replace(pools, blocks, {})
+        self.cache.replace(pools, blocks, res.revision)
         self.revision = res.revision
         return res.revision
 
@@ -205,10 +207,13 @@ class IpamService:
         subnet when there are many (only on the way to exhaustion: our full blocks, other nodes' blocks)."""
         if len(blocks) <= LOAD_ONE_BY_ONE:
             for block in blocks:
-                self.cache.loaded(pool, block, self._read(*ips_range(pool.network, block), deadline=deadline))
+                start, end = ips_range(pool.network, block)
+                kvs, revision = self.store.read(start, end, min(remaining(deadline), self.etcd_timeout))
+                self.cache.loaded(pool, block, kvs, revision)
             return
         subnet = Block(pool.range.family, pool.range.network, pool.range.prefixlen)
-        kvs = self._read(*ips_range(pool.network, subnet), deadline=deadline)
+        start, end = ips_range(pool.network, subnet)
+        kvs, revision = self.store.read(start, end, min(remaining(deadline), self.etcd_timeout))
         by_block: dict[int, list[KV]] = {b.first: [] for b in blocks}
         size = blocks[0].last - blocks[0].first + 1
         for kv in kvs:
@@ -217,7 +222,7 @@ class IpamService:
             if first in by_block:
                 by_block[first].append(kv)
         for block in blocks:
-            self.cache.loaded(pool, block, by_block[block.first])
+            self.cache.loaded(pool, block, by_block[block.first], revision)
 
     def _exhausted(self, found: list[tuple[Pool, Exhausted]]) -> PoolExhausted:
         pool = found[0][0]
@@ -278,7 +283,7 @@ class IpamService:
             return self._existing(existing, {p.index: (p.pool, p.pick.value) for p in planned if p.requested})
         for p in planned:
             reads = failure.addresses[p.index]
-            taken = self.cache.learned(p.pool, p.pick, reads.blocks, reads.ips, reads.pool)
+            taken = self.cache.learned(p.pool, p.pick, reads.blocks, reads.ips, reads.pool, res.revision)
             if p.requested and p.pick.value in taken:
                 # a requested address someone else holds is final: 101, not a retry
                 raise AddressUnavailable("requested address %s is already allocated"
@@ -329,7 +334,7 @@ class IpamService:
                     res = self._txn("DEL", txn, deadline, batch=revision != 0)
                     if res.succeeded:
                         if rec is not None:
-                            self.cache.released(rec)
+                            self.cache.released(rec, res.revision)
                         else:
                             self.cache.put_handle(handle, None)
                         return len(rec.allocations) if rec is not None else 0

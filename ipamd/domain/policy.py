@@ -43,10 +43,13 @@ class BlockState:
     mod_revision: int
     taken: set[int] | None = None
     hint: int = 0
+    read_revision: int = 0
 
-    def set_taken(self, taken: set[int] | None) -> None:
+    def set_taken(self, taken: set[int] | None, revision: int = 0) -> None:
+        """Replace the address set with one read at ``revision`` (changes up to it are in the set)."""
         self.taken = taken
         self.hint = 0
+        self.read_revision = revision
 
     def release(self, value: int) -> None:
         if self.taken is not None:
@@ -64,6 +67,7 @@ class PoolState:
     - ``claim_floor``: no unclaimed block lies below it (the claim walk starts there);
     - ``unclaimed_taken``: addresses known taken in blocks nobody owns (held through an overlapping pool of the
       same network, e.g. after the subnet was widened);
+    - ``blocks_revision``: the revision of the last full read of the block list (changes up to it are in it);
     - ``subnet``: the pool's subnet as a :class:`Block`, from the pool id (``ValueError`` if malformed).
     """
 
@@ -76,6 +80,7 @@ class PoolState:
     room_range: Range | None = None
     claim_floor: int = 0
     unclaimed_taken: dict[int, set[int]] = field(default_factory=dict)
+    blocks_revision: int = 0
     subnet: Block = field(init=False)
 
     def __post_init__(self) -> None:

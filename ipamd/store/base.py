@@ -124,10 +124,6 @@ class Watch(Protocol):
         """Ask for a progress report (an update with no events and the current revision)."""
         ...
 
-    def watch(self) -> Watch:
-        """A new, empty :class:`Watch` (add ranges to it)."""
-        ...
-
     def close(self) -> None:
         ...
 
@@ -207,6 +203,10 @@ class Store(Protocol):
         ...
 
     def revoke(self, lease_id: int, timeout: float) -> None:
+        ...
+
+    def watch(self) -> Watch:
+        """A new, empty :class:`Watch` (add ranges to it)."""
         ...
 
     def close(self) -> None:
