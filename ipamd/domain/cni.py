@@ -13,12 +13,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ipamd_cni import SUPPORTED_VERSIONS  # the plugin protocol's one Python home (docs/cni-socket.md)
+
 from .addr import to_ip
 from .errors import DecodeFailure, IncompatibleVersion, InvalidConfig, InvalidEnvironment
 from .model import Allocation
 from .netconf import NetConf, Pool
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 ABOUT = "ipamd-cni: cluster-wide IPAM backed by etcd; CNI protocol versions %s" % ", ".join(SUPPORTED_VERSIONS)
 

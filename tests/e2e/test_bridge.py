@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_plugins]  # each test with both plugins (tests/conftest.py)
 
 NETWORK = "ipamd-e2e"
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "bridge_ipam_stdin_add.json"
