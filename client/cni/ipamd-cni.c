@@ -1040,15 +1040,20 @@ static int run(void)
     return status;
 }
 
-#ifndef IPAMD_CNI_TEST
-
-int main(void)
+static int plugin_main(void)
 {
     struct sigaction ign;
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &ign, NULL); /* a closed socket or stdout is an error to report, not a signal */
     return run();
+}
+
+#ifndef IPAMD_CNI_TEST
+
+int main(void)
+{
+    return plugin_main();
 }
 
 #else
@@ -1088,7 +1093,7 @@ int main(int argc, char **argv)
 {
     struct buf in = {0, 0, 0};
     if (argc == 2 && !strcmp(argv[1], "plugin"))
-        return run();
+        return plugin_main();
     if (argc == 2 && !strcmp(argv[1], "scan")) {
         uchar len[4];
         while (!read_exact(0, len, 4)) {
