@@ -69,8 +69,9 @@ _DIGITS = frozenset(b"0123456789")
 _ESCAPES = {0x22: b'"', 0x5C: b"\\", 0x2F: b"/", 0x62: b"\b", 0x66: b"\f", 0x6E: b"\n", 0x72: b"\r", 0x74: b"\t"}
 
 
-class _Invalid(Exception):
-    """The document is not one the daemon's ``json.loads`` would accept."""
+#: Raised where the document is not one the daemon's ``json.loads`` would accept (no class of its own: defining
+#: one costs start-up time on every call).
+_Invalid = ValueError
 
 
 def _encoding(data: bytes) -> str:
@@ -108,7 +109,7 @@ def _wtf8(data: bytes) -> bytes:
             return data
         return data.decode(enc, "surrogatepass").encode("utf-8", "surrogatepass")
     except UnicodeError:
-        raise _Invalid from None
+        raise _Invalid("not decodable as %s" % enc) from None
 
 
 def _string(s: bytes, i: int, out: bytearray | None) -> int:

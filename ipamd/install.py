@@ -78,8 +78,9 @@ def native_binary() -> Path | None:
 def python_plugin(interpreter: str, name: str = "ipamd-cni") -> tuple[bytes, str | None]:
     """The Python plugin's file for ``interpreter``: (contents, warning or ``None``).
 
-    The shim's byte code is compiled by ``interpreter`` itself (so its magic number is that interpreter's); if that
-    fails, the file carries only the source and each call compiles it (slower, still correct): the warning says so.
+    The shim's byte code is compiled by ``interpreter`` itself (so its magic number is that interpreter's), without
+    docstrings (``optimize=2``: less to load on every call; the shim has no ``assert``); if that fails, the file
+    carries only the source and each call compiles it (slower, still correct): the warning says so.
     Raises ``ValueError`` for an interpreter path with a quote in it.
     """
     if "'" in interpreter:
@@ -93,7 +94,7 @@ def python_plugin(interpreter: str, name: str = "ipamd-cni") -> tuple[bytes, str
         [interpreter, "-I", "-S", "-c",
          "import sys,marshal;s=sys.stdin.buffer.read();o=sys.stdout.buffer;"
          "o.write(sys.modules['_frozen_importlib_external'].MAGIC_NUMBER);"
-         "o.write(marshal.dumps(compile(s,'ipamd_cni.py','exec')))"],
+         "o.write(marshal.dumps(compile(s,'ipamd_cni.py','exec',optimize=2)))"],
         input=source, capture_output=True)
     warning = None
     if compiled.returncode == 0 and len(compiled.stdout) > 4:
