@@ -17,7 +17,8 @@
  * Built by setup.py (and deploy/Dockerfile):
  *   cc -std=c99 -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE -static-pie ...
  * With -DIPAMD_CNI_TEST it is instead a test tool (main at the end): "scan" prints what the scanner picks from
- * documents on stdin, "quote" the JSON string it writes for stdin's bytes, "plugin" is the plugin itself
+ * documents on stdin, "quote" the JSON string it writes for stdin's bytes, "timeout" how it reads
+ * IPAMD_CNI_TIMEOUT, "plugin" is the plugin itself
  * (tests/unit/test_plugin_scanner.py, tests/integration/test_plugins.py).
  */
 
@@ -672,11 +673,10 @@ static int is_py_space(char c)
  */
 static double parse_timeout(const char *raw)
 {
-    char clean[64];
     size_t n = 0, i, len, digits = 0;
     const char *s, *end;
-    double t;
-    char *stop;
+    double t = DEFAULT_TIMEOUT;
+    char *clean, *stop;
     if (!raw || !*raw)
         return DEFAULT_TIMEOUT;
     len = strlen(raw);
@@ -685,53 +685,43 @@ static double parse_timeout(const char *raw)
         if (raw[i] == '_' && !(i > 0 && is_digit((uchar)raw[i - 1]) && i + 1 < len && is_digit((uchar)raw[i + 1])))
             return DEFAULT_TIMEOUT;
     }
+    clean = malloc(len + 1);
+    if (!clean)
+        fail_memory();
     s = raw;
     end = raw + len;
     while (s < end && is_py_space(*s))
         s++;
     while (end > s && is_py_space(end[-1]))
         end--;
-    for (; s < end; s++) {
-        if (*s == '_')
-            continue;
-        if (n + 1 >= sizeof clean)
-            return DEFAULT_TIMEOUT; /* no value this long is in range anyway */
-        clean[n++] = *s;
-    }
+    for (; s < end; s++)
+        if (*s != '_')
+            clean[n++] = *s;
     clean[n] = 0;
     /* decimal only: [sign] (digits [. digits] | . digits) [e [sign] digits]; strtod would also take hex and
        nan(...), which Python refuses; inf, infinity and nan are out of range anyway */
     i = 0;
     if (clean[i] == '+' || clean[i] == '-')
         i++;
-    while (is_digit((uchar)clean[i])) {
-        i++;
+    for (; is_digit((uchar)clean[i]); i++)
         digits++;
-    }
-    if (clean[i] == '.') {
-        i++;
-        while (is_digit((uchar)clean[i])) {
-            i++;
+    if (clean[i] == '.')
+        for (i++; is_digit((uchar)clean[i]); i++)
             digits++;
-        }
-    }
-    if (!digits)
-        return DEFAULT_TIMEOUT;
-    if (clean[i] == 'e' || clean[i] == 'E') {
+    if (digits && (clean[i] == 'e' || clean[i] == 'E')) {
         size_t e = i + 1;
         if (clean[e] == '+' || clean[e] == '-')
             e++;
-        if (!is_digit((uchar)clean[e]))
-            return DEFAULT_TIMEOUT;
-        while (is_digit((uchar)clean[e]))
-            e++;
-        i = e;
+        i = is_digit((uchar)clean[e]) ? e : n + 1; /* no exponent digits: not a number */
+        while (i <= n && is_digit((uchar)clean[i]))
+            i++;
     }
-    if (clean[i])
-        return DEFAULT_TIMEOUT;
-    t = strtod(clean, &stop);
-    if (*stop || !(t > 0 && t <= MAX_TIMEOUT))
-        return DEFAULT_TIMEOUT;
+    if (digits && i == n) {
+        t = strtod(clean, &stop);
+        if (*stop || !(t > 0 && t <= MAX_TIMEOUT))
+            t = DEFAULT_TIMEOUT;
+    }
+    free(clean);
     return t;
 }
 
@@ -1087,7 +1077,7 @@ static int read_exact(int fd, uchar *p, size_t n)
 /*
  * "scan": documents on stdin, each a 4-byte big-endian length and the bytes; for each, what pick() finds, as
  * "version =<hex>" or "version -", then "socket =<hex>" or "socket -". "quote": json_quote() of all of stdin.
- * "plugin": run() itself.
+ * "timeout VALUE": what parse_timeout() makes of VALUE. "plugin": run() itself.
  */
 int main(int argc, char **argv)
 {
@@ -1111,6 +1101,8 @@ int main(int argc, char **argv)
             free(pk.version.p);
             free(pk.socket.p);
         }
+    } else if (argc == 3 && !strcmp(argv[1], "timeout")) {
+        printf("%.17g\n", parse_timeout(argv[2]));
     } else if (argc == 2 && !strcmp(argv[1], "quote")) {
         struct buf out = {0, 0, 0};
         uchar chunk[CHUNK];
@@ -1121,7 +1113,7 @@ int main(int argc, char **argv)
         fwrite(out.p, 1, out.len, stdout);
         free(out.p);
     } else {
-        fprintf(stderr, "usage: %s scan|quote|plugin\n", argv[0]);
+        fprintf(stderr, "usage: %s scan|quote|plugin|timeout VALUE\n", argv[0]);
         return 2;
     }
     free(in.p);

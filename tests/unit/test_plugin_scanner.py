@@ -413,3 +413,31 @@ def test_quote_matches_python_on_random_bytes(data: bytes) -> None:
     out = native_quote(data)
     assert out == ipamd_cni._quote(data)
     assert out.isascii() and json.loads(out) == data.decode("utf-8", "surrogateescape")
+
+
+# --- IPAMD_CNI_TIMEOUT, read as Python's float() reads it --------------------------------------------------------
+
+def native_timeout(raw: str) -> float:
+    path, why = native_tool()
+    if path is None:
+        pytest.skip(why or "no native tool")
+    return float(subprocess.run([path, "timeout", raw], capture_output=True, check=True, timeout=30).stdout)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("", 30.0), ("5", 5.0), (" 2.5e-1\n", 0.25), ("0.2_5", 0.25), ("1_0", 10.0), ("+.5", 0.5), ("5.", 5.0),
+    ("1e1_0", 30.0), ("0" * 80 + "7", 7.0), ("86400", 86400.0), ("86400.0001", 30.0), ("0", 30.0), ("-1", 30.0),
+    ("nan", 30.0), ("inf", 30.0), ("1e999", 30.0), ("1e-999", 30.0), ("0x10", 30.0), ("_1", 30.0), ("1_", 30.0),
+    ("1__0", 30.0), ("1 0", 30.0), (".", 30.0), ("e5", 30.0), ("1e", 30.0), ("1e+", 30.0), ("\u0663", 30.0),
+    ("soon", 30.0), ("\v\f7\r", 7.0),
+])
+def test_timeout_table(raw: str, expected: float) -> None:
+    assert ipamd_cni._timeout(raw.encode() or None) == expected
+    assert native_timeout(raw) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["0", "1", "5", "9", ".", "e", "E", "+", "-", "_", " ", "\t", "x", "inf", "nan"]),
+                min_size=1, max_size=8).map("".join))
+def test_timeout_agrees_with_python(raw: str) -> None:
+    assert native_timeout(raw) == ipamd_cni._timeout(raw.encode())
