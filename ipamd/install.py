@@ -32,36 +32,31 @@ PLUGINS = ("native", "python")
 NATIVE = Path(__file__).resolve().parent / "_bin" / "ipamd-cni"
 
 #: The Python plugin's sh header. %(interpreter)s must not contain a quote (checked); the loader is Python inside
-#: single quotes (so it has none). It reads the last line of its own file ("$0", whatever path reached it) for
-#: where the byte code and the source are, runs the byte code when it was compiled for this interpreter (its
-#: magic number matches) and else compiles the source, then calls main(3) on the stdin moved to fd 3.
+#: single quotes (so it has none). %(layout)s is five fixed-width hexadecimal numbers: the magic number the byte
+#: code was compiled for (0: none), where the byte code is in this file and its length, where the source is and its
+#: length. The loader reads the file it was started as ("$0", whatever path reached it), runs the byte code when it
+#: was compiled for this interpreter and else compiles the source, then calls main(3) on the stdin moved to fd 3.
 PYTHON_HEADER = """#!/bin/sh
 # %(name)s: the ipamd CNI plugin, Python build, installed by `ipamd install-cni --plugin python`. Self-contained:
 # the plugin's byte code and source follow this header, so any symlink, hard link or copy of this file works.
 # The runtime's stdin moves to fd 3 and Python gets /dev/null: CPython refuses to start with a directory on
 # stdin, and the CNI contract wants error code 5 for that case.
 [ -x '%(interpreter)s' ] || { printf '%%s' %(missing)s; exit 1; }
-exec '%(interpreter)s' -I -S -c '%(loader)s' "$0" "$@" 3<&0 0</dev/null
+exec '%(interpreter)s' -I -S -c '%(loader)s' "$0" %(layout)s "$@" 3<&0 0</dev/null
 """
 
 LOADER = r'''import sys,marshal,posix
-p=sys.argv.pop(1)
+p=sys.argv[1];m,a,b,c,e=(int(x,16) for x in sys.argv[2:7]);del sys.argv[1:7]
 try:
- f=posix.open(p,posix.O_RDONLY);d=b""
- while 1:
-  c=posix.read(f,1<<20)
-  if not c:break
-  d+=c
- posix.close(f);m,a,b,c,e=(int(x,16) for x in d[d.rindex(b"\n",0,len(d)-1)+1:].split()[1:6])
- g={"__name__":"ipamd_cni"}
- exec(marshal.loads(d[a:a+b]) if b and m==int.from_bytes(sys.modules["_frozen_importlib_external"].MAGIC_NUMBER,"big") else compile(d[c:c+e],p,"exec"),g)
+ f=posix.open(p,posix.O_RDONLY)
+ if b and m==int.from_bytes(sys.modules["_frozen_importlib_external"].MAGIC_NUMBER,"big"):posix.lseek(f,a,0);x=marshal.loads(posix.read(f,b))
+ else:posix.lseek(f,c,0);x=compile(posix.read(f,e),p,"exec")
+ posix.close(f);g={"__name__":"ipamd_cni"};exec(x,g)
 except BaseException as x:
  posix.write(1,b"{\"cniVersion\":\"1.1.0\",\"code\":999,\"msg\":\"ipamd-cni: cannot load the plugin from its own file: "+x.__class__.__name__.encode()+b"\"}")
  raise SystemExit(1)
 sys.exit(g["main"](3))'''
-#: The last line of the Python plugin: "#ipamd-cni-payload <magic> <code offset> <length> <source offset> <length>"
-#: (hexadecimal; magic 0 when no byte code could be compiled at install time).
-TRAILER = "#ipamd-cni-payload %x %x %x %x %x\n"
+LAYOUT = "%08x %08x %08x %08x %08x"
 
 
 def default_interpreter() -> str:
@@ -88,8 +83,6 @@ def python_plugin(interpreter: str, name: str = "ipamd-cni") -> tuple[bytes, str
     source = Path(ipamd_cni.__file__).read_bytes()
     missing = json.dumps({"cniVersion": "1.1.0", "code": 999, "msg": "ipamd-cni: the interpreter %s is not there; "
                           "run ipamd install-cni again" % interpreter})
-    header = (PYTHON_HEADER % {"name": name, "interpreter": interpreter, "loader": LOADER,
-                               "missing": "'" + missing + "'"}).encode()
     compiled = subprocess.run(
         [interpreter, "-I", "-S", "-c",
          "import sys,marshal;s=sys.stdin.buffer.read();o=sys.stdout.buffer;"
@@ -103,10 +96,13 @@ def python_plugin(interpreter: str, name: str = "ipamd-cni") -> tuple[bytes, str
         magic, code = 0, b""
         warning = ("could not compile the plugin with %s (each call will compile it): %s"
                    % (interpreter, compiled.stderr.decode(errors="replace").strip()[-300:]))
-    code_at = len(header)
-    source_at = code_at + len(code) + 1
-    body = header + code + b"\n" + source + b"\n"
-    return body + (TRAILER % (magic, code_at, len(code), source_at, len(source))).encode(), warning
+    fields = {"name": name, "interpreter": interpreter, "loader": LOADER, "missing": "'" + missing + "'"}
+    header_len = len((PYTHON_HEADER % dict(fields, layout=LAYOUT % (0, 0, 0, 0, 0))).encode())
+    layout = LAYOUT % (magic, header_len, len(code), header_len + len(code), len(source))
+    header = (PYTHON_HEADER % dict(fields, layout=layout)).encode()
+    if len(header) != header_len:
+        raise ValueError("the plugin file is larger than its layout can say")
+    return header + code + source, warning
 
 
 def _replace(target: Path, data: bytes) -> None:
