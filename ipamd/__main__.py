@@ -8,14 +8,12 @@ revoke the lease, stop an embedded etcd, exit 0.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import config as config_mod
@@ -28,74 +26,6 @@ if TYPE_CHECKING:
     from .service import IpamService
 
 log = logging.getLogger("ipamd")
-
-
-#: The installed plugin: a sh script that execs Python on the shim module kept in ``.<name>/`` beside it (found
-#: from ``$0``, so the directory can be mounted elsewhere, as a DaemonSet's init container does).
-PLUGIN_SCRIPT = """#!/bin/sh
-# %(name)s: the ipamd CNI plugin (installed by `ipamd install-cni`; the shim lives in .%(name)s/ beside it).
-# The runtime's stdin moves to fd 3 and Python gets /dev/null: CPython refuses to start with a directory on
-# stdin, and the CNI contract wants error code 5 for that case.
-exec '%(interpreter)s' -I -S -c 'import sys;sys.path[:0]=[sys.argv.pop(1)];import ipamd_cni;sys.exit(ipamd_cni.main(3))' "${0%%/*}/.%(name)s" "$@" 3<&0 0</dev/null
-"""
-
-
-def default_interpreter() -> str:
-    """The node's system ``/usr/bin/python3`` when present (it starts faster than most others), else this Python's
-    real binary (never a pyenv shim)."""
-    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
-
-
-def install_plugin(directory: str, interpreter: str | None = None, name: str = "ipamd-cni") -> Path:
-    """Install the CNI plugin as ``<directory>/<name>`` and return its path. Idempotent (atomic replaces).
-
-    The plugin is a two-line ``/bin/sh`` script that execs ``<interpreter> -I -S`` (isolated, no ``site``) and
-    imports the shim from ``<directory>/.<name>/ipamd_cni.py``, whose byte code is compiled here with that
-    interpreter: a call then costs about as much as the interpreter's own start (docs/benchmarks.md). If the
-    interpreter is later upgraded, Python recompiles from the source next to it. Raises ``SystemExit`` for an
-    interpreter path with a quote in it, ``OSError`` if the directory cannot be written.
-    """
-    import subprocess
-
-    import ipamd_cni
-
-    interpreter = interpreter or default_interpreter()
-    if "'" in interpreter:
-        raise SystemExit("ipamd install-cni: the interpreter path may not contain a quote")
-    target = Path(directory).resolve() / name
-    libdir = target.with_name("." + name)
-    libdir.mkdir(parents=True, exist_ok=True)
-    module = libdir / "ipamd_cni.py"
-    tmp = libdir / ".ipamd_cni.py.tmp"
-    tmp.write_text(Path(ipamd_cni.__file__).read_text())
-    os.replace(tmp, module)
-    compiled = subprocess.run(
-        [interpreter, "-I", "-S", "-c",
-         "import importlib.util as u,py_compile as c,sys;p=sys.argv[1];c.compile(p,u.cache_from_source(p),doraise=True)",
-         str(module)], capture_output=True, text=True)
-    if compiled.returncode != 0:
-        print("ipamd install-cni: warning: could not precompile with %s (the first call will): %s"
-              % (interpreter, compiled.stderr.strip()[-300:]), file=sys.stderr)
-    tmp = target.with_name("." + name + ".tmp")
-    tmp.write_text(PLUGIN_SCRIPT % {"name": name, "interpreter": interpreter})
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
-    return target
-
-
-def install_cni(argv: Sequence[str]) -> int:
-    """``ipamd install-cni DIR [--interpreter PATH] [--name NAME]``: install the CNI plugin into ``DIR``
-    (see :func:`install_plugin`)."""
-    p = argparse.ArgumentParser(prog="ipamd install-cni", description=install_plugin.__doc__)
-    p.add_argument("dir", help="CNI bin directory, e.g. /opt/cni/bin")
-    p.add_argument("--interpreter", default=None,
-                   help="python3 the plugin runs with on this node (default: %s)" % default_interpreter())
-    p.add_argument("--name", default="ipamd-cni", help="file name; the network config's ipam.type")
-    args = p.parse_args(list(argv))
-    interpreter = args.interpreter or default_interpreter()
-    target = install_plugin(args.dir, interpreter, args.name)
-    print("installed %s (interpreter %s)" % (target, interpreter))
-    return 0
 
 
 class _NodeLease:
@@ -259,6 +189,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "install-cni":
+        from .install import install_cni  # ipamd/install.py
+
         return install_cni(argv[1:])
     try:
         cfg = config_mod.load(argv)

@@ -5,7 +5,8 @@ Framing v1 (both directions start with the 7-byte magic ``IPAMD1\\n``; lengths a
     request:  magic | len | env ("K=V\\0" pairs) | len | stdin bytes | len | stdin read error text ("" if none)
     response: magic | exit status (1 byte) | len | stdout bytes | len | stderr bytes
 
-A request is at most :data:`MAX_REQUEST` bytes and must arrive within :data:`READ_DEADLINE` seconds.
+A request is at most :data:`MAX_REQUEST` bytes and must arrive within :data:`READ_DEADLINE` seconds. The framing's
+constants and encoders have one Python home, the plugin module ``ipamd_cni`` (client/ipamd_cni.py), imported here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
+
+from ipamd_cni import MAGIC, MAX_REQUEST, READ_DEADLINE, encode_response
 
 from .domain.cni import (
     ABOUT,
@@ -35,10 +38,6 @@ from .domain.netconf import parse_netconf_cached
 from .service import IpamService
 
 log = logging.getLogger(__name__)
-
-MAGIC = b"IPAMD1\n"
-MAX_REQUEST = 4 << 20
-READ_DEADLINE = 5.0
 
 
 def handle_cni(service: IpamService, env: Mapping[str, str], stdin: bytes,
@@ -200,11 +199,6 @@ def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, str | None
             env[k] = v
     err = parts[2].decode("utf-8", "replace") or None
     return env, parts[1], err
-
-
-def encode_response(status: int, stdout: bytes, stderr: bytes) -> bytes:
-    return (MAGIC + bytes([status & 0xFF]) + len(stdout).to_bytes(4, "big") + stdout
-            + len(stderr).to_bytes(4, "big") + stderr)
 
 
 class CniServer:

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages that `make demo` and the e2e tests need (README "Quick start").
+# Debian packages that `make demo` and the tests need (README "Quick start"): the CNI plugins and iproute2 for the
+# e2e tier and the demo, gcc and libc6-dev for the native CNI plugin (the package build compiles it when a C
+# compiler is there; without one it falls back to the Python plugin and the tests skip the native runs).
 #
 #   scripts/deps.sh              as root: apt-get install what is missing; otherwise name it and fail
 #   scripts/deps.sh --optional   the same, but only warn when not root (`make test`: without root the e2e tier
@@ -11,7 +13,7 @@ set -euo pipefail
 optional=0
 [[ "${1:-}" == "--optional" ]] && optional=1
 PYTHON=${PYTHON:-python3}
-packages=(containernetworking-plugins iproute2)
+packages=(containernetworking-plugins iproute2 gcc libc6-dev)
 
 installed() {
     if command -v dpkg-query >/dev/null 2>&1; then
@@ -20,6 +22,8 @@ installed() {
         case "$1" in
             containernetworking-plugins) [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/portmap ]] ;;
             iproute2) command -v ip >/dev/null 2>&1 ;;
+            gcc) command -v cc >/dev/null 2>&1 ;;
+            libc6-dev) [[ -f /usr/include/stdio.h ]] ;;
             *) return 1 ;;
         esac
     fi

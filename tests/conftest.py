@@ -1,7 +1,13 @@
-"""Fixtures: one real etcd per test session, a fresh key prefix per test, ipamd daemons started on demand.
+"""Fixtures: one real etcd per test session, a fresh key prefix per test, ipamd daemons started on demand, and
+the CNI plugin each test runs.
 
 Each test that starts daemons gets the invariant check of design.md §2 after it (``daemons`` fixture teardown),
 so every scenario ends with the invariants verified against etcd.
+
+Plugins (docs/conformance.md "Two plugins"): a test module marked ``both_plugins`` (the conformance suite, the
+field protocol cases, the plugin tests and the e2e tier) runs every test once with the native plugin and once with
+the Python one, so the two cannot drift; every other test runs with the native plugin (the Python one where no C
+compiler is there), since what it checks is the daemon's behaviour.
 """
 
 from __future__ import annotations
@@ -12,7 +18,24 @@ from typing import Callable, Iterator
 
 import pytest
 
+import harness
 from harness import Daemon, EtcdCluster, _tmpdir, assert_invariants, new_prefix
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "plugin" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_plugins"):
+        metafunc.parametrize("plugin", harness.PLUGINS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def plugin(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The CNI plugin :func:`harness.run_cni` runs: the test's parameter (``both_plugins`` tests), else
+    :func:`harness.default_plugin`. A native run skips itself, with the reason, where no C compiler can build it."""
+    name = getattr(request, "param", None) or harness.default_plugin()
+    if name == "native" and harness.native_plugin()[0] is None:
+        pytest.skip(harness.native_plugin()[1] or "no native plugin")
+    harness.use_plugin(name)
+    yield name
 
 
 @pytest.fixture(scope="session")

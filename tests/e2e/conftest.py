@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from harness import CniOutput
+from harness import CniOutput, current_plugin
 
 CNI_DIR = "/usr/lib/cni"
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -88,10 +88,11 @@ class NetEnv:
         return self
 
     def install_shim(self, record: bool) -> None:
-        """``ipamd install-cni`` into the temp bin dir; with ``record``, the real shim is ``ipamd-cni-real`` and
-        ``ipamd-cni`` is a wrapper that saves the exact stdin and ``CNI_*`` environment it is handed."""
+        """``ipamd install-cni --plugin <the test's plugin>`` into the temp bin dir; with ``record``, the real
+        plugin is ``ipamd-cni-real`` and ``ipamd-cni`` is a wrapper that saves the exact stdin and ``CNI_*``
+        environment it is handed."""
         name = "ipamd-cni-real" if record else "ipamd-cni"
-        _run(sys.executable, "-m", "ipamd", "install-cni", self.bin_dir, "--name", name)
+        _run(sys.executable, "-m", "ipamd", "install-cni", self.bin_dir, "--name", name, "--plugin", current_plugin())
         if record:
             os.makedirs(self.record_dir)
             wrapper = Path(self.bin_dir) / "ipamd-cni"
@@ -227,7 +228,8 @@ def _free_third_octet() -> int:
 
 @pytest.fixture
 def netenv() -> Iterator[NetEnv]:
-    """A network namespace + unique bridge name + subnet + CNI_PATH with the installed shim; all removed after."""
+    """A network namespace + unique bridge name + subnet + CNI_PATH with the installed plugin (the test's
+    ``plugin``, tests/conftest.py); all removed after."""
     env = NetEnv()
     try:
         env.setup()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_plugins]  # each test with both plugins (tests/conftest.py)
 
 NETWORK = "ipamd-e2e"
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "bridge_ipam_stdin_add.json"
@@ -100,6 +101,29 @@ def test_bridge_del_after_netns_is_gone(netenv, daemons, etcd, prefix):
     assert (rm.rc, rm.stdout) == (0, ""), rm
     assert keys(etcd, prefix, "handles") == []
     assert keys(etcd, prefix, "ips") == []
+
+
+def test_b40_bridge_reaches_the_plugin_through_a_symlink_hard_link_and_copy(netenv, daemons, etcd, prefix):
+    """Field case B40: the runtime's CNI_PATH names a directory where ipamd-cni is a symlink to the installed file,
+    a hard link to it, or a copy of it; bridge ADD puts the address in the namespace and DEL releases it through
+    each, with the plugin under test (tests/conftest.py runs this with both)."""
+    d = daemons("A")
+    conf = json.dumps(netenv.bridge_conf("1.0.0", NETWORK, socket=d.cni_socket)).encode()
+    installed = Path(netenv.bin_dir) / "ipamd-cni"
+    address = "10.99.%d.2/24" % netenv.third_octet
+    for kind, make in (("symlink", os.symlink), ("hardlink", os.link), ("copy", shutil.copy2)):
+        directory = Path(netenv.bin_dir) / kind
+        directory.mkdir()
+        make(installed, directory / "ipamd-cni")
+        extra = {"CNI_PATH": "%s:%s" % (directory, netenv.cni_path.split(":", 1)[1])}  # then /usr/lib/cni
+        cid = netenv.container_id()
+        add = netenv.plugin("bridge", "ADD", conf, cid, extra_env=extra)
+        assert add.rc == 0, (kind, add)
+        assert [ip["address"] for ip in add.json["ips"]] == [address], (kind, add)
+        assert netenv.addresses("eth0") == [address], kind
+        rm = netenv.plugin("bridge", "DEL", with_prev(json.loads(conf), add.json), cid, extra_env=extra)
+        assert (rm.rc, rm.stdout) == (0, ""), (kind, rm)
+        assert "eth0" not in netenv.links() and keys(etcd, prefix, "handles") == [], kind
 
 
 def normalise(data: bytes, netenv: Any) -> bytes:

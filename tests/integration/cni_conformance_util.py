@@ -16,11 +16,12 @@ from typing import Any
 
 from harness import CniOutput, Daemon, cni_config, installed_shim
 from ipamd.store.etcd import EtcdStore
+from ipamd_cni import SUPPORTED_VERSIONS
 
-VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+VERSIONS = SUPPORTED_VERSIONS  # the protocol's one Python home (client/ipamd_cni.py)
 LEGACY_VERSIONS = ("0.3.0", "0.3.1", "0.4.0")  # results carry ips[].version
 CHECK_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")  # CHECK exists from 0.4.0 on
-SUPPORTED = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+SUPPORTED = list(SUPPORTED_VERSIONS)
 
 ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
 DEFAULT_ROUTES = [{"dst": "0.0.0.0/0"}]

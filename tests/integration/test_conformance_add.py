@@ -13,6 +13,9 @@ from cni_conformance_util import (CHECK_VERSIONS, LEGACY_VERSIONS, VERSIONS, ass
                                   read_handle)
 from harness import run_cni, snapshot_counts
 
+# each test runs with the native and the Python plugin (tests/conftest.py)
+pytestmark = pytest.mark.both_plugins
+
 NEW_VERSIONS = ("1.0.0", "1.1.0")
 
 

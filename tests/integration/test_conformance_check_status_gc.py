@@ -8,6 +8,9 @@ from cni_conformance_util import (CHECK_VERSIONS, NO_ATTACHMENT, assert_err, ass
                                   bridge_result, cfg, handle_ips)
 from harness import run_cni, snapshot_counts
 
+# each test runs with the native and the Python plugin (tests/conftest.py)
+pytestmark = pytest.mark.both_plugins
+
 
 def _counts(d):
     return snapshot_counts(d.endpoints, d.prefix)

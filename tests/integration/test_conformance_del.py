@@ -8,6 +8,9 @@ from cni_conformance_util import (CHECK_VERSIONS, VERSIONS, assert_err, assert_o
                                   bridge_result, cfg, expected, handle_ips, ip_records, normalised)
 from harness import run_cni, snapshot_counts
 
+# each test runs with the native and the Python plugin (tests/conftest.py)
+pytestmark = pytest.mark.both_plugins
+
 
 def _counts(d):
     return snapshot_counts(d.endpoints, d.prefix)

@@ -11,6 +11,9 @@ from cni_conformance_util import (CHECK_VERSIONS, ENV, NO_ATTACHMENT, SUPPORTED,
                                   assert_ok_empty, assert_result, cfg, parse_stdout, run_shim_raw)
 from harness import run_cni, snapshot_counts
 
+# each test runs with the native and the Python plugin (tests/conftest.py)
+pytestmark = pytest.mark.both_plugins
+
 NO_ENV = {"container_id": None, "if_name": None, "netns": None, "cni_path": None}
 
 

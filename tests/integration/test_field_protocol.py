@@ -26,6 +26,9 @@ from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni, snapsho
 from ipamd.store.base import prefix_end
 from ipamd.store.etcd import EtcdStore
 
+# each test runs with the native and the Python plugin (tests/conftest.py)
+pytestmark = pytest.mark.both_plugins
+
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "bridge_ipam_stdin_add.json"
 
 

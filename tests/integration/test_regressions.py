@@ -25,8 +25,8 @@ from cni_conformance_util import NO_ATTACHMENT, SUPPORTED, assert_err, assert_ok
 from harness import Daemon, EtcdCluster, assert_invariants, cni_config, new_prefix, run_cni, snapshot_counts
 from ipamd.embedded import free_port
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
+from ipamd_cni import MAGIC
 
-MAGIC = b"IPAMD1\n"
 EMPTY = {"pools": 0, "blocks": 0, "ips": 0, "handles": 0}
 
 

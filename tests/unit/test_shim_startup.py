@@ -1,4 +1,5 @@
-"""The shim (client/ipamd_cni.py): start-up cost and the tiny JSON scanner ``_pick``.
+"""The Python plugin (client/ipamd_cni.py): start-up cost and its local answers, run as ``python -I -S`` on the
+module. Its scanner is tested against the native one and ``json`` in test_plugin_scanner.py.
 
 Field cases: cni-conformance.md T2 (VERSION echoes stdin's cniVersion), §2.4 (VERSION answered locally when the
 daemon is unreachable); the shim's docstring (built-in modules only, installed as ``python -I -S``).
@@ -13,11 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
-from hypothesis import given, note, settings
-from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIM = ROOT / "client" / "ipamd_cni.py"
@@ -83,7 +81,8 @@ def test_shim_version_answer_is_local_and_echoes(version_run: subprocess.Complet
     # T2 + §2.4: daemon unreachable -> VERSION answered locally, exit 0, one JSON object on stdout.
     assert version_run.returncode == 0
     answer = json.loads(version_run.stdout)
-    assert answer == {"cniVersion": "0.4.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    assert answer == {"cniVersion": "0.4.0", "supportedVersions": list(shim.SUPPORTED_VERSIONS)}
+    assert shim.SUPPORTED_VERSIONS == ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
     # stderr holds only importtime lines: nothing else was logged for VERSION
     assert all(line.startswith("import time:") for line in version_run.stderr.decode().splitlines())
 
@@ -109,118 +108,6 @@ def test_shim_unreachable_daemon_is_code_11(tmp_path: Path) -> None:
     err = json.loads(p.stdout)
     assert err["code"] == 11 and err["cniVersion"] == "0.4.0" and str(sock) in err["msg"]
     assert str(sock).encode() in p.stderr
-
-
-# --- _pick ---------------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("data, expected", [
-    (b'{"cniVersion":"0.4.0","ipam":{"socket":"/run/x.sock"}}', ("0.4.0", "/run/x.sock")),
-    (b'{"cniVersion":"1.0.0"}', ("1.0.0", None)),
-    (b'{"ipam":{"type":"ipamd-cni"}}', (None, None)),
-    (b'{}', (None, None)),
-    # whitespace everywhere
-    (b' \n{ "cniVersion" :\t"1.1.0" ,\r\n "ipam" : { "socket" : "/s" } } ', ("1.1.0", "/s")),
-    # escaped quotes and backslashes inside strings
-    (br'{"name":"a\"b","cniVersion":"1.\"0","ipam":{"socket":"/run/a\\b\"c"}}', ('1."0', '/run/a\\b"c')),
-    (br'{"x":"\\","cniVersion":"1.0.0"}', ("1.0.0", None)),
-    (br'{"x":"\"cniVersion\":\"9\"","cniVersion":"1.0.0"}', ("1.0.0", None)),
-    # "socket" keys outside ipam are ignored
-    (b'{"socket":"/top","cniVersion":"1.0.0"}', ("1.0.0", None)),
-    (b'{"runtimeConfig":{"socket":"/rc"},"ipam":{"type":"t"},"plugins":[{"ipam":{"socket":"/p"}}]}', (None, None)),
-    (b'{"ipam":{"ranges":[[{"subnet":"10.1.2.0/24","socket":"/deep"}]],"socket":"/ok"}}', (None, "/ok")),
-    (b'{"ipam":{"x":{"socket":"/nested"}}}', (None, None)),
-    # cniVersion inside ipam or elsewhere is not the top-level one
-    (b'{"ipam":{"cniVersion":"9.9.9","socket":"/s"}}', (None, "/s")),
-    (b'{"prevResult":{"cniVersion":"0.4.0","ips":[]},"cniVersion":"1.1.0"}', ("1.1.0", None)),
-    # nested objects and arrays of every kind before the keys
-    (b'{"a":[1,2.5e3,-3,true,false,null,[],{},[[{"b":[{}]}]]],"b":{"c":{"d":[null]}},"cniVersion":"0.3.1"}',
-     ("0.3.1", None)),
-    # non-string values give None
-    (b'{"cniVersion":1.0,"ipam":{"socket":5}}', (None, None)),
-    (b'{"cniVersion":null,"ipam":{"socket":["/x"]}}', (None, None)),
-    (b'{"cniVersion":{"v":"1"},"ipam":"ipamd"}', (None, None)),
-    (b'{"ipam":[{"socket":"/x"}]}', (None, None)),
-    # duplicate keys: the last one wins, like json.loads
-    (b'{"cniVersion":"0.3.0","cniVersion":"1.0.0"}', ("1.0.0", None)),
-    # unicode escapes and raw UTF-8
-    (br'{"cniVersion":"1.0.0","ipam":{"socket":"/run/\u00e9\u0041.sock"}}', ("1.0.0", "/run/\u00e9A.sock")),
-    (br'{"cni\u0056ersion":"1.0.0"}', ("1.0.0", None)),                       # escaped key
-    (br'{"ipam":{"socket":"/run/\ud83d\ude00.sock"}}', (None, "/run/\U0001F600.sock")),  # surrogate pair
-    ('{"ipam":{"socket":"/run/\u00e9\U0001F600.sock"}}'.encode(), (None, "/run/\u00e9\U0001F600.sock")),
-    (br'{"cniVersion":"a\/b\n\t\r\b\f"}', ("a/b\n\t\r\b\f", None)),
-    # not an object at the top
-    (b'["cniVersion","1.0.0"]', (None, None)),
-    (b'"cniVersion"', (None, None)),
-    (b'5', (None, None)),
-])
-def test_pick(data: bytes, expected: tuple[str | None, str | None]) -> None:
-    assert shim._pick(data) == expected
-    # every table case is valid JSON: cross-check the reference
-    obj = json.loads(data)
-    if isinstance(obj, dict):
-        ref_v = obj.get("cniVersion")
-        ref_s = obj["ipam"].get("socket") if isinstance(obj.get("ipam"), dict) else None
-        assert expected == (ref_v if isinstance(ref_v, str) else None, ref_s if isinstance(ref_s, str) else None)
-
-
-@pytest.mark.parametrize("data", [
-    b"", b"{", b"}", b"[", b'{"cniVersion"', b'{"cniVersion":', b'{"cniVersion":"1.0', b'{"cniVersion":"1.0.0"',
-    b'{"a":[1,2', b"garbage", b"\xff\xfe\x00", b"\x00" * 10, b'{"cniVersion":"\\u12"}', b'{"cniVersion":"\\uzzzz"}',
-    b'{"cniVersion":"\\', b"[" * 100_000, b'{"a":' * 50_000, b'{"ipam":{"socket":',
-    b"null", b"true",
-])
-def test_pick_garbage_never_raises(data: bytes) -> None:
-    version, sock = shim._pick(data)
-    assert version is None or isinstance(version, str)
-    assert sock is None or isinstance(sock, str)
-    assert (version, sock) == (None, None) or data.startswith(b"{")
-
-
-def reference(data: bytes) -> tuple[str | None, str | None]:
-    obj = json.loads(data)
-    if not isinstance(obj, dict):
-        return None, None
-    v = obj.get("cniVersion")
-    ipam = obj.get("ipam")
-    s = ipam.get("socket") if isinstance(ipam, dict) else None
-    return (v if isinstance(v, str) else None), (s if isinstance(s, str) else None)
-
-
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                         st.text())
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=12)
-key_names = st.one_of(st.sampled_from(["cniVersion", "ipam", "socket", "name", "type", "cni\"Version"]),
-                      st.text(max_size=8))
-
-
-@st.composite
-def configs(draw: st.DrawFn) -> dict[str, Any]:
-    top = draw(st.dictionaries(key_names, json_values, max_size=5))
-    if draw(st.booleans()):
-        top["cniVersion"] = draw(st.one_of(st.text(), json_values))
-    if draw(st.booleans()):
-        ipam = draw(st.dictionaries(key_names, json_values, max_size=4))
-        if draw(st.booleans()):
-            ipam["socket"] = draw(st.one_of(st.text(), json_values))
-        top["ipam"] = draw(st.one_of(st.just(ipam), json_values))
-    return {**top}
-
-
-@settings(max_examples=300, deadline=None)
-@given(configs(), st.booleans(), st.sampled_from([None, 0, 2]))
-def test_pick_agrees_with_json_loads(conf: dict[str, Any], ensure_ascii: bool, indent: int | None) -> None:
-    data = json.dumps(conf, ensure_ascii=ensure_ascii, indent=indent).encode()
-    note("stdin: %r" % data)
-    assert shim._pick(data) == reference(data)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=64))
-def test_pick_never_raises_on_random_bytes(data: bytes) -> None:
-    version, sock = shim._pick(data)
-    assert version is None or isinstance(version, str)
-    assert sock is None or isinstance(sock, str)
 
 
 def test_shim_module_has_no_side_effects_on_import() -> None:
