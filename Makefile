@@ -5,14 +5,15 @@
 #   make venv    .venv from the system python3, with `pip install -e '.[dev]'` (which also compiles the native CNI
 #                plugin into ipamd/_bin/ when a C compiler is there)
 #   make deps    as root: apt-get install the Debian packages that are missing; otherwise name them and stop
-#   make bench   bench/run.py, when it exists
+#   make lint    mypy --strict and ruff, as configured in pyproject.toml
+#   make bench   bench/run.py (the CNI plugins) and bench/core.py (the allocation core)
 
 PYTHON ?= python3
 VENV   := .venv
 # Written after a successful install; the install is redone when the project's build inputs change.
 STAMP  := $(VENV)/.ipamd-installed
 
-.PHONY: all venv deps deps-optional demo test bench
+.PHONY: all venv deps deps-optional demo test lint bench
 
 all: test
 
@@ -46,5 +47,8 @@ test: deps-optional venv
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
+lint: venv
+	@$(VENV)/bin/mypy && $(VENV)/bin/ruff check ipamd client tests bench
+
 bench: venv
-	@if [ -f bench/run.py ]; then $(VENV)/bin/python bench/run.py; else echo "bench: no bench/run.py yet"; fi
+	@$(VENV)/bin/python bench/run.py && $(VENV)/bin/python bench/core.py

@@ -32,7 +32,7 @@ def tmpdir(prefix: str, parent: str = "/dev/shm") -> str:
 
 def percentile(samples: list[float], q: float) -> float:
     s = sorted(samples)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def summary_ms(samples_s: list[float]) -> str:
@@ -104,7 +104,7 @@ def metric_sum(text: str, name: str, labels: dict[str, str] | None = None) -> fl
     """Sum of the samples of ``name`` in a Prometheus text page whose labels include ``labels``."""
     total = 0.0
     for line in text.splitlines():
-        if not (line.startswith(name + " ") or line.startswith(name + "{")):
+        if not (line.startswith((name + " ", name + "{"))):
             continue
         if labels and not all('%s="%s"' % kv in line for kv in labels.items()):
             continue

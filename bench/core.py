@@ -200,7 +200,7 @@ def _p50_add(daemon: Daemon, conf: bytes, rounds: int, tag: str) -> tuple[list[f
     codes = 0
     for i in range(rounds):
         t0 = time.perf_counter()
-        status, out = cni_call(daemon.cni_socket, cni_frame("ADD", "%s%d" % (tag, i), conf))
+        status, _out = cni_call(daemon.cni_socket, cni_frame("ADD", "%s%d" % (tag, i), conf))
         lat.append(time.perf_counter() - t0)
         codes += status != 0
         cni_call(daemon.cni_socket, cni_frame("DEL", "%s%d" % (tag, i), conf))

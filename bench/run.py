@@ -39,8 +39,9 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -70,7 +71,7 @@ def ms(ns: float) -> float:
 def stats(samples_ns: list[int]) -> dict[str, float]:
     s = sorted(samples_ns)
     return {"n": len(s), "median": ms(statistics.median(s)), "min": ms(s[0]), "max": ms(s[-1]),
-            "p90": ms(s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))])}
+            "p90": ms(s[min(len(s) - 1, round(0.9 * (len(s) - 1)))])}
 
 
 def fmt(st: dict[str, float]) -> str:
@@ -669,13 +670,13 @@ class Bench:
         errors: list[str] = []
         try:
             self.daemon_log_problems()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append("read ipamd log: %s" % exc)
 
         def step(what: str, fn: Callable[[], Any]) -> None:
             try:
                 fn()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 errors.append("%s: %s" % (what, exc))
 
         def stop_daemon() -> None:
@@ -862,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     print("command: %s %s" % (os.path.relpath(sys.executable, os.getcwd()) if sys.executable.startswith(os.getcwd())
-                              else sys.executable, " ".join([os.path.relpath(__file__)] + sys.argv[1:])))
+                              else sys.executable, " ".join([os.path.relpath(__file__), *sys.argv[1:]])))
     print("machine: nproc %s, kernel %s, %s; load average %s" % (len(os.sched_getaffinity(0)), os.uname().release,
                                                                   socket.gethostname(), load()))
     started = time.monotonic()

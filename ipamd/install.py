@@ -23,8 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import ipamd_cni
 
@@ -88,7 +88,7 @@ def python_plugin(interpreter: str, name: str = "ipamd-cni") -> tuple[bytes, str
          "import sys,marshal;s=sys.stdin.buffer.read();o=sys.stdout.buffer;"
          "o.write(sys.modules['_frozen_importlib_external'].MAGIC_NUMBER);"
          "o.write(marshal.dumps(compile(s,'ipamd_cni.py','exec',optimize=2)))"],
-        input=source, capture_output=True)
+        input=source, capture_output=True, check=False)
     warning = None
     if compiled.returncode == 0 and len(compiled.stdout) > 4:
         magic, code = int.from_bytes(compiled.stdout[:4], "big"), compiled.stdout[4:]

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Callable, Iterator
-
-import pytest
+from collections.abc import Callable, Iterator
 
 import harness
+import pytest
 from harness import Daemon, EtcdCluster, _tmpdir, assert_invariants, new_prefix
 
 

@@ -86,7 +86,7 @@ class EtcdCluster:
     def endpoints(self) -> str:
         return ",".join(m.endpoint for m in self.members)
 
-    def start(self) -> "EtcdCluster":
+    def start(self) -> EtcdCluster:
         for m in self.members:
             m.start()
         for m in self.members:
@@ -104,7 +104,7 @@ class EtcdCluster:
                     return
                 finally:
                     store.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
@@ -156,7 +156,7 @@ class Daemon:
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> "Daemon":
+    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> Daemon:
         env = dict(os.environ)
         env.update(self.env)
         cmd = [*IPAMD, "--node-name", self.node, "--etcd-endpoints", self.endpoints, "--etcd-prefix", self.prefix,

@@ -5,7 +5,7 @@ etcd v3's semantics. Run against the in-memory store (tests/unit/test_memory_sto
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

@@ -24,7 +24,8 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-D_FORTIFY_SOURCE=2
 LDFLAGS = ["-Wl,-z,relro,-z,now", "-s"]
 #: Link modes, most wanted first.
 LINKS = (("static-pie", ["-static-pie"]), ("static", ["-static"]), ("dynamic-pie", ["-pie"]))
-#: Extra flags of the sanitizer build the tests run (tests/unit/test_plugin_scanner.py, tests/integration/test_plugins.py).
+#: Extra flags of the sanitizer build the tests run
+#: (tests/unit/test_plugin_scanner.py, tests/integration/test_plugins.py).
 SANITIZE = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 
 
@@ -51,7 +52,7 @@ def build(out: Path, source: Path = SOURCE, extra: list[str] | None = None) -> s
         fd, tmp = tempfile.mkstemp(prefix="." + out.name + ".", dir=out.parent)
         os.close(fd)
         cmd = [cc, *CFLAGS, *(extra or []), *link, *LDFLAGS, "-o", tmp, str(source)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if p.returncode == 0:
             os.chmod(tmp, 0o755)
             os.replace(tmp, out)
@@ -70,7 +71,7 @@ def build_sanitized(out: Path, source: Path = SOURCE, extra: list[str] | None = 
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [cc, *[f for f in CFLAGS if f not in ("-O2", "-D_FORTIFY_SOURCE=2")], *SANITIZE, *(extra or []),
            "-o", str(out), str(source)]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise BuildError("sanitizer build failed: %s" % (p.stderr or p.stdout).strip()[-600:])
 

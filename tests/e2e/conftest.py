@@ -21,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from harness import CniOutput, current_plugin
 
 CNI_DIR = "/usr/lib/cni"
@@ -81,7 +81,7 @@ class NetEnv:
 
     # --- set-up and teardown -------------------------------------------------------------------------------------
 
-    def setup(self, record: bool = False) -> "NetEnv":
+    def setup(self, record: bool = False) -> NetEnv:
         self._ip_forward = Path(IP_FORWARD).read_text().strip()
         _run("ip", "netns", "add", self.netns)
         self.install_shim(record)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import subprocess
+import time
 from typing import Any
 
 from harness import CniOutput, Daemon, cni_config, installed_shim
-from ipamd.store.etcd import EtcdStore
 from ipamd_cni import SUPPORTED_VERSIONS
+
+from ipamd.store.etcd import EtcdStore
 
 VERSIONS = SUPPORTED_VERSIONS  # the protocol's one Python home (client/ipamd_cni.py)
 LEGACY_VERSIONS = ("0.3.0", "0.3.1", "0.4.0")  # results carry ips[].version

@@ -7,10 +7,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from cni_conformance_util import (CHECK_VERSIONS, LEGACY_VERSIONS, VERSIONS, assert_err, assert_ok_empty,
-                                  assert_result, cfg, dual, expected, handle_ips, ip_records, normalised,
-                                  read_handle)
+from cni_conformance_util import (
+    CHECK_VERSIONS,
+    LEGACY_VERSIONS,
+    VERSIONS,
+    assert_err,
+    assert_ok_empty,
+    assert_result,
+    cfg,
+    dual,
+    expected,
+    handle_ips,
+    ip_records,
+    normalised,
+    read_handle,
+)
 from harness import run_cni, snapshot_counts
 
 # each test runs with the native and the Python plugin (tests/conftest.py)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
-from cni_conformance_util import (CHECK_VERSIONS, NO_ATTACHMENT, assert_err, assert_ok_empty, assert_result,
-                                  bridge_result, cfg, handle_ips)
+from cni_conformance_util import (
+    CHECK_VERSIONS,
+    NO_ATTACHMENT,
+    assert_err,
+    assert_ok_empty,
+    assert_result,
+    bridge_result,
+    cfg,
+    handle_ips,
+)
 from harness import run_cni, snapshot_counts
 
 # each test runs with the native and the Python plugin (tests/conftest.py)

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import pytest
-
-from cni_conformance_util import (CHECK_VERSIONS, VERSIONS, assert_err, assert_ok_empty, assert_result,
-                                  bridge_result, cfg, expected, handle_ips, ip_records, normalised)
+from cni_conformance_util import (
+    CHECK_VERSIONS,
+    VERSIONS,
+    assert_err,
+    assert_ok_empty,
+    assert_result,
+    bridge_result,
+    cfg,
+    expected,
+    handle_ips,
+    ip_records,
+    normalised,
+)
 from harness import run_cni, snapshot_counts
 
 # each test runs with the native and the Python plugin (tests/conftest.py)

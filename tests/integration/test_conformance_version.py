@@ -6,9 +6,19 @@ import json
 import os
 
 import pytest
-
-from cni_conformance_util import (CHECK_VERSIONS, ENV, NO_ATTACHMENT, SUPPORTED, VERSIONS, assert_err,
-                                  assert_ok_empty, assert_result, cfg, parse_stdout, run_shim_raw)
+from cni_conformance_util import (
+    CHECK_VERSIONS,
+    ENV,
+    NO_ATTACHMENT,
+    SUPPORTED,
+    VERSIONS,
+    assert_err,
+    assert_ok_empty,
+    assert_result,
+    cfg,
+    parse_stdout,
+    run_shim_raw,
+)
 from harness import run_cni, snapshot_counts
 
 # each test runs with the native and the Python plugin (tests/conftest.py)

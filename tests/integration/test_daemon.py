@@ -22,9 +22,9 @@ import urllib.request
 
 import grpc
 import pytest
+from harness import Daemon, EtcdCluster, assert_invariants, cni_config, new_prefix, run_cni, snapshot_counts
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import Daemon, EtcdCluster, assert_invariants, cni_config, new_prefix, run_cni, snapshot_counts
 from ipamd import config as config_mod
 from ipamd.embedded import free_port
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc

@@ -42,7 +42,7 @@ def test_adds_survive_etcd_leader_kill(etcd_cluster, daemons):
         assert enough.wait(120), "the stream never reached %d answers" % KILL_AFTER
         leader = etcd_cluster.leader()
         leader.kill()
-        outs = dict(zip(cids, (f.result() for f in futures)))
+        outs = dict(zip(cids, (f.result() for f in futures), strict=False))
 
     survivors = ",".join(m.endpoint for m in etcd_cluster.members if m.proc is not None)
     assert leader.proc is None and len(survivors.split(",")) == 2

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from harness import CniOutput, Daemon, assert_invariants, cni_config, new_prefix, run_cni, snapshot_counts
+
 from ipamd.store.base import prefix_end
 from ipamd.store.etcd import EtcdStore
 
@@ -113,7 +115,7 @@ def test_b01_phase2_four_nodes_concurrent_adds_then_dels(daemons):
     d = nodes["A"]
     owners = block_owners(d.endpoints, d.prefix)
     for name in "ABCD":
-        mine = [ip for (node, _), ip in zip(plan, addresses) if node == name]
+        mine = [ip for (node, _), ip in zip(plan, addresses, strict=False) if node == name]
         blocks = {owning_block(owners, ip) for ip in mine}
         assert len(blocks) == 1, "node %s got addresses in blocks %s" % (name, blocks)
         assert owners[blocks.pop()] == name
@@ -140,7 +142,7 @@ def test_b01_two_nodes_100_concurrent_adds_then_dels(daemons):
     addresses = [only_address(o).ip for o in outs]
     assert len(set(addresses)) == 100
     owners = block_owners(a.endpoints, a.prefix)
-    for (d, cid), ip in zip(plan, addresses):
+    for (d, cid), ip in zip(plan, addresses, strict=False):
         assert owners[owning_block(owners, ip)] == d.node, "%s (%s via %s) is in a block of another node" % (
             ip, cid, d.node)
     assert len(read_kind(a.endpoints, a.prefix, "ips/")) == 100
@@ -175,7 +177,7 @@ def _b02_run(endpoints: str, workdir: str) -> None:
 
         outs = concurrently([add(conf, d, "c" + d.node) for d in nodes])
 
-        addresses = {d.node: only_address(o) for d, o in zip(nodes, outs)}
+        addresses = {d.node: only_address(o) for d, o in zip(nodes, outs, strict=False)}
         assert {str(a.ip) for a in addresses.values()} == {"10.20.0.%d" % i for i in (2, 16, 32, 48, 64, 80, 96, 112)}
         assert all(str(a.network) == "10.20.0.0/24" for a in addresses.values())
         owners = block_owners(endpoints, prefix)

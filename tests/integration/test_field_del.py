@@ -16,11 +16,21 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-
-from cni_conformance_util import revision, wait_registered, ip_owner, assert_err, assert_ok_empty, handle_ips, ip_records, parse_stdout, read_handle
+from cni_conformance_util import (
+    assert_err,
+    assert_ok_empty,
+    handle_ips,
+    ip_owner,
+    ip_records,
+    parse_stdout,
+    read_handle,
+    revision,
+    wait_registered,
+)
 from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni, snapshot_counts
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from cni_conformance_util import ip_owner, NO_ATTACHMENT, assert_ok_empty, handle_ips, ip_records, parse_stdout
+from cni_conformance_util import NO_ATTACHMENT, assert_ok_empty, handle_ips, ip_owner, ip_records, parse_stdout
 from harness import CniOutput, Daemon, cni_config, run_cni, snapshot_counts
 
 VALID = "cni.dev/valid-attachments"

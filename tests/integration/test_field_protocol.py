@@ -15,14 +15,26 @@ instance the lease of a daemon another test killed with SIGKILL expiring 30 s la
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from cni_conformance_util import (NO_ATTACHMENT, SUPPORTED, assert_err, assert_ok_empty, bridge_result, handle_ips,
-                                  ip_records, parse_stdout, read_handle, revision, wait_registered)
+from cni_conformance_util import (
+    NO_ATTACHMENT,
+    SUPPORTED,
+    assert_err,
+    assert_ok_empty,
+    bridge_result,
+    handle_ips,
+    ip_records,
+    parse_stdout,
+    read_handle,
+    revision,
+    wait_registered,
+)
 from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni, snapshot_counts
+
 from ipamd.store.base import prefix_end
 from ipamd.store.etcd import EtcdStore
 

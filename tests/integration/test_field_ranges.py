@@ -14,10 +14,10 @@ import urllib.request
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from cni_conformance_util import assert_err, assert_ok_empty, handle_ips, parse_stdout, read_handle
 from harness import CniOutput, Daemon, cni_config, run_cni, snapshot_counts
+from prometheus_client.parser import text_string_to_metric_families
+
 from ipamd.embedded import free_port
 from ipamd.store.base import prefix_end
 from ipamd.store.etcd import EtcdStore

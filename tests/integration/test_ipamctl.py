@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from harness import cni_config, run_cni
+
 from ipamd.store.base import Put
 from ipamd.store.etcd import EtcdStore
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from harness import Daemon, EtcdCluster, cni_config, run_cni
+
 from ipamd.embedded import free_port
 from ipamd.store.etcd import EtcdStore
 
@@ -48,7 +48,7 @@ def node_record_on_lease(endpoints: str, prefix: str, node: str) -> bool:
     try:
         kvs, _ = store.read("nodes/" + node, None, 2.0)
         return bool(kvs)
-    except Exception:  # noqa: BLE001 - etcd may still be coming back
+    except Exception:
         return False
     finally:
         store.close()

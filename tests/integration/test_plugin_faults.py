@@ -18,15 +18,15 @@ import socket
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
-
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from typing import Any
 
 import ipamd_cni
+import pytest
 from harness import SANITIZER_ENV, _tmpdir, installed_shim, native_plugin, native_tool
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 VARIANTS = ("native", "python", "native-sanitized")
 

@@ -13,13 +13,14 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from harness import _tmpdir, cni_config, native_plugin
 
 import ipamd.install
-from harness import _tmpdir, cni_config, native_plugin
 
 ENV = {"CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/var/run/netns/x", "CNI_PATH": "/opt/cni/bin"}
 
@@ -70,7 +71,7 @@ def test_b40_plugin_through_symlink_hard_link_and_copy(daemons: Any, bindirs: Pa
         assert version.returncode == 0 and json.loads(version.stdout)["cniVersion"] == "0.4.0", (kind, version)
         add = call(path, "ADD", conf, d.cni_socket, CNI_CONTAINERID="b40-%d" % i)
         assert add.returncode == 0, (kind, add)
-        assert [ip["address"] for ip in json.loads(add.stdout)["ips"]] == ["10.40.0.2/24"], kind  # DEL frees it for the next
+        assert [ip["address"] for ip in json.loads(add.stdout)["ips"]] == ["10.40.0.2/24"], kind  # DEL frees it
         rm = call(path, "DEL", conf, d.cni_socket, CNI_CONTAINERID="b40-%d" % i)
         assert (rm.returncode, rm.stdout, b"Traceback" in rm.stderr) == (0, b"", False), (kind, rm)
     relative = call("./ipamd-cni", "VERSION", b"", d.cni_socket, cwd=str(paths["symlink"].parent))

@@ -12,11 +12,11 @@ import ipaddress
 import json
 import uuid
 
+from harness import assert_invariants, cni_config, run_cni
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from harness import assert_invariants, cni_config, run_cni
 from ipamd.store.etcd import EtcdStore
 
 NETWORKS = ("pa", "pb")

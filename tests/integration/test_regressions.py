@@ -14,18 +14,19 @@ import json
 import socket
 import time
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 import harness
+import pytest
 from cni_conformance_util import NO_ATTACHMENT, SUPPORTED, assert_err, assert_ok_empty, assert_result, parse_stdout
 from harness import Daemon, EtcdCluster, assert_invariants, cni_config, new_prefix, run_cni, snapshot_counts
+from ipamd_cni import MAGIC
+from prometheus_client.parser import text_string_to_metric_families
+
 from ipamd.embedded import free_port
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
-from ipamd_cni import MAGIC
 
 EMPTY = {"pools": 0, "blocks": 0, "ips": 0, "handles": 0}
 
@@ -387,7 +388,7 @@ def test_junk_commands_do_not_create_label_series(daemons):
     assert _counts(d) == EMPTY
 
 
-# -- 11. repeated ADD asking for another address ------------------------------------------------------------------------
+# -- 11. repeated ADD asking for another address -----------------------------------------------------------------------
 
 
 def test_repeated_add_with_other_requested_address_is_101(daemons):
@@ -412,7 +413,7 @@ def test_repeated_add_with_other_requested_address_is_101(daemons):
     assert _held(_counts(d)) == (2, 2)
 
 
-# -- 12. route mtu validation ---------------------------------------------------------------------------------------------
+# -- 12. route mtu validation ------------------------------------------------------------------------------------------
 
 
 def test_route_mtu_is_validated(daemons):
@@ -449,7 +450,7 @@ def test_route_mtu_is_validated(daemons):
     assert _held(_counts(d)) == (2, 2)
 
 
-# -- 13. stale cache and requested addresses ----------------------------------------------------------------------------
+# -- 13. stale cache and requested addresses ---------------------------------------------------------------------------
 
 
 def test_stale_cache_does_not_refuse_a_released_address(daemons):

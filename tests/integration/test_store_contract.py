@@ -3,13 +3,13 @@ passes in the unit tier, so the double used by the fast service tests cannot dri
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-
 from harness import EtcdCluster
-from ipamd.store.etcd import EtcdStore
 from store_contract import CONTRACT, WATCH_CONTRACT, case_watch_from_compacted_history_fails
+
+from ipamd.store.etcd import EtcdStore
 
 
 @pytest.fixture

@@ -14,8 +14,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipamd.domain.addr import (Block, Range, addr_key, block_of, candidate_blocks, key_addr, parse_ip,
-                               parse_subnet, to_ip)
+from ipamd.domain.addr import (
+    Block,
+    Range,
+    addr_key,
+    block_of,
+    candidate_blocks,
+    key_addr,
+    parse_ip,
+    parse_subnet,
+    to_ip,
+)
 from ipamd.domain.errors import InvalidConfig
 
 

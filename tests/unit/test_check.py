@@ -15,8 +15,16 @@ import pytest
 
 from ipamd.check import Violation, check_snapshot
 from ipamd.domain.addr import Block
-from ipamd.domain.model import (Allocation, HandleRecord, block_key, encode_block_record, encode_ip_record,
-                                handle_key, ip_key, pool_key)
+from ipamd.domain.model import (
+    Allocation,
+    HandleRecord,
+    block_key,
+    encode_block_record,
+    encode_ip_record,
+    handle_key,
+    ip_key,
+    pool_key,
+)
 from ipamd.store.base import KV
 
 POOL = "net1/0a010200-24"
@@ -89,7 +97,7 @@ def test_empty_snapshot_has_no_violations() -> None:
 
 
 def test_unrelated_keys_ignored() -> None:
-    kvs = consistent().kvs() + [KV("nodes/n1", b'{"x":1}', 1, 1, 1)]
+    kvs = [*consistent().kvs(), KV("nodes/n1", b'{"x":1}', 1, 1, 1)]
     assert check_snapshot(kvs) == []
 
 

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
-from ipamd.domain.cni import (ABOUT, SUPPORTED_VERSIONS, AboutRequest, Attachment, CniRequest, decode_request,
-                              decode_version_request, parse_cni_args, requested_addresses, validate_container_id,
-                              validate_if_name, version_tuple)
+from ipamd.domain.cni import (
+    ABOUT,
+    SUPPORTED_VERSIONS,
+    AboutRequest,
+    Attachment,
+    CniRequest,
+    decode_request,
+    decode_version_request,
+    parse_cni_args,
+    requested_addresses,
+    validate_container_id,
+    validate_if_name,
+    version_tuple,
+)
 from ipamd.domain.errors import IpamError
 from ipamd.domain.netconf import NetConf, parse_netconf
 

@@ -51,7 +51,7 @@ def test_load_does_not_read_process_environment(monkeypatch: pytest.MonkeyPatch)
 ])
 def test_precedence_node_name(tmp_path: Path, toml_line: str, env: dict[str, str], argv: list[str],
                               expected: str) -> None:
-    args = ["--config", toml(tmp_path, toml_line + "\n")] + argv
+    args = ["--config", toml(tmp_path, toml_line + "\n"), *argv]
     assert load(args, env).node_name == expected
 
 

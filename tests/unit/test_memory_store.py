@@ -7,10 +7,10 @@ same test bodies, so the double cannot drift from the real thing (issue 6: "the 
 from __future__ import annotations
 
 import pytest
+from store_contract import CONTRACT, WATCH_CONTRACT, Clock, case_watch_from_compacted_history_fails
 
 from ipamd.store.base import StoreOutcomeUnknown, StoreRejected, StoreUnavailable
 from ipamd.store.memory import MemoryStore
-from store_contract import CONTRACT, WATCH_CONTRACT, Clock, case_watch_from_compacted_history_fails
 
 
 @pytest.mark.parametrize("case", CONTRACT + WATCH_CONTRACT, ids=lambda c: c.__name__)

@@ -16,15 +16,16 @@ import os
 import re
 import select
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import ipamd_cni
 import pytest
+from harness import SANITIZER_ENV, native_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ipamd_cni
-from harness import SANITIZER_ENV, native_tool
 from ipamd.domain.cni import SUPPORTED_VERSIONS as DAEMON_VERSIONS
 from ipamd.domain.cni import loads_strict
 
@@ -200,7 +201,7 @@ def test_protocol_constants_are_pinned_to_the_python_home() -> None:
         return m.group(1).strip()
 
     def c_int(expr: str) -> int:
-        return int(eval(re.sub(r"(\d+)UL", r"\1", expr)))  # noqa: S307 - our own #define, digits and shifts
+        return int(eval(re.sub(r"(\d+)UL", r"\1", expr)))
 
     assert json.loads(define("MAGIC")).encode() == ipamd_cni.MAGIC
     assert int(define("MAGIC_LEN")) == len(ipamd_cni.MAGIC)

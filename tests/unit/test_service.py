@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from ipamd.check import check_snapshot
+from ipamd.domain.addr import Block
 from ipamd.domain.cni import Attachment
 from ipamd.domain.errors import AddressUnavailable, PoolExhausted, TryAgainLater
 from ipamd.domain.model import HandleRecord, IpRecord, block_key, encode_block_record, handle_key, ip_key
 from ipamd.domain.netconf import NetConf, parse_netconf
-from ipamd.domain.addr import Block
 from ipamd.service import IpamService
 from ipamd.store.base import Put, prefix_end
 from ipamd.store.memory import MemoryStore
@@ -388,7 +388,7 @@ def test_herd_of_daemons_in_a_fresh_pool(store: MemoryStore) -> None:
         try:
             for i in range(50):
                 svc.add(att("%s-%d-%d" % (svc.node, t, i)), nc)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     txns = store.calls["txn"]
