@@ -51,7 +51,7 @@ from ipamd.domain.model import (
     pool_key,
 )
 from ipamd.domain.netconf import parse_netconf
-from ipamd.store.base import Compare, Delete, Put
+from ipamd.store.base import Compare, Delete, Put, prefix_end
 from ipamd.store.etcd import EtcdStore
 
 BUDGET_RATE_RATIO = 0.5
@@ -363,10 +363,99 @@ def section_check(args: argparse.Namespace, work: str) -> None:
         etcd.stop()
 
 
+def _cpu_per_call(fn: Any, n: int) -> float:
+    """CPU microseconds per call of ``fn(i)`` in this process (all threads), after 50 warm-up calls."""
+    for i in range(50):
+        fn(-1 - i)
+    t0 = time.process_time()
+    for i in range(n):
+        fn(i)
+    return 1e6 * (time.process_time() - t0) / n
+
+
+def _writer(endpoints: str, prefix: str, n: int) -> None:
+    store = EtcdStore(endpoints, prefix)
+    for i in range(n):
+        store.txn([], [Put("w/%d" % i, b'{"handle":"x","node":"B","pool":"p"}')], [], 5)
+    store.close()
+
+
+def section_breakdown(args: argparse.Namespace, work: str) -> None:
+    """Where an ADD's CPU goes, part by part, each measured alone in one thread (docs/benchmarks.md)."""
+    import logging
+    from logging.handlers import QueueHandler, QueueListener
+
+    from ipamd.cniserver import handle_cni
+    from ipamd.logs import ContextFormatter
+    from ipamd.service import IpamService
+    from ipamd.store.memory import MemoryStore
+
+    print("\n== [5] where an ADD's CPU goes (one thread, CPU microseconds per call)")
+    etcd = Etcd(1)
+    store = EtcdStore(etcd.endpoints, "/bench-breakdown/")
+    try:
+        n = args.ops
+        raw = _cpu_per_call(lambda i: store.txn([Compare("r/%d" % i, "version", "==", 0)],
+                                                [Put("r/%d" % i, b"x" * 60)], [], 5), n)
+        svc = IpamService(store, "A")
+        svc.sync()
+        svc.set_ready()
+        conf = network_config("bd", "10.0.0.0/12")
+
+        def env(cmd: str, i: int) -> dict[str, str]:
+            return {"CNI_COMMAND": cmd, "CNI_CONTAINERID": "c%d" % i, "CNI_IFNAME": "eth0",
+                    "CNI_NETNS": "/var/run/netns/x", "CNI_PATH": "/opt/cni/bin"}
+        etcd_add = _cpu_per_call(lambda i: handle_cni(svc, env("ADD", i), conf, None), n)
+        etcd_del = _cpu_per_call(lambda i: handle_cni(svc, env("DEL", i), conf, None), n)
+        mem = IpamService(MemoryStore(), "A")
+        mem.sync()
+        mem.set_ready()
+        mem_add = _cpu_per_call(lambda i: handle_cni(mem, env("ADD", i), conf, None), n)
+        mem_del = _cpu_per_call(lambda i: handle_cni(mem, env("DEL", i), conf, None), n)
+        records: Any = __import__("queue").SimpleQueue()
+        devnull = open(os.devnull, "w")
+        out = logging.StreamHandler(devnull)
+        out.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        listener = QueueListener(records, out)
+        listener.start()
+        lg = logging.getLogger("bench.breakdown")
+        lg.addHandler(QueueHandler(records))
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+        ctx = {"container_id": "c1", "if_name": "eth0", "network": "bd", "addresses": ["10.0.0.2/12"],
+               "duration_ms": 1.2, "code": 0}
+        log_line = _cpu_per_call(lambda i: lg.info("CNI %s ok", "ADD", extra=ctx), n)
+        listener.stop()
+        devnull.close()
+        watch = store.watch()
+        watch.add("w/", prefix_end("w/"), store.read("", None, 5)[1] + 1)
+        ctx_mp = multiprocessing.get_context("spawn")
+        writer = ctx_mp.Process(target=_writer, args=(etcd.endpoints, "/bench-breakdown/", n))
+        t0 = time.process_time()
+        writer.start()
+        seen = 0
+        while seen < n:
+            update = watch.next(5.0)
+            if update is not None:
+                seen += len(update.events)
+        event_cpu = 1e6 * (time.process_time() - t0) / n
+        writer.join()
+        watch.close()
+    finally:
+        store.close()
+        etcd.stop()
+    print("  raw CAS transaction from Python (the etcd client's cost)      %6.0f" % raw)
+    print("  ADD through handle_cni, real etcd / in-memory store            %6.0f / %4.0f   (ours: %4.0f + etcd client)"
+          % (etcd_add, mem_add, mem_add))
+    print("  DEL through handle_cni, real etcd / in-memory store            %6.0f / %4.0f" % (etcd_del, mem_del))
+    print("  one request log line (queued, written by the listener)         %6.0f" % log_line)
+    print("  one watch event received (a writer in another process)         %6.0f" % event_cpu)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", type=Path, default=ROOT, help="checkout whose ipamd runs (default: this one)")
-    p.add_argument("--only", default="rates,held,herd,check", help="comma-separated sections")
+    p.add_argument("--only", default="rates,held,herd,check,breakdown", help="comma-separated sections")
     p.add_argument("--quick", action="store_true", help="small sizes, for trying the bench out")
     p.add_argument("--ops", type=int, default=3000, help="ADDs (and DELs) per concurrency level in [1]")
     args = p.parse_args()
@@ -385,8 +474,8 @@ def main() -> int:
     work = tmpdir("ipamd-bench-")
     try:
         for name in args.only.split(","):
-            {"rates": section_rates, "held": section_held, "herd": section_herd, "check": section_check}[name](
-                args, work)
+            {"rates": section_rates, "held": section_held, "herd": section_herd, "check": section_check,
+             "breakdown": section_breakdown}[name](args, work)
     finally:
         if os.environ.get("IPAMD_BENCH_KEEP") != "1":
             shutil.rmtree(work, ignore_errors=True)

@@ -96,8 +96,8 @@ class WatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class WatchUpdate:
-    """What a watch delivered: ``events`` in revision order, and ``revision``: every change to the watched ranges
-    up to this revision has been delivered (a progress report has no events)."""
+    """What a watch delivered: ``events`` in revision order, and ``revision``: every change to every watched range
+    up to this revision has been delivered (0: no such promise; a progress report has no events)."""
 
     events: tuple[WatchEvent, ...]
     revision: int

@@ -248,31 +248,38 @@ class EtcdStore:
 
 
 _CLOSE = object()
+#: Seconds after which an idle watch stream asks etcd for a progress report.
+WATCH_TICK = 1.0
 
 
 class _EtcdWatch:
     """:class:`ipamd.store.base.Watch` over one bidirectional etcd Watch stream.
 
-    Requests (create, cancel, progress) go through a queue the stream reads; a reader thread turns responses into
-    updates on another queue. The protocol's watch ids are assigned by etcd in the order of the create requests, so
-    pending creates are matched first in, first out. A compacted start revision or a broken stream ends the watch:
-    :meth:`next` raises the translated error.
+    Requests (create, cancel, progress) go through a queue the stream reads; when nothing was asked for
+    :data:`WATCH_TICK` seconds the stream asks for a progress report by itself, so :meth:`next`, which reads the
+    responses in the caller's thread (no extra thread hop per message), comes back at least that often. etcd
+    assigns watch ids in the order of the create requests, so pending creates are matched first in, first out. A
+    compacted start revision or a broken stream ends the watch: :meth:`next` raises the translated error, then and
+    on every later call.
     """
 
     def __init__(self, store: EtcdStore, stub: Any, credentials: Any, metadata: Any) -> None:
         self._store = store
         self._requests: queue.Queue[object] = queue.Queue()
-        self._updates: queue.Queue[WatchUpdate | IpamError] = queue.Queue()
         self._lock = threading.Lock()
-        self._pending: list[str] = []  # keys of create requests not yet acknowledged, in order
+        self._pending: list[str | None] = []  # keys of creates not yet acknowledged, in order (None: removed since)
         self._ids: dict[str, int] = {}  # range start key -> etcd watch id
+        self._live: set[int] = set()  # watch ids whose events are delivered
         self._closed = False
+        self._error: IpamError | None = None
         self._call = stub.Watch(self._request_iter(), credentials=credentials, metadata=metadata)
-        threading.Thread(target=self._read, name="etcd-watch", daemon=True).start()
 
     def _request_iter(self) -> Any:
         while True:
-            item = self._requests.get()
+            try:
+                item = self._requests.get(timeout=WATCH_TICK)
+            except queue.Empty:
+                item = etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
             if item is _CLOSE:
                 return
             yield item
@@ -288,21 +295,62 @@ class _EtcdWatch:
     def remove(self, key: str) -> None:
         with self._lock:
             watch_id = self._ids.pop(key, None)
-        if watch_id is not None:
-            self._requests.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
+            if watch_id is None:
+                # not acknowledged yet: cancel it when its create is answered
+                self._pending = [None if k == key else k for k in self._pending]
+                return
+            self._live.discard(watch_id)
+        self._cancel(watch_id)
+
+    def _cancel(self, watch_id: int) -> None:
+        self._requests.put(etcdrpc.WatchRequest(cancel_request=etcdrpc.WatchCancelRequest(watch_id=watch_id)))
 
     def progress(self) -> None:
         self._requests.put(etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest()))
 
     def next(self, timeout: float) -> WatchUpdate | None:
+        """The next response as an update (``None`` for one that only acknowledged a create). Blocks until etcd
+        answers: at most about :data:`WATCH_TICK` seconds when the stream is healthy (``timeout`` is not used)."""
+        if self._error is not None:
+            raise self._error
         try:
-            item = self._updates.get(timeout=timeout)
-        except queue.Empty:
+            try:
+                resp = next(self._call)
+            except StopIteration:
+                raise StoreUnavailable("etcd closed the watch stream") from None
+            if resp.compact_revision:
+                raise StoreCompacted("etcd compacted the watched history up to revision %d" % resp.compact_revision,
+                                     resp.compact_revision)
+            if resp.created:
+                with self._lock:
+                    key = self._pending.pop(0) if self._pending else None
+                    if key is not None:
+                        self._ids[key] = resp.watch_id
+                        self._live.add(resp.watch_id)
+                if key is None:
+                    self._cancel(resp.watch_id)
+            if resp.canceled and resp.cancel_reason:
+                raise StoreUnavailable("etcd cancelled a watch: %s" % resp.cancel_reason)
+        except IpamError as exc:
+            self._error = exc
+            raise
+        except Exception as exc:
+            self._error = StoreUnavailable("watch closed") if self._closed else self._store._translate(exc, False)
+            raise self._error from exc
+        if resp.created and not resp.events:
             return None
-        if isinstance(item, IpamError):
-            self._updates.put(item)  # the watch stays dead: every later call raises too
-            raise item
-        return item
+        if not resp.events:
+            # a progress report: etcd sends one only when every watch of the stream is synced, so its revision
+            # is a promise for all of them
+            return WatchUpdate((), int(resp.header.revision))
+        if resp.watch_id not in self._live:
+            return None  # a range removed meanwhile
+        prefix = len(self._store.prefix)
+        # events promise nothing about the stream's other watches: no revision claimed
+        return WatchUpdate(tuple(WatchEvent(ev.type == 1, KV(ev.kv.key.decode()[prefix:], ev.kv.value,
+                                                              ev.kv.create_revision, ev.kv.mod_revision,
+                                                              ev.kv.version))
+                                 for ev in resp.events), 0)
 
     def close(self) -> None:
         self._closed = True
@@ -311,28 +359,3 @@ class _EtcdWatch:
             self._call.cancel()
         except Exception:
             log.debug("cancelling the etcd watch failed", exc_info=True)
-
-    def _read(self) -> None:
-        prefix = len(self._store.prefix)
-        try:
-            for resp in self._call:
-                if resp.compact_revision:
-                    raise StoreCompacted("etcd compacted the watched history up to revision %d"
-                                         % resp.compact_revision, resp.compact_revision)
-                if resp.created:
-                    with self._lock:
-                        if self._pending:
-                            self._ids[self._pending.pop(0)] = resp.watch_id
-                if resp.canceled and resp.cancel_reason:
-                    raise StoreUnavailable("etcd cancelled a watch: %s" % resp.cancel_reason)
-                events = tuple(
-                    WatchEvent(ev.type == 1, KV(ev.kv.key.decode()[prefix:], ev.kv.value, ev.kv.create_revision,
-                                                ev.kv.mod_revision, ev.kv.version))
-                    for ev in resp.events)
-                if events or not resp.created:
-                    self._updates.put(WatchUpdate(events, int(resp.header.revision)))
-            raise StoreUnavailable("etcd closed the watch stream")
-        except IpamError as exc:
-            self._updates.put(exc)
-        except Exception as exc:  # noqa: BLE001 - translated here (B53)
-            self._updates.put(StoreUnavailable("watch ended") if self._closed else self._store._translate(exc, False))
