@@ -1,4 +1,4 @@
-"""Benchmark of the allocation core (not a test): design.md §7 budgets, figures side by side in one run.
+"""Benchmark of the allocation core (not a test): docs/benchmarks.md budgets, figures side by side in one run.
 
     .venv/bin/python bench/core.py [--quick] [--src DIR] [--only rates,held,herd,check]
 

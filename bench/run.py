@@ -1,4 +1,4 @@
-"""ipamd benchmark (not a test): design.md §7 budgets measured side by side in one run.
+"""ipamd benchmark (not a test): docs/benchmarks.md budgets measured side by side in one run.
 
     .venv/bin/python bench/run.py [--rounds N]      (root; Debian containernetworking-plugins in /usr/lib/cni)
 
@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_CNI = Path("/usr/lib/cni")
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 CNI_VERSION = "1.0.0"
-BUDGET_BRIDGE_RATIO = 1.15      # bridge+native ipamd-cni / bridge+host-local, ADD+DEL medians (design.md §7)
+BUDGET_BRIDGE_RATIO = 1.15      # bridge+native ipamd-cni / bridge+host-local, ADD+DEL medians (docs/benchmarks.md)
 BUDGET_VERSION_RATIO = 1.2      # native ipamd-cni VERSION / host-local VERSION (issue 7)
 BUDGET_PYTHON_EXTRA_MS = 1.0    # Python plugin VERSION - bare `python3 -I -S -c pass`, same interpreter (issue 7)
 BUDGET_TXN_PER_OP = 1.0

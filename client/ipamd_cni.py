@@ -13,7 +13,7 @@ cannot be reached: a code-11 error naming the socket (code 50 for STATUS; VERSIO
 runtime's version probe never fails). On no failure does it print anything but one CNI JSON object on stdout.
 
 Imports only modules built into the interpreter and already loaded when ``python -I -S`` starts (``posix``, ``sys``,
-``time``), plus ``_socket``: one call costs about as much as starting Python (design.md §1, docs/benchmarks.md).
+``time``), plus ``_socket``: one call costs about as much as starting Python (docs/architecture.md, docs/benchmarks.md).
 The daemon (``ipamd.cniserver``, ``ipamd.domain.cni``) and the tests import the protocol constants from here.
 """
 
@@ -38,7 +38,7 @@ READ_DEADLINE = 5.0
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 86400.0
 DEFAULT_SOCKET = "/run/ipamd/cni.sock"
-#: CNI spec versions ipamd speaks (design.md §3), oldest first.
+#: CNI spec versions ipamd speaks (docs/cni-contract.md), oldest first.
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 #: Integers longer than this are refused by the daemon's ``json.loads`` (CPython's int/str conversion limit).
 MAX_INT_DIGITS = 4300
@@ -414,7 +414,7 @@ def _main(stdin_fd: int) -> int:
     command = env.get(b"CNI_COMMAND", b"")
     data, size, read_error = _read_all(stdin_fd)
     if size > MAX_STDIN:
-        if command == b"VERSION":  # VERSION never fails (cni-conformance.md §2.4)
+        if command == b"VERSION":  # VERSION never fails (docs/cni-contract.md §2.4)
             _write(1, _version_answer(None))
             return 0
         # the daemon would refuse it; say why here instead of as a broken connection (which reads as "retry")

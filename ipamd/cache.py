@@ -1,5 +1,5 @@
 """The node's view of etcd: its pools' blocks, the addresses in its own blocks, its handles, and the reservations
-of requests in flight. An optimisation only (design.md §1): every write compares revisions, so a stale view costs a
+of requests in flight. An optimisation only (docs/architecture.md): every write compares revisions, so a stale view costs a
 failed compare and one more round trip, never a wrong answer.
 
 Thread-safe: one lock guards everything; the pure policy (:mod:`ipamd.domain.policy`) runs under it. Picking an

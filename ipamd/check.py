@@ -1,4 +1,4 @@
-"""The consistency check: the invariants of design.md §2 (docs/etcd-layout.md "Invariants") verified over one
+"""The consistency check: the invariants of docs/etcd-layout.md (docs/etcd-layout.md "Invariants") verified over one
 snapshot of the key space.
 
 Pure: :func:`check_snapshot` takes the key-values read at one revision and returns the violations found, so

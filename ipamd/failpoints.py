@@ -1,7 +1,7 @@
 """Test-only failpoints: named steps where a test can make the daemon pause, crash or fail.
 
 Inert unless ``IPAMD_FAILPOINTS`` is set, e.g. ``add.after_pick=pause:3;add.after_commit=crash``
-(field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS`` (every hit;
+(docs/field-cases.md "Fault hooks"). Actions: ``crash`` (``os._exit(137)``, no cleanup), ``pause:SECONDS`` (every hit;
 ``pause:SECONDS:N`` only the first N), ``error``
 (raises a plain ``RuntimeError``, which the CNI path reports as code 999), ``error:N`` (only the first N hits).
 Points: ``add.after_pick``,

@@ -1,4 +1,4 @@
-"""Garbage collection for the CNI GC verb (cni-conformance.md §2.6): release this node's attachments of one network
+"""Garbage collection for the CNI GC verb (docs/cni-contract.md §2.6): release this node's attachments of one network
 that the runtime no longer lists.
 
 Rules (docs/decisions.md "GC"):

@@ -1,6 +1,6 @@
 """Logging set-up: one line per record, with the request's context rendered from ``extra``.
 
-Modules log with ``logging.getLogger(__name__)``, %-style arguments and context in ``extra`` (style.md "Logging"):
+Modules log with ``logging.getLogger(__name__)``, %-style arguments and context in ``extra`` (docs/DEVELOPING.md "Logging"):
 ``log.info("CNI %s ok", verb, extra={"container_id": ..., "if_name": ...})``. The formatter appends every context
 field it knows, in a fixed order, as ``key=value`` (docs/configuration.md "Log lines")::
 

@@ -1,12 +1,12 @@
 """The IPAM service: ADD, DEL, CHECK, GC and STATUS in CNI terms, wiring the policy, the cache, the transactions and
 the store (docs/architecture.md).
 
-Every write has one shape (style.md "Concurrency and retries"): plan from the cache (pure policy, address reserved)
+Every write has one shape (docs/DEVELOPING.md "Concurrency and retries"): plan from the cache (pure policy, address reserved)
 -> one transaction whose compares make a stale plan fail -> on failure learn from its reads, back off with jitter and
 retry within the request's deadline -> then a typed error (code 11). Correctness across nodes rests only on the
 compares; inside one daemon, requests for one attachment are serialised.
 
-Steady state (design.md §2): ADD into an owned block and DEL of a cached handle are one transaction each.
+Steady state (docs/etcd-layout.md): ADD into an owned block and DEL of a cached handle are one transaction each.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class IpamService:
         """Allocate one address per range set of ``netconf`` for ``att``, all or nothing, in one transaction.
 
         Idempotent: if the attachment already holds addresses they are returned unchanged and nothing is written
-        (cni-conformance.md T42, field case B06). ``requested`` maps range-set index -> (pool, address) that must be
+        (docs/conformance.md T42, field case B06). ``requested`` maps range-set index -> (pool, address) that must be
         honoured exactly. Raises :class:`PoolExhausted` (100), :class:`AddressUnavailable` (101),
         :class:`TryAgainLater` (11: not ready, etcd unreachable, deadline passed).
         """
@@ -314,7 +314,7 @@ class IpamService:
     def delete(self, att: Attachment) -> int:
         """Release everything the attachment holds (by key, never by what a prevResult lists).
 
-        Idempotent: an unknown or already released attachment succeeds and writes nothing (cni-conformance.md
+        Idempotent: an unknown or already released attachment succeeds and writes nothing (docs/cni-contract.md
         §2.2, field cases B10-B12). One transaction when the handle is cached, two otherwise. Returns the number of
         addresses released. Raises :class:`TryAgainLater` (11) when the release could not be recorded.
         """
@@ -368,7 +368,7 @@ class IpamService:
         return [HandleRecord.decode(kv.value) for kv in self._read(prefix, prefix_end(prefix))]
 
     def check(self, att: Attachment, netconf: NetConf | None, prev_result: object) -> None:
-        """CNI CHECK (cni-conformance.md §2.3): the attachment must hold an allocation, and every address of
+        """CNI CHECK (docs/cni-contract.md §2.3): the attachment must hold an allocation, and every address of
         ``prev_result.ips`` inside our ranges must be one it holds. Read-only (B36).
 
         Raises :class:`CheckNoAllocation` (102), :class:`CheckMismatch` (103), :class:`TryAgainLater` (11).

@@ -91,7 +91,7 @@ class AddFailure:
 
 
 class AddTxn:
-    """ADD (design.md §2 "Transactions"): ``IF handle.version == 0 AND ip.version == 0 AND block guard AND pool
+    """ADD (docs/etcd-layout.md "Transactions"): ``IF handle.version == 0 AND ip.version == 0 AND block guard AND pool
     guard (per address) THEN put handle, ips (and claimed blocks, pool records) ELSE get handle, and per address the
     block (or the pool's block list for a claim), the block's address records and the pool record``.
 
@@ -146,7 +146,7 @@ class AddTxn:
 
 
 class DelTxn:
-    """DEL (design.md §2): ``IF handle.mod_revision == R THEN delete every ip key, delete handle ELSE get handle``.
+    """DEL (docs/etcd-layout.md): ``IF handle.mod_revision == R THEN delete every ip key, delete handle ELSE get handle``.
 
     ``revision`` 0 with no keys is the "I know of no record" form: it succeeds exactly when the handle is absent
     (nothing to release) and otherwise returns the record in the same round trip.

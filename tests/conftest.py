@@ -1,7 +1,7 @@
 """Fixtures: one real etcd per test session, a fresh key prefix per test, ipamd daemons started on demand, and
 the CNI plugin each test runs.
 
-Each test that starts daemons gets the invariant check of design.md §2 after it (``daemons`` fixture teardown),
+Each test that starts daemons gets the invariant check of docs/etcd-layout.md after it (``daemons`` fixture teardown),
 so every scenario ends with the invariants verified against etcd.
 
 Plugins (docs/conformance.md "Two plugins"): a test module marked ``both_plugins`` (the conformance suite, the

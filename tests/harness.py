@@ -242,7 +242,7 @@ class CniOutput:
 
 def cni_config(name: str = "testnet", version: str = "1.1.0", subnet: str | None = "10.1.2.0/24",
                ranges: list | None = None, **ipam: Any) -> dict[str, Any]:
-    """A bridge network configuration with ``"ipam": {"type": "ipamd-cni", ...}`` (cni-conformance.md CFG(v))."""
+    """A bridge network configuration with ``"ipam": {"type": "ipamd-cni", ...}`` (docs/cni-contract.md CFG(v))."""
     ipam_obj: dict[str, Any] = {"type": "ipamd-cni"}
     if ranges is not None:
         ipam_obj["ranges"] = ranges
@@ -373,7 +373,7 @@ def snapshot_counts(endpoints: str, prefix: str) -> dict[str, int]:
 
 
 def assert_invariants(endpoints: str, prefix: str) -> dict[str, int]:
-    """Fail the test if any invariant of design.md §2 is broken; return record counts by kind.
+    """Fail the test if any invariant of docs/etcd-layout.md is broken; return record counts by kind.
 
     Retries a few times on an unreachable endpoint: the client fails over to the next one on the next call
     (a failover test may have killed a member)."""

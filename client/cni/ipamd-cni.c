@@ -2,7 +2,7 @@
  * ipamd-cni: the native CNI IPAM plugin of ipamd (C99, libc only, this one file).
  *
  * It forwards one CNI call to the node's ipamd over a unix socket, exactly as the Python plugin
- * client/ipamd_cni.py does (design.md §1; docs/cni-socket.md): it reads CNI_* and all of stdin, sends them
+ * client/ipamd_cni.py does (docs/architecture.md; docs/cni-socket.md): it reads CNI_* and all of stdin, sends them
  * unchanged in a framing v1 request, writes the daemon's stderr and stdout and exits with its status. Both plugins
  * pass one conformance suite (docs/conformance.md), and tests/integration/test_plugins.py runs them side by side.
  *
@@ -966,7 +966,7 @@ static int run(void)
             data.len += (size_t)r;
     }
     if (size > MAX_STDIN) {
-        if (!strcmp(command, "VERSION")) { /* VERSION never fails (cni-conformance.md §2.4) */
+        if (!strcmp(command, "VERSION")) { /* VERSION never fails (docs/cni-contract.md §2.4) */
             version_answer(&out, NULL);
             return write_all(1, out.p, out.len) ? 1 : 0;
         }

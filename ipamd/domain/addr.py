@@ -169,7 +169,7 @@ class Range:
         """Parse one range object ``{"subnet", "rangeStart"?, "rangeEnd"?, "gateway"?}`` of the ``ipam`` block.
 
         Raises :class:`InvalidConfig` (CNI code 7) with a message naming the field and value for: a bad or
-        host-bits CIDR; a subnet too small to allocate from (/31, /32, /127, /128; design.md §3); bounds or a
+        host-bits CIDR; a subnet too small to allocate from (/31, /32, /127, /128; docs/cni-contract.md); bounds or a
         gateway outside the subnet; bounds on the network or IPv4 broadcast address; ``rangeStart`` > ``rangeEnd``.
         """
         if not isinstance(obj, dict):

@@ -1,6 +1,6 @@
 """The CNI invocation contract for an IPAM plugin: environment, stdin, versions, results (pure; no I/O).
 
-Rules and their order follow cni-conformance.md §1.3-1.4 (mirroring the reference ``pkg/skel`` so error codes
+Rules and their order follow docs/cni-contract.md §1.3-1.4 (mirroring the reference ``pkg/skel`` so error codes
 match the reference plugins), result shapes follow §3, and the project decisions marked there are applied:
 DEL never blocks on an unusable ``cniVersion`` (§2.2), VERSION never fails (§2.4).
 """
@@ -69,7 +69,7 @@ def parse_cni_args(raw: str, strict: bool) -> dict[str, str]:
     """Parse ``CNI_ARGS`` (``K=V;K2=V2``; split on the first ``=``; keys case-sensitive; unknown keys ignored).
 
     A pair without ``=`` raises :class:`InvalidEnvironment` (code 4) when ``strict`` (ADD), else is skipped
-    (DEL/CHECK; cni-conformance.md §5.4).
+    (DEL/CHECK; docs/cni-contract.md §5.4).
     """
     out: dict[str, str] = {}
     for pair in raw.split(";"):
@@ -156,7 +156,7 @@ def decode_version_request(stdin: bytes | None) -> str:
 
 
 def decode_request(env: Mapping[str, str], stdin: bytes | None, stdin_error: str | None) -> CniRequest:
-    """Decode one call in skel's order (cni-conformance.md §1.4) into a :class:`CniRequest`.
+    """Decode one call in skel's order (docs/cni-contract.md §1.4) into a :class:`CniRequest`.
 
     Raises :class:`AboutRequest` (no command), :class:`InvalidEnvironment` (4: missing/invalid variables, unknown
     command, malformed ``CNI_ARGS`` on ADD), ``IOFailure`` (5: stdin unreadable), :class:`DecodeFailure`
@@ -221,7 +221,7 @@ def decode_request(env: Mapping[str, str], stdin: bytes | None, stdin_error: str
 def requested_addresses(req: CniRequest, netconf: NetConf) -> dict[int, tuple[Pool, int]]:
     """Requested addresses by range-set index: ``{set index: (pool, address int)}``.
 
-    Sources (cni-conformance.md §5.3 project decision): ``args.cni.ips`` ∪ ``runtimeConfig.ips``, plus ``CNI_ARGS``
+    Sources (docs/cni-contract.md §5.3 project decision): ``args.cni.ips`` ∪ ``runtimeConfig.ips``, plus ``CNI_ARGS``
     ``IP`` only when ``args.cni.ips`` is absent. A prefix, if given, is ignored (the pool's prefix is used).
     Raises :class:`InvalidConfig` (7) for an unparseable address or a list that is not a list of strings, and
     ``AddressUnavailable`` (101) for an address in no range or two addresses for one range set.
@@ -263,7 +263,7 @@ def requested_addresses(req: CniRequest, netconf: NetConf) -> dict[int, tuple[Po
 
 
 def render_result(cni_version: str, addresses: list[Allocation], netconf: NetConf | None) -> dict[str, Any]:
-    """The abbreviated IPAM result (cni-conformance.md §3.1) for ``cni_version``.
+    """The abbreviated IPAM result (docs/cni-contract.md §3.1) for ``cni_version``.
 
     ``addresses`` are the attachment's allocations in range-set order. 0.3.x/0.4.0 entries carry ``version``; 1.x do
     not; route extras (``mtu``, ``priority``, ...) only for 1.1.0; ``dns`` omitted when empty; never

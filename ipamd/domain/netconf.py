@@ -1,6 +1,6 @@
 """The network configuration as an IPAM plugin sees it: parsing and validation of the ``ipam`` block.
 
-Host-local compatible (cni-conformance.md §5.2): ``ranges`` (a list of range sets, each a list of ranges),
+Host-local compatible (docs/cni-contract.md §5.2): ``ranges`` (a list of range sets, each a list of ranges),
 the legacy single range (``subnet``/``rangeStart``/``rangeEnd``/``gateway`` directly under ``ipam``), ``routes``,
 ``dns``; plus our own keys (``socket``, ``blockSize``, ``blockSize6``, ``exclude``). Unknown ``ipam`` keys are
 kept as warnings, never errors (§5.1 project decision).
@@ -30,7 +30,7 @@ class Pool:
     """One range of one network: the unit addresses are allocated from.
 
     ``id`` is ``<network>/<subnet key>`` (e.g. ``net1/0a0a0000-24``): pools of different networks are independent
-    (cni-conformance.md T38), and two ranges of one network never share a subnet.
+    (docs/conformance.md T38), and two ranges of one network never share a subnet.
     ``block_prefix`` is the prefix length of its blocks. ``strict_affinity``: never borrow an address from a
     block another node owns (Calico's strictAffinity; field case B34).
     """

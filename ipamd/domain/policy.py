@@ -251,7 +251,7 @@ def _first_free_own(rng: Range, st: BlockState, reserved: Container[int]) -> int
 
 
 def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick:
-    """The pick for a requested address (cni-conformance.md §5.3): in our block, in another node's block
+    """The pick for a requested address (docs/cni-contract.md §5.3): in our block, in another node's block
     (borrowed), or claiming the unclaimed block that holds it (so every address lies in an owned block,
     invariant 2). Whether it is free is for the transaction's compare to decide (a cached "taken" may be stale).
 

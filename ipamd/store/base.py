@@ -22,7 +22,7 @@ class StoreUnavailable(TryAgainLater):
 class StoreOutcomeUnknown(StoreUnavailable):
     """The request was sent but no answer came (deadline, dropped connection): it may or may not have committed.
 
-    Callers resolve it by reading the key that proves the outcome (the handle; design.md §2 "Unknown outcome").
+    Callers resolve it by reading the key that proves the outcome (the handle; docs/etcd-layout.md "Unknown outcome").
     """
 
 

@@ -1,5 +1,5 @@
 """End-to-end fixtures: Debian's real CNI plugins (``/usr/lib/cni``) calling ``ipamd-cni`` through ``CNI_PATH``,
-in a network namespace and on a bridge that each test creates for itself (design.md §6, tests/e2e tier).
+in a network namespace and on a bridge that each test creates for itself (docs/DEVELOPING.md, tests/e2e tier).
 
 Every test here needs root and ``containernetworking-plugins`` + ``iproute2``; without them it is skipped with the
 reason. Each test gets unique names (``ipamdtest-<random>``) and its own ``10.99.N.0/24``; teardown deletes the
@@ -7,7 +7,7 @@ namespace, the veths left on the bridge, the bridge, any iptables rule naming th
 ``/proc/sys/net/ipv4/ip_forward`` back to what it was (the bridge plugin turns it on with ``isGateway``).
 
 :class:`Runtime` drives a network configuration list the way libcni does (``AddNetworkList`` / ``CheckNetworkList``
-/ ``DelNetworkList``; cni-conformance.md §5.5), since there is no ``cnitool`` here.
+/ ``DelNetworkList``; docs/cni-contract.md §5.5), since there is no ``cnitool`` here.
 """
 
 from __future__ import annotations

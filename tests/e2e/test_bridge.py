@@ -1,5 +1,5 @@
 """End to end: Debian's real ``bridge`` (and ``portmap``) plugins calling ``ipamd-cni`` through ``CNI_PATH``, in a
-network namespace the test creates; addresses checked inside it with ``ip -n NS -j ...`` (design.md §6).
+network namespace the test creates; addresses checked inside it with ``ip -n NS -j ...`` (docs/DEVELOPING.md).
 
 Fixtures (``netenv``, ``recording_netenv``, ``runtime_for``) are in tests/e2e/conftest.py; each test has its own
 bridge, namespace and 10.99.N.0/24, and its own etcd key prefix (``daemons`` checks the invariants afterwards).
@@ -87,7 +87,7 @@ def test_bridge_add_check_del(netenv, daemons, etcd, prefix, version):
 
 
 def test_bridge_del_after_netns_is_gone(netenv, daemons, etcd, prefix):
-    """cni-conformance.md §5.5: with the namespace gone, bridge goes straight to IPAM DEL, which still releases."""
+    """docs/cni-contract.md §5.5: with the namespace gone, bridge goes straight to IPAM DEL, which still releases."""
     d = daemons("A")
     conf = netenv.bridge_conf("1.0.0", NETWORK, socket=d.cni_socket)
     cid = netenv.container_id()
@@ -133,7 +133,7 @@ def normalise(data: bytes, netenv: Any) -> bytes:
 
 
 def test_bridge_hands_ipam_its_stdin_unchanged(recording_netenv, daemons, etcd, prefix, runtime_for):
-    """cni-conformance.md §5.5: the main plugin runs IPAM with the same stdin bytes and environment it got (only
+    """docs/cni-contract.md §5.5: the main plugin runs IPAM with the same stdin bytes and environment it got (only
     CNI_COMMAND set to the verb). The ADD capture, names normalised, is tests/fixtures/bridge_ipam_stdin_add.json,
     which other tests replay; set IPAMD_UPDATE_FIXTURES=1 to rewrite it."""
     netenv = recording_netenv
@@ -167,7 +167,7 @@ def test_bridge_hands_ipam_its_stdin_unchanged(recording_netenv, daemons, etcd, 
 
 
 def conflist(netenv: Any, version: str) -> dict[str, Any]:
-    """cni-conformance.md cases 72/73: ``{plugins: [bridge(ipam: ipamd-cni), portmap]}``."""
+    """docs/cni-contract.md cases 72/73: ``{plugins: [bridge(ipam: ipamd-cni), portmap]}``."""
     bridge = {k: v for k, v in netenv.bridge_conf(version, NETWORK).items() if k not in ("cniVersion", "name")}
     portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
     return {"cniVersion": version, "name": NETWORK, "plugins": [bridge, portmap]}
@@ -182,7 +182,7 @@ def supported_versions(netenv: Any, plugin: str) -> list[str]:
 
 @pytest.mark.parametrize("version", ["1.1.0", "1.0.0"])
 def test_t72_conflist_bridge_portmap_add_check_del(netenv, daemons, etcd, prefix, runtime_for, version):
-    """cni-conformance.md §6 case 72: conflist {plugins: [bridge(ipam: ipamd-cni), portmap]} driven like libcni →
+    """docs/cni-contract.md §6 case 72: conflist {plugins: [bridge(ipam: ipamd-cni), portmap]} driven like libcni →
     bridge's result has our IP with its ``interface`` index set; CHECK ok; DEL releases; a second DEL is ok.
 
     Spec 1.1.0 needs plugins built with libcni ≥ 1.2; Debian 12 ships containernetworking-plugins 1.1.1, whose
@@ -224,7 +224,7 @@ def test_t72_conflist_bridge_portmap_add_check_del(netenv, daemons, etcd, prefix
 
 
 def test_t73_conflist_0_3_1_add_del_check_refused(netenv, daemons, etcd, prefix, runtime_for):
-    """cni-conformance.md §6 case 73: the same conflist at cniVersion 0.3.1 → ADD ok, CHECK refused by the runtime
+    """docs/cni-contract.md §6 case 73: the same conflist at cniVersion 0.3.1 → ADD ok, CHECK refused by the runtime
     (libcni: CHECK needs ≥ 0.4.0), DEL ok without prevResult and releases; a second DEL is ok."""
     d = daemons("A")
     runtime = runtime_for(netenv, conflist(netenv, "0.3.1"), {"IPAMD_CNI_SOCKET": d.cni_socket})

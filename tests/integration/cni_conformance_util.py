@@ -1,4 +1,4 @@
-"""Shared helpers for the cni-conformance.md §6 tests (test_conformance_*.py).
+"""Shared helpers for the docs/cni-contract.md §6 tests (test_conformance_*.py).
 
 Fixtures of §6: ``ENV`` is what :func:`harness.run_cni` sets by default (``CNI_CONTAINERID=c1``,
 ``CNI_NETNS=/var/run/netns/none``, ``CNI_IFNAME=eth0``, ``CNI_PATH=/opt/cni/bin``); :func:`cfg` is ``CFG(v)`` and

@@ -1,4 +1,4 @@
-"""cni-conformance.md §6 cases 59-71: CHECK, STATUS, GC (real daemon, real etcd, one shim process per call)."""
+"""docs/cni-contract.md §6 cases 59-71: CHECK, STATUS, GC (real daemon, real etcd, one shim process per call)."""
 
 from __future__ import annotations
 

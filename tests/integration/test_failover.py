@@ -1,4 +1,4 @@
-"""etcd leader failover under load (design.md §1 "etcd endpoints (several, with failover)", field case B22 "no fake
+"""etcd leader failover under load (docs/architecture.md "etcd endpoints (several, with failover)", field case B22 "no fake
 success"): a three-member etcd cluster on loopback, one daemon given all three endpoints, a stream of ADDs through
 real shim processes while the etcd leader is SIGKILLed.
 """

@@ -1,8 +1,8 @@
-"""Field cases B01 and B02 (field-cases.md "Concurrency and atomicity") against real etcd, real ipamd daemons and
+"""Field cases B01 and B02 (docs/field-cases.md "Concurrency and atomicity") against real etcd, real ipamd daemons and
 real ipamd-cni shim processes.
 
 Concurrent callers are released together from a :class:`threading.Barrier`; every call is a fresh shim process.
-After each scenario the invariants of design.md §2 are checked (``daemons`` fixture teardown, or
+After each scenario the invariants of docs/etcd-layout.md are checked (``daemons`` fixture teardown, or
 :func:`harness.assert_invariants` for daemons built here).
 """
 
@@ -158,7 +158,7 @@ def test_b01_two_nodes_100_concurrent_adds_then_dels(daemons):
 # -- B02 ----------------------------------------------------------------------------------------------------------
 
 B02_RUNS = 3
-"""field-cases.md asks for 20 runs. Each run starts eight fresh ipamd processes (about half a CPU-second each to
+"""docs/field-cases.md asks for 20 runs. Each run starts eight fresh ipamd processes (about half a CPU-second each to
 import grpc/protobuf/the etcd client) and stops them again; on this 2-core machine, shared with other test runs,
 that is 10-15 s per run, so 20 runs would take minutes for a race that is decided in the first transaction of
 each daemon. Three runs, each on a fresh key prefix with freshly started daemons, keep the test in the normal

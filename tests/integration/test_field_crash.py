@@ -1,4 +1,4 @@
-"""Field case B06 (field-cases.md "Crash, restart, idempotency"): the daemon dies after its ADD transaction
+"""Field case B06 (docs/field-cases.md "Crash, restart, idempotency"): the daemon dies after its ADD transaction
 committed and before it replied; the retried ADD must return the address that was committed, never a second one.
 
 Real etcd, real ipamd processes (the first one with the failpoint ``add.after_commit=crash``, which makes it

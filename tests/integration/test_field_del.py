@@ -1,9 +1,9 @@
-"""Field cases B10-B13 (field-cases.md "DEL semantics") against real etcd, real ipamd daemons and real ipamd-cni
+"""Field cases B10-B13 (docs/field-cases.md "DEL semantics") against real etcd, real ipamd daemons and real ipamd-cni
 shim processes (one fresh process per CNI call).
 
 DEL releases by the attachment key (network, containerID, ifName), is idempotent, never needs the netns or a
 prevResult, and is serialised with an ADD of the same attachment. The ``daemons`` fixture checks the invariants of
-design.md §2 after every scenario.
+docs/etcd-layout.md after every scenario.
 
 This module runs on its own single-member etcd (the ``etcd`` fixture below overrides the session one): B10 asserts
 that a DEL of nothing leaves the *global* etcd revision unchanged, and on the shared session etcd any other writer

@@ -1,10 +1,10 @@
-"""Field cases B15, B17 and B18 (field-cases.md "DEL semantics": GC) against real etcd, real ipamd daemons and real
+"""Field cases B15, B17 and B18 (docs/field-cases.md "DEL semantics": GC) against real etcd, real ipamd daemons and real
 ipamd-cni shim processes (one fresh process per CNI call).
 
-CNI GC (cni-conformance.md §2.6) releases every attachment of the network named on stdin that is not in the
+CNI GC (docs/cni-contract.md §2.6) releases every attachment of the network named on stdin that is not in the
 keep-list ``cni.dev/valid-attachments`` (or the legacy ``cni.dev/attachments``), keyed by (containerID, ifname),
 and never an allocation made after its liveness snapshot. The ``daemons`` fixture checks the invariants of
-design.md §2 after every scenario.
+docs/etcd-layout.md after every scenario.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Field cases B35-B38 (field-cases.md "CNI protocol surface") against real etcd, real ipamd daemons and real
+"""Field cases B35-B38 (docs/field-cases.md "CNI protocol surface") against real etcd, real ipamd daemons and real
 ipamd-cni shim processes (one fresh process per CNI call, installed as operators install it).
 
 Every response is checked strictly: exactly one JSON document on stdout (no trailing bytes, no duplicate keys; an
 empty stdout where a document is expected fails), or nothing at all for DEL/CHECK/GC successes. The daemons run
 with ``--log-level DEBUG`` (the harness's default), so any log line leaking onto stdout would show. The ``daemons``
-fixture checks the invariants of design.md §2 after every scenario.
+fixture checks the invariants of docs/etcd-layout.md after every scenario.
 
 This module runs on its own single-member etcd (the ``etcd`` fixture below overrides the session one): B36 and B38
 assert that calls leave the *global* etcd revision unchanged, and on the shared session etcd any other writer (for

@@ -1,9 +1,9 @@
-"""Field cases B29, B30 and B34 (field-cases.md "etcd-specific": ranges, tiny pools, exhaustion) against real etcd,
+"""Field cases B29, B30 and B34 (docs/field-cases.md "etcd-specific": ranges, tiny pools, exhaustion) against real etcd,
 real ipamd daemons and real ipamd-cni shim processes (one fresh process per CNI call).
 
 Which addresses of a range may ever be handed out (never the network address, the IPv4 broadcast or the gateway;
 bounds on them are refused), which pools are too small to allocate from, and what a full pool answers. The
-``daemons`` fixture checks the invariants of design.md §2 after every scenario.
+``daemons`` fixture checks the invariants of docs/etcd-layout.md after every scenario.
 """
 
 from __future__ import annotations

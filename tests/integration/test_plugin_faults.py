@@ -1,12 +1,12 @@
 """The plugins against a daemon that misbehaves, side by side: the native plugin, the Python plugin (both as
 ``ipamd install-cni`` installs them) and the native one built with AddressSanitizer and UndefinedBehaviorSanitizer
 (``native-sanitized``, skipped with the reason where the toolchain lacks them) must write the same bytes to stdout
-and stderr and exit with the same status for every case (docs/cni-socket.md, design.md §1: one CNI JSON object or
+and stderr and exit with the same status for every case (docs/cni-socket.md, docs/architecture.md: one CNI JSON object or
 nothing on stdout, never a traceback).
 
 The daemon here is a small unix-socket server in the test process (``FakeDaemon``) that records each request frame
 and answers, stays silent, closes early or sends garbage; everything real-daemon is in the conformance suite.
-Cases: cni-conformance.md T56/T65 (daemon down: 11, STATUS 50), §2.4 (VERSION answered locally), T13 (a directory
+Cases: docs/conformance.md T56/T65 (daemon down: 11, STATUS 50), §2.4 (VERSION answered locally), T13 (a directory
 on stdin), field case B37 (oversized or broken stdin), issue 7 (deadline, size limits, no traceback).
 """
 
@@ -355,7 +355,7 @@ def test_native_and_python_plugins_agree(sockdir: str, stdin: bytes, command: st
 # --- the sanitized native plugin against a real daemon, case by case ---------------------------------------------
 
 def test_sanitized_native_plugin_over_conformance_cases(daemons: Any, sockdir: str) -> None:
-    """The native plugin under ASan+UBSan through the verbs and versions of cni-conformance.md §6 against a real
+    """The native plugin under ASan+UBSan through the verbs and versions of docs/cni-contract.md §6 against a real
     daemon, step by step beside the production build: identical stdout, stderr and exit status, no report."""
     if native_tool(sanitized=True)[0] is None:
         pytest.skip(native_tool(sanitized=True)[1] or "no sanitizers")

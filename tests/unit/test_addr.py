@@ -1,6 +1,6 @@
 """Address arithmetic, ranges and blocks (ipamd.domain.addr): defaults, validation, first_free, blocks, keys.
 
-Field cases: cni-conformance.md §5.2 (range defaults, "too small to allocate from"), T28-T32 (gateway, bounds,
+Field cases: docs/cni-contract.md §5.2 (range defaults, "too small to allocate from"), T28-T32 (gateway, bounds,
 /30, /31, host bits, /33); house style "a /64 never ends" (nothing here may enumerate a large range).
 """
 

@@ -1,6 +1,6 @@
 """The invariant checker (ipamd.check.check_snapshot) on hand-built snapshots of the key space.
 
-Invariants (ipamd/check.py, design.md §2): 1 = address records and handles name each other; 2 = every address is
+Invariants (ipamd/check.py, docs/etcd-layout.md): 1 = address records and handles name each other; 2 = every address is
 usable in its pool and lies in a block with an owner; 3 = no attachment holds two addresses of one pool, blocks of
 a pool do not overlap.
 """

@@ -1,6 +1,6 @@
 """Decoding one CNI call (ipamd.domain.cni.decode_request, requested_addresses, decode_version_request).
 
-Processing order and codes: cni-conformance.md §1.3-1.4 and cases T5-T19, T39-T48, T58a; CNI_ARGS §5.4;
+Processing order and codes: docs/cni-contract.md §1.3-1.4 and cases T5-T19, T39-T48, T58a; CNI_ARGS §5.4;
 requested addresses §5.3.
 """
 

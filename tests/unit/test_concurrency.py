@@ -1,4 +1,4 @@
-"""ipamd.concurrency: the request retry loop (style.md "Concurrency and retries") and background loops that never
+"""ipamd.concurrency: the request retry loop (docs/DEVELOPING.md "Concurrency and retries") and background loops that never
 end on an error (field case B53)."""
 
 from __future__ import annotations

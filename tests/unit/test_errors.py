@@ -1,6 +1,6 @@
 """The exception tree (ipamd.domain.errors): CNI codes, the gRPC status table, error_for_code, to_cni.
 
-Field cases: cni-conformance.md §4 (codes and the error object), house style "one table maps exceptions to gRPC
+Field cases: docs/cni-contract.md §4 (codes and the error object), house style "one table maps exceptions to gRPC
 status codes; the CNI code travels with the status so clients rebuild the same exception".
 """
 

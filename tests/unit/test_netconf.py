@@ -1,6 +1,6 @@
 """Network configuration parsing (ipamd.domain.netconf.parse_netconf).
 
-Field cases: cni-conformance.md §5.1 (unknown ipam keys warn), §5.2 (ranges, legacy form, routes, dns, overlap),
+Field cases: docs/cni-contract.md §5.1 (unknown ipam keys warn), §5.2 (ranges, legacy form, routes, dns, overlap),
 T25-T27 (routes, route extras, dns), T31-T35 (invalid ranges, no ipam/ranges, overlap, legacy form).
 """
 

@@ -1,5 +1,5 @@
 """The pure allocation policy (ipamd.domain.policy): own block, claim, load, borrow, exhausted; cost flat in what
-the node holds (field cases B34, B48, B49; design.md §2 "Allocation order")."""
+the node holds (field cases B34, B48, B49; docs/etcd-layout.md "Allocation order")."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def test_requested_unusable_is_101(address: str) -> None:
 
 
 def test_ipv6_pool_large() -> None:
-    """A /48 with /122 blocks: nothing is enumerated (design.md §2)."""
+    """A /48 with /122 blocks: nothing is enumerated (docs/etcd-layout.md)."""
     p = pool("2001:db8::/48", 122)
     d = choose(p, 122, "A", state(p), set())
     assert d == Pick(Block(6, ip("2001:db8::"), 122), ip("2001:db8::2"), "claim")

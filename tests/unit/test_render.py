@@ -1,6 +1,6 @@
 """The abbreviated IPAM result per cniVersion (ipamd.domain.cni.render_result).
 
-Field cases: cni-conformance.md §3.1-3.2, T21-T27 (ips[].version only before 1.0.0, route extras only for
+Field cases: docs/cni-contract.md §3.1-3.2, T21-T27 (ips[].version only before 1.0.0, route extras only for
 1.1.0, dns omitted when empty, never "interfaces" or "ips[].interface", cniVersion echoed).
 """
 

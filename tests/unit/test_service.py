@@ -63,7 +63,7 @@ def store() -> MemoryStore:
 # --- steady state -------------------------------------------------------------------------------------------------
 
 def test_first_address_and_one_txn_per_add_and_del(store: MemoryStore) -> None:
-    """design.md §7: one transaction per steady-state ADD and DEL, no reads (integration: test_daemon)."""
+    """docs/benchmarks.md: one transaction per steady-state ADD and DEL, no reads (integration: test_daemon)."""
     svc = service(store)
     nc = netconf()
     assert cidrs(svc.add(att("c0"), nc)) == ["10.1.2.2/24"]
@@ -110,7 +110,7 @@ def test_conflict_learned_from_failure_reads(store: MemoryStore) -> None:
 
 
 def test_outcome_unknown_then_the_handle_answers(store: MemoryStore) -> None:
-    """B06 / design.md "Unknown outcome": the ADD committed but the answer was lost; the retry's compare on the
+    """B06 / docs/architecture.md "Unknown outcome": the ADD committed but the answer was lost; the retry's compare on the
     handle fails and returns it, so the caller gets the committed address and nothing is doubled."""
     svc = service(store)
     store.inject("txn", "unknown")
@@ -222,7 +222,7 @@ def test_exhausted_is_100_with_details(store: MemoryStore) -> None:
 
 
 def test_dual_stack_all_or_nothing(store: MemoryStore) -> None:
-    """A dual-stack ADD whose IPv6 range is full writes nothing for IPv4 either (design.md §2)."""
+    """A dual-stack ADD whose IPv6 range is full writes nothing for IPv4 either (docs/etcd-layout.md)."""
     svc = service(store)
     nc6 = parse_netconf({"name": "n1", "ipam": {"type": "ipamd-cni", "ranges": [[{"subnet": "fd00::/124"}]],
                                                 "blockSize6": 124}}, "n1")

@@ -1,7 +1,7 @@
 """The Python plugin (client/ipamd_cni.py): start-up cost and its local answers, run as ``python -I -S`` on the
 module. Its scanner is tested against the native one and ``json`` in test_plugin_scanner.py.
 
-Field cases: cni-conformance.md T2 (VERSION echoes stdin's cniVersion), §2.4 (VERSION answered locally when the
+Field cases: docs/conformance.md T2 (VERSION echoes stdin's cniVersion), §2.4 (VERSION answered locally when the
 daemon is unreachable); the shim's docstring (built-in modules only, installed as ``python -I -S``).
 """
 
