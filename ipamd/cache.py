@@ -1,6 +1,6 @@
 """The node's view of etcd: its pools' blocks, the addresses in its own blocks, its handles, and the reservations
-of requests in flight. An optimisation only (docs/architecture.md): every write compares revisions, so a stale view costs a
-failed compare and one more round trip, never a wrong answer.
+of requests in flight. An optimisation only (docs/architecture.md): every write compares revisions, so a stale view
+costs a failed compare and one more round trip, never a wrong answer.
 
 Thread-safe: one lock guards everything; the pure policy (:mod:`ipamd.domain.policy`) runs under it. Picking an
 address and reserving it happen under the same lock hold, so two requests of this daemon never pick the same
@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .domain.addr import Block
 from .domain.model import (
@@ -46,12 +47,13 @@ class Wait:
     event: threading.Event
 
 
-@dataclass(frozen=True, slots=True)
-class CachedHandle:
-    """A handle this node wrote or read: its ``mod_revision`` and its allocations."""
+class CachedHandle(NamedTuple):
+    """A handle this node wrote or read: its ``mod_revision`` and the keys of its address records. A tuple of
+    numbers and strings, so the garbage collector stops tracking it: thousands of them cost no collection time
+    (B48)."""
 
     mod_revision: int
-    record: HandleRecord
+    ip_keys: tuple[str, ...]
 
 
 class NodeCache:
@@ -204,7 +206,7 @@ class NodeCache:
                 if st.taken is not None:
                     st.taken.add(pick.value)
                 self._wrote(key, revision)
-            self._put_handle(record.handle, CachedHandle(revision, record))
+            self._put_handle(record.handle, CachedHandle(revision, record.ip_keys))
 
     def learned(self, pool: Pool, pick: Pick, blocks: Sequence[KV], ips: Sequence[KV], pool_kv: KV | None,
                 revision: int) -> set[int]:
@@ -239,22 +241,26 @@ class NodeCache:
                 ps.unclaimed_taken[pick.block.first] = taken
         return taken
 
-    def released(self, record: HandleRecord, revision: int) -> None:
-        """The attachment's addresses were released at ``revision`` (DEL, GC): free them in our view and forget
-        the handle."""
+    def released(self, handle: str, ip_keys: Sequence[str], revision: int) -> None:
+        """The attachment's address records ``ip_keys`` were deleted at ``revision`` (DEL, GC): free them in our
+        view and forget the handle."""
         with self._lock:
-            self._handles.pop(record.handle, None)
-            for alloc in record.allocations:
-                self._wrote(alloc.ip_key, revision)
-                for ps in self._pools_of(record.network, alloc.family, alloc.value):
-                    st = ps.block_containing(alloc.value)
+            self._handles.pop(handle, None)
+            for key in ip_keys:
+                self._wrote(key, revision)
+                try:
+                    network, family, value = parse_ip_key(key)
+                except ValueError:
+                    continue
+                for ps in self._pools_of(network, family, value):
+                    st = ps.block_containing(value)
                     if st is not None:
-                        st.release(alloc.value)
+                        st.release(value)
                         if st.node == self.node:
                             ps.add_room(st.block.first)
                     else:
                         for taken in ps.unclaimed_taken.values():
-                            taken.discard(alloc.value)
+                            taken.discard(value)
 
     # -- the watch ------------------------------------------------------------------------------------------------
 

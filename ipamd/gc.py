@@ -157,7 +157,7 @@ class GarbageCollector:
                 return
         if res.succeeded:
             for _, rec in batch:
-                self.cache.released(rec, res.revision)
+                self.cache.released(rec.handle, rec.ip_keys, res.revision)
             job.released += len(batch)
             return
         if len(batch) > 1:
@@ -173,5 +173,5 @@ class GarbageCollector:
             except IpamError:
                 kvs, revision = (kv,), 0
             if not kvs:
-                self.cache.released(rec, revision)
+                self.cache.released(rec.handle, rec.ip_keys, revision)
                 job.released += 1

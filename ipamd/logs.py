@@ -1,8 +1,8 @@
 """Logging set-up: one line per record, with the request's context rendered from ``extra``.
 
-Modules log with ``logging.getLogger(__name__)``, %-style arguments and context in ``extra`` (docs/DEVELOPING.md "Logging"):
-``log.info("CNI %s ok", verb, extra={"container_id": ..., "if_name": ...})``. The formatter appends every context
-field it knows, in a fixed order, as ``key=value`` (docs/configuration.md "Log lines")::
+Modules log with ``logging.getLogger(__name__)``, %-style arguments and context in ``extra`` (docs/DEVELOPING.md
+"House style"): ``log.info("CNI %s ok", verb, extra={"container_id": ..., "if_name": ...})``. The formatter appends
+every context field it knows, in a fixed order, as ``key=value`` (docs/configuration.md "Log lines")::
 
     2026-11-30 10:00:00,123 INFO ipamd.cniserver: CNI ADD ok container=c1 ifname=eth0 network=net1
         addresses=10.1.2.2/24 duration_ms=1.4 code=0

@@ -1,8 +1,9 @@
 """The IPAM service: ADD, DEL, CHECK, GC and STATUS in CNI terms, wiring the policy, the cache, the transactions and
 the store (docs/architecture.md).
 
-Every write has one shape (docs/DEVELOPING.md "Concurrency and retries"): plan from the cache (pure policy, address reserved)
--> one transaction whose compares make a stale plan fail -> on failure learn from its reads, back off with jitter and
+Every write has one shape (docs/architecture.md "Requests and retries"): plan from the cache (pure policy, address
+reserved) -> one transaction whose compares make a stale plan fail -> on failure learn from its reads, back off with
+jitter and
 retry within the request's deadline -> then a typed error (code 11). Correctness across nodes rests only on the
 compares; inside one daemon, requests for one attachment are serialised.
 
@@ -37,7 +38,6 @@ from .domain.model import (
     PoolRecord,
     handle_key,
     ips_range,
-    parse_handle_key,
     pool_network,
 )
 from .domain.netconf import NetConf, Pool
@@ -279,7 +279,7 @@ class IpamService:
         failure = txn.decode_failure(res)
         if failure.handle is not None:
             existing = HandleRecord.decode(failure.handle.value)
-            self.cache.put_handle(att.handle, CachedHandle(failure.handle.mod_revision, existing))
+            self.cache.put_handle(att.handle, CachedHandle(failure.handle.mod_revision, existing.ip_keys))
             return self._existing(existing, {p.index: (p.pool, p.pick.value) for p in planned if p.requested})
         for p in planned:
             reads = failure.addresses[p.index]
@@ -306,7 +306,7 @@ class IpamService:
         if not kvs:
             return None
         rec = HandleRecord.decode(kvs[0].value)
-        self.cache.put_handle(handle, CachedHandle(kvs[0].mod_revision, rec))
+        self.cache.put_handle(handle, CachedHandle(kvs[0].mod_revision, rec.ip_keys))
         return rec
 
     # -- DEL -----------------------------------------------------------------------------------------------------
@@ -323,36 +323,32 @@ class IpamService:
         handle = att.handle
         with self._locks.hold(handle):
             cached = self.cache.handle(handle)
-            known: list[tuple[int, HandleRecord | None]] = [
-                (cached.mod_revision, cached.record) if cached is not None else (0, None)]
+            known: list[CachedHandle] = [cached if cached is not None else CachedHandle(0, ())]
 
             def once() -> int | None:
                 for _ in range(2):  # a failure that teaches us the record is retried at once, not after a backoff
-                    revision, rec = known[0]
-                    txn = DelTxn(handle, revision, rec.ip_keys if rec is not None else ())
+                    revision, keys = known[0]
+                    txn = DelTxn(handle, revision, keys)
                     self.failpoints.hit("del.before_commit")
                     res = self._txn("DEL", txn, deadline, batch=revision != 0)
                     if res.succeeded:
-                        if rec is not None:
-                            self.cache.released(rec, res.revision)
-                        else:
-                            self.cache.put_handle(handle, None)
-                        return len(rec.allocations) if rec is not None else 0
+                        self.cache.released(handle, keys, res.revision)
+                        return len(keys)
                     kv = txn.decode_failure(res)
-                    known[0] = (kv.mod_revision, self._decode_for_release(kv)) if kv is not None else (0, None)
+                    known[0] = CachedHandle(kv.mod_revision, self._keys_to_release(kv)) if kv is not None \
+                        else CachedHandle(0, ())
                 return None
             return retry_until(deadline, "DEL", once, self.metrics.child(self.metrics.cas_conflicts, "DEL").inc)
 
     @staticmethod
-    def _decode_for_release(kv: KV) -> HandleRecord | None:
-        """A handle record to release; an undecodable one is released by its key alone (its address records, if any,
-        are for the repair path: ipamctl check)."""
+    def _keys_to_release(kv: KV) -> tuple[str, ...]:
+        """The address record keys a handle lists; an undecodable handle is released by its key alone (its address
+        records, if any, are for the repair path: ipamctl check)."""
         try:
-            return HandleRecord.decode(kv.value)
+            return HandleRecord.decode(kv.value).ip_keys
         except ValueError:
             log.warning("DEL: handle %s is not a valid record; deleting the key alone", kv.key)
-            network, container_id, if_name = parse_handle_key(kv.key).split("/")
-            return HandleRecord(network, container_id, if_name, "", ())
+            return ()
 
     # -- reads ---------------------------------------------------------------------------------------------------
 

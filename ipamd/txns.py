@@ -146,7 +146,8 @@ class AddTxn:
 
 
 class DelTxn:
-    """DEL (docs/etcd-layout.md): ``IF handle.mod_revision == R THEN delete every ip key, delete handle ELSE get handle``.
+    """DEL (docs/etcd-layout.md "Transactions"): ``IF handle.mod_revision == R THEN delete every ip key, delete handle
+    ELSE get handle``.
 
     ``revision`` 0 with no keys is the "I know of no record" form: it succeeds exactly when the handle is absent
     (nothing to release) and otherwise returns the record in the same round trip.

@@ -10,7 +10,7 @@ Faults are injected per call with :meth:`MemoryStore.inject`: ``unavailable`` (r
 ``unknown`` (applied, then the answer is lost: :class:`StoreOutcomeUnknown`), ``refused``
 (:class:`StoreRejected`), ``delay`` (the call takes that long, then proceeds), or an ``action`` run just before the
 call (another writer sneaking in). It is a double for tests: every behaviour shown with it is also shown against a
-real etcd (docs/DEVELOPING.md "Test tiers").
+real etcd (docs/DEVELOPING.md, the fast tier).
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ def _wait_for_log(d: Daemon, text: str, timeout: float = 10.0) -> None:
 
 
 def test_not_ready_while_etcd_is_unreachable(etcd, workdir):
-    """B22 / docs/architecture.md: a daemon whose etcd endpoint (http://127.0.0.1:1) is unreachable serves its sockets but
-    is not ready: health NOT_SERVING, ADD and DEL through the shim answer code 11 (DEL too: the release could not be
+    """B22 / docs/architecture.md: a daemon whose etcd endpoint (http://127.0.0.1:1) is unreachable serves its sockets
+    but is not ready: health NOT_SERVING, ADD and DEL through the shim answer code 11 (DEL too: the release could not be
     recorded), one JSON document each. SIGTERM still stops it cleanly (exit 0). Nothing reaches etcd."""
     prefix = new_prefix()
     d = Daemon("http://127.0.0.1:1", prefix, "A", workdir).start(wait_ready=False)
@@ -77,8 +77,8 @@ def test_not_ready_while_etcd_is_unreachable(etcd, workdir):
 
 
 def test_becomes_ready_once_etcd_comes_up(workdir):
-    """docs/architecture.md: not ready (NOT_SERVING, ADD -> 11) until the first sync with etcd is done; once etcd starts the
-    daemon turns SERVING on its own and the same ADD succeeds with the pool's first address."""
+    """docs/architecture.md: not ready (NOT_SERVING, ADD -> 11) until the first sync with etcd is done; once etcd
+    starts the daemon turns SERVING on its own and the same ADD succeeds with the pool's first address."""
     cluster = EtcdCluster(1)  # ports chosen, not started yet
     prefix = new_prefix()
     d = Daemon(cluster.endpoints, prefix, "A", workdir).start(wait_ready=False)
@@ -104,8 +104,8 @@ def test_becomes_ready_once_etcd_comes_up(workdir):
 
 
 def test_sigterm_finishes_the_add_in_flight(daemons):
-    """docs/architecture.md / __main__: SIGTERM while an ADD is in flight (held 1 s by ``add.after_pick=pause:1``): the ADD
-    completes successfully, the daemon exits 0 and removes both socket files; a later call on the socket answers
+    """docs/architecture.md / __main__: SIGTERM while an ADD is in flight (held 1 s by ``add.after_pick=pause:1``): the
+    ADD completes successfully, the daemon exits 0 and removes both socket files; a later call on the socket answers
     code 11 naming it."""
     d = daemons("A", env={"IPAMD_FAILPOINTS": "add.after_pick=pause:1"})
     conf = cni_config("net1", subnet="10.92.0.0/24")
@@ -168,8 +168,8 @@ def _rpc_error(call, *args, **kwargs) -> tuple[grpc.StatusCode, str | None, str]
 
 
 def test_grpc_api_shares_allocations_with_the_cni_path(daemons):
-    """docs/architecture.md "gRPC API": Allocate/Release/GetAllocation/ListAllocations over the unix socket call the same
-    service layer as the CNI path. An allocation made through gRPC is seen by CNI CHECK (and returned unchanged by
+    """docs/architecture.md "gRPC API": Allocate/Release/GetAllocation/ListAllocations over the unix socket call the
+    same service layer as the CNI path. An allocation made through gRPC is seen by CNI CHECK (and returned unchanged by
     CNI ADD) and released by CNI DEL; one made by CNI ADD is seen by GetAllocation/ListAllocations and released by
     Release. Release is idempotent."""
     d = daemons("A")
@@ -239,8 +239,8 @@ def test_grpc_api_shares_allocations_with_the_cni_path(daemons):
 
 
 def test_grpc_errors_carry_the_cni_code(daemons):
-    """docs/cni-contract.md "One table maps each exception to its CNI code and gRPC status": gRPC errors carry the CNI code
-    in the trailing metadata ``ipamd-cni-code`` - 7 INVALID_ARGUMENT (bad config, name mismatch), 4
+    """docs/cni-contract.md "One table maps each exception to its CNI code and gRPC status": gRPC errors carry the CNI
+    code in the trailing metadata ``ipamd-cni-code`` - 7 INVALID_ARGUMENT (bad config, name mismatch), 4
     INVALID_ARGUMENT (bad container id), 100 RESOURCE_EXHAUSTED (pool full), 101 ALREADY_EXISTS (requested address
     taken). Failed calls write nothing."""
     d = daemons("A")
@@ -287,7 +287,8 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_endpoint_counts_adds(daemons):
-    """docs/architecture.md "exports metrics": with ``--metrics-address`` the daemon serves Prometheus text on /metrics; an
+    """docs/architecture.md "exports metrics": with ``--metrics-address`` the daemon serves Prometheus text on
+    /metrics; an
     ADD that succeeds and one that fails (code 7) are counted by verb and outcome, the ADD latency histogram counts
     both, and the readiness gauge reads 1."""
     port = free_port()
@@ -310,7 +311,8 @@ def test_metrics_endpoint_counts_adds(daemons):
 
 
 def test_config_defaults():
-    """docs/configuration.md: with no file, environment or flags the defaults apply; node name defaults to the hostname."""
+    """docs/configuration.md: with no file, environment or flags the defaults apply; node name defaults to the
+    hostname."""
     cfg = config_mod.load([], environ={})
     assert cfg.node_name == socket.gethostname()
     assert (cfg.etcd_endpoints, cfg.etcd_prefix) == ("http://127.0.0.1:2379", "/ipamd/v1/")
@@ -388,8 +390,8 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, argv, env, toml, names):
 
 
 def test_daemon_reads_config_file_env_and_flags(daemons, workdir):
-    """docs/configuration.md end to end: the daemon takes its metrics address from the environment over the TOML file, and
-    its node name from the flag over both (the allocation records node A)."""
+    """docs/configuration.md end to end: the daemon takes its metrics address from the environment over the TOML file,
+    and its node name from the flag over both (the allocation records node A)."""
     file_port, env_port = free_port(), free_port()
     path = os.path.join(workdir, "ipamd.toml")
     with open(path, "w") as fh:

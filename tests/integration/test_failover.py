@@ -1,5 +1,5 @@
-"""etcd leader failover under load (docs/architecture.md "etcd endpoints (several, with failover)", field case B22 "no fake
-success"): a three-member etcd cluster on loopback, one daemon given all three endpoints, a stream of ADDs through
+"""etcd leader failover under load (docs/architecture.md "etcd endpoints (several, with failover)", field case B22 "no
+fake success"): a three-member etcd cluster on loopback, one daemon given all three endpoints, a stream of ADDs through
 real shim processes while the etcd leader is SIGKILLed.
 """
 

@@ -1,8 +1,8 @@
 """The plugins against a daemon that misbehaves, side by side: the native plugin, the Python plugin (both as
 ``ipamd install-cni`` installs them) and the native one built with AddressSanitizer and UndefinedBehaviorSanitizer
 (``native-sanitized``, skipped with the reason where the toolchain lacks them) must write the same bytes to stdout
-and stderr and exit with the same status for every case (docs/cni-socket.md, docs/architecture.md: one CNI JSON object or
-nothing on stdout, never a traceback).
+and stderr and exit with the same status for every case (docs/cni-socket.md, docs/architecture.md: one CNI JSON object
+or nothing on stdout, never a traceback).
 
 The daemon here is a small unix-socket server in the test process (``FakeDaemon``) that records each request frame
 and answers, stays silent, closes early or sends garbage; everything real-daemon is in the conformance suite.

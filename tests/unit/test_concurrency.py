@@ -1,5 +1,5 @@
-"""ipamd.concurrency: the request retry loop (docs/DEVELOPING.md "Concurrency and retries") and background loops that never
-end on an error (field case B53)."""
+"""ipamd.concurrency: the request retry loop (docs/architecture.md "Requests and retries") and background loops that
+never end on an error (field case B53)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Imports point one way (docs/DEVELOPING.md "Layout", house style "Layout: imports point one way").
+"""Imports point one way (docs/architecture.md "Layers", docs/DEVELOPING.md "House style").
 
 Parses every module with ``ast`` (nothing is imported): domain is pure stdlib, only the etcd store imports
 ``pyetcd``, the service never imports the etcd store, the shim imports only ``_socket``, ``posix``, ``sys`` and

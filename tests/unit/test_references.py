@@ -22,7 +22,7 @@ def tracked(*suffixes: str) -> list[Path]:
     return [ROOT / f for f in out if f.endswith(suffixes) and not f.startswith("tests/fixtures/")]
 
 
-FILES = tracked(".py", ".md", ".c", ".toml", ".yml", ".yaml", ".sh") + [ROOT / "Makefile", ROOT / ".ci" / "run"]
+FILES = [*tracked(".py", ".md", ".c", ".toml", ".yml", ".yaml", ".sh"), ROOT / "Makefile", ROOT / ".ci" / "run"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))

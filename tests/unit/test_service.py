@@ -110,8 +110,8 @@ def test_conflict_learned_from_failure_reads(store: MemoryStore) -> None:
 
 
 def test_outcome_unknown_then_the_handle_answers(store: MemoryStore) -> None:
-    """B06 / docs/architecture.md "Unknown outcome": the ADD committed but the answer was lost; the retry's compare on the
-    handle fails and returns it, so the caller gets the committed address and nothing is doubled."""
+    """B06 / docs/architecture.md "Unknown outcome": the ADD committed but the answer was lost; the retry's compare on
+    the handle fails and returns it, so the caller gets the committed address and nothing is doubled."""
     svc = service(store)
     store.inject("txn", "unknown")
     assert cidrs(svc.add(att("c1"), netconf())) == ["10.1.2.2/24"]

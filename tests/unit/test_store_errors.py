@@ -1,5 +1,5 @@
-"""Every exception of the etcd client is translated at the store boundary (field case B53; docs/DEVELOPING.md "Errors"):
-callers only ever see the store's own errors, chained to the cause."""
+"""Every exception of the etcd client is translated at the store boundary (field case B53; docs/DEVELOPING.md "House
+style"): callers only ever see the store's own errors, chained to the cause."""
 
 from __future__ import annotations
 
