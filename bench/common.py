@@ -165,10 +165,11 @@ class Daemon:
 
 
 def cni_frame(command: str, container_id: str, conf: bytes, if_name: str = "eth0") -> bytes:
-    """One framed CNI request (docs/cni-socket.md) as the plugin would send it."""
-    env = b"".join(b"%s=%s\0" % (k.encode(), v.encode()) for k, v in (
-        ("CNI_COMMAND", command), ("CNI_CONTAINERID", container_id), ("CNI_IFNAME", if_name),
-        ("CNI_NETNS", "/var/run/netns/bench"), ("CNI_PATH", "/opt/cni/bin")))
+    """One framed CNI request (docs/cni-socket.md) as the plugin would send it (GC: no container variables)."""
+    pairs = [("CNI_COMMAND", command), ("CNI_PATH", "/opt/cni/bin")]
+    if command != "GC":
+        pairs += [("CNI_CONTAINERID", container_id), ("CNI_IFNAME", if_name), ("CNI_NETNS", "/var/run/netns/bench")]
+    env = b"".join(b"%s=%s\0" % (k.encode(), v.encode()) for k, v in pairs)
     return MAGIC + b"".join(len(part).to_bytes(4, "big") + part for part in (env, conf, b""))
 
 
