@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 import signal
 import socket
@@ -271,6 +272,50 @@ def test_grpc_errors_carry_the_cni_code(daemons):
         assert (code, cni) == (grpc.StatusCode.ALREADY_EXISTS, "101"), details
     counts = snapshot_counts(d.endpoints, d.prefix)
     assert (counts["ips"], counts["handles"]) == (2, 2)
+
+
+def test_grpc_unexpected_error_is_internal_999_and_counted(daemons):
+    """Issue 6 "every boundary translates every error": an unexpected exception in a handler (a bug, here the
+    ``add.after_pick=error`` failpoint raising a plain RuntimeError) answers INTERNAL with CNI code 999 in the
+    trailing metadata, never UNAVAILABLE ("try again"); it is counted like every request, logged with its
+    traceback, and nothing is written."""
+    port = free_port()
+    d = daemons("A", env={"IPAMD_FAILPOINTS": "add.after_pick=error"},
+                extra_args=["--metrics-address", "127.0.0.1:%d" % port])
+    with grpc.insecure_channel("unix:" + d.grpc_socket) as ch:
+        stub = ipam_pb2_grpc.IpamStub(ch)
+        code, cni, details = _rpc_error(stub.Allocate, ipam_pb2.AllocateRequest(
+            attachment=_att("bug1"), network_config_json=json.dumps(cni_config("net1", subnet="10.95.0.0/24"))),
+            timeout=10)
+    assert (code, cni) == (grpc.StatusCode.INTERNAL, "999"), details
+    assert "RuntimeError" in details
+    assert _scrape(port)[("ipamd_requests_total", (("outcome", "999"), ("verb", "grpc.Allocate")))] == 1
+    assert "gRPC Allocate: unexpected error" in d.log() and "Traceback" in d.log()
+    counts = snapshot_counts(d.endpoints, d.prefix)
+    assert (counts["ips"], counts["handles"]) == (0, 0)
+
+
+def test_one_log_line_per_cni_request_with_its_context(daemons):
+    """Issue 6 item 5 / docs/configuration.md "Log lines": each CNI request logs one INFO line carrying container,
+    ifname, network, addresses, duration and code, for a success and for a failure alike."""
+    d = daemons("A")
+    conf = cni_config("lognet", subnet="10.93.0.0/24")
+    assert run_cni("ADD", conf, socket=d.cni_socket, container_id="logc1", if_name="net7").rc == 0
+    bad = run_cni("ADD", conf, socket=d.cni_socket, container_id="logc2", args="IP=10.93.0.2")
+    assert bad.code == 101, bad
+    assert run_cni("DEL", conf, socket=d.cni_socket, container_id="logc1", if_name="net7").rc == 0
+    deadline = time.monotonic() + 5
+    while "container=logc1 ifname=net7 network=lognet code=0" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in d.log().splitlines() if "ipamd.cniserver: CNI" in line]
+    ok = [line for line in lines if "container=logc1" in line and "CNI ADD ok" in line]
+    assert len(ok) == 1, lines
+    assert re.search(r"container=logc1 ifname=net7 network=lognet addresses=10\.93\.0\.2/24 duration_ms=[0-9.]+ "
+                     r"code=0$", ok[0]), ok[0]
+    failed = [line for line in lines if "container=logc2" in line]
+    assert len(failed) == 1 and "CNI ADD failed" in failed[0] and failed[0].endswith("code=101"), failed
+    dele = [line for line in lines if "container=logc1" in line and "CNI DEL ok" in line]
+    assert len(dele) == 1 and re.search(r"network=lognet duration_ms=[0-9.]+ code=0$", dele[0]), dele
 
 
 # -- /metrics -----------------------------------------------------------------------------------------------------
