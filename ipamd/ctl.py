@@ -7,6 +7,7 @@ Commands:
     ipamctl check [-o json] [--report FILE]       the invariants of the data model, read from etcd
     ipamctl repair --from-report FILE             remove exactly the broken records a recent report found
     ipamctl node remove NODE [--force] [--yes]    release a departed node's addresses and blocks
+    ipamctl gc [--dry-run]                        run the node's reconciler now (or show what it would release)
 
 ``--socket`` (default ``IPAMD_GRPC_SOCKET``, else ``/run/ipamd/ipamd.sock``) picks the daemon. The etcd commands
 take the daemon's own etcd settings: ``--config FILE`` (the daemon's TOML), ``IPAMD_ETCD_*`` variables and
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("network")
         sp.add_argument("container_id")
         sp.add_argument("if_name")
+    gc = sub.add_parser("gc", parents=[common], help="run the node's reconciler now (docs/ipamctl.md)")
+    gc.add_argument("--dry-run", action="store_true", help="only print what would be released, and why")
     etcd_opts = argparse.ArgumentParser(add_help=False)
     etcd_opts.add_argument("--config", help="the daemon's TOML file (its etcd_* keys are used)")
     for flag in _ETCD_FLAGS:
@@ -212,6 +215,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "node": found.node, "pod": found.pod}, indent=2))
             elif args.cmd == "release":
                 print("released %d address(es)" % client.release(args.network, args.container_id, args.if_name))
+            elif args.cmd == "gc":
+                released, waiting = client.reconcile(dry_run=args.dry_run)
+                verb = "would release" if args.dry_run else "released"
+                for item in released:
+                    print("%s %s: %s" % (verb, item.key, item.reason))
+                for item in waiting:
+                    print("waiting %.0f s more: %s: %s" % (item.wait, item.key, item.reason))
+                print("%d %s, %d waiting for their grace period" % (len(released), verb, len(waiting)),
+                      file=sys.stderr)
         return 0
     except IpamError as exc:
         print("ipamctl: error %d: %s" % (exc.cni_code, exc.msg), file=sys.stderr)

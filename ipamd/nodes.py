@@ -1,4 +1,4 @@
-"""Removing a departed node (issue 8 "Node removal"; docs/operations.md "Removing a node"): release every
+"""Removing a departed node (issue 8 "Node removal"; docs/ipamctl.md "Removing a node"): release every
 attachment the node allocated and delete its blocks once they are empty.
 
 Safety (docs/etcd-layout.md invariant 5): a node whose ``nodes/<node>`` record is still on a live lease is refused
