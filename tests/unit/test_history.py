@@ -67,3 +67,12 @@ def test_summary() -> None:
         h.add(op)
     assert h.summary() == {"adds": 2, "adds_ok": 1, "dels": 1, "dels_ok": 1, "snapshots": 0, "attachments": 2,
                            "abandoned": 0}
+
+
+def test_members_agree_only_when_every_member_answered_the_same_hash() -> None:
+    from ipamd.testing.members import agree
+
+    assert agree({"a": "7", "b": "7", "c": "7"})
+    assert not agree({"a": "7", "b": "8", "c": "7"})
+    assert not agree({"a": "7", "b": "error: required revision is a future revision", "c": "7"})
+    assert not agree({"a": "error: x", "b": "error: x"})
