@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent
 
 def generate_stubs(out_dir: Path = ROOT) -> list[Path]:
     """Run protoc (grpcio-tools) on proto/ipamd/v1/*.proto; outputs land in out_dir/ipamd/v1/."""
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto").rglob("*.proto"))
