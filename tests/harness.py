@@ -41,21 +41,40 @@ def _tmpdir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
-class EtcdMember:
-    """One etcd process; ``cluster`` is the ``--initial-cluster`` string it joins."""
+@dataclass(frozen=True)
+class EtcdTls:
+    """Server TLS of test etcd members: PEM files; ``client_cert_auth`` makes etcd require client certificates."""
 
-    def __init__(self, name: str, data_dir: str, client_port: int, peer_port: int, cluster: str) -> None:
+    cert: str
+    key: str
+    ca: str
+    client_cert_auth: bool = False
+
+
+class EtcdMember:
+    """One etcd process; ``cluster`` is the ``--initial-cluster`` string it joins. ``tls`` serves the client URL
+    over https; ``extra`` are more etcd flags (they win over earlier ones: etcd keeps the last value)."""
+
+    def __init__(self, name: str, data_dir: str, client_port: int, peer_port: int, cluster: str,
+                 tls: EtcdTls | None = None, extra: tuple[str, ...] = ()) -> None:
         self.name, self.data_dir, self.client_port, self.peer_port = name, data_dir, client_port, peer_port
         self.cluster = cluster
+        self.tls, self.extra = tls, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return "http://127.0.0.1:%d" % self.client_port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.client_port)
 
     def start(self, new: bool = True) -> None:
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = ["--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                   "--cert-file", self.tls.cert, "--key-file", self.tls.key, "--trusted-ca-file", self.tls.ca]
+            if self.tls.client_cert_auth:
+                tls.append("--client-cert-auth")
         cmd = etcd_command(self.name, self.data_dir, self.client_port, self.peer_port, self.cluster, new,
-                           ETCD_TUNING)
+                           [*ETCD_TUNING, *tls, *self.extra])
         log = open(os.path.join(os.path.dirname(self.data_dir), self.name + ".log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -73,13 +92,17 @@ class EtcdMember:
 
 
 class EtcdCluster:
-    """``size`` etcd members on loopback (1 or 3), fresh data in a temporary directory."""
+    """``size`` etcd members on loopback (1 or 3), fresh data in a temporary directory. ``tls``, ``extra``: see
+    :class:`EtcdMember`; ``client`` are the store options (TLS files, user, password) of :meth:`wait_healthy`
+    and :meth:`etcdctl` (``root_password``: etcdctl runs as ``root`` with it, for clusters with auth enabled)."""
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, tls: EtcdTls | None = None, extra: tuple[str, ...] = (),
+                 client: dict[str, Any] | None = None, root_password: str | None = None) -> None:
         self.dir = _tmpdir("ipamd-etcd-")
+        self.tls, self.client, self.root_password = tls, dict(client or {}), root_password
         ports = [(free_port(), free_port()) for _ in range(size)]
         cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, (_, p) in enumerate(ports))
-        self.members = [EtcdMember("m%d" % i, os.path.join(self.dir, "m%d" % i), c, p, cluster)
+        self.members = [EtcdMember("m%d" % i, os.path.join(self.dir, "m%d" % i), c, p, cluster, tls, extra)
                         for i, (c, p) in enumerate(ports)]
 
     @property
@@ -98,7 +121,8 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                store = EtcdStore(",".join(m.endpoint for m in self.members if m.proc), "/health-probe/")
+                store = EtcdStore(",".join(m.endpoint for m in self.members if m.proc), "/health-probe/",
+                                  **self.client)
                 try:
                     store.txn([], [], [], 2.0)  # a write-path round trip needs a leader
                     return
@@ -110,7 +134,14 @@ class EtcdCluster:
                 time.sleep(0.1)
 
     def etcdctl(self, *args: str, endpoint: str | None = None) -> str:
-        cmd = [etcd_binary("etcdctl"), "--endpoints", endpoint or self.endpoints, *args]
+        cmd = [etcd_binary("etcdctl"), "--endpoints", endpoint or self.endpoints]
+        if self.tls is not None:
+            cmd += ["--cacert", self.tls.ca]
+            if self.client.get("cert"):
+                cmd += ["--cert", self.client["cert"], "--key", self.client["key"]]
+        if self.root_password is not None:
+            cmd += ["--user", "root:" + self.root_password]
+        cmd += list(args)
         return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
     def leader(self) -> EtcdMember:
