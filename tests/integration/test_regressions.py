@@ -370,8 +370,8 @@ def test_junk_commands_do_not_create_label_series(daemons):
     (unbounded memory in the daemon and in Prometheus).
 
     Five different junk commands -> each answered code 4; /metrics has ``ipamd_requests_total{verb="OTHER",
-    outcome="error", code="4"} 5`` and no series labelled with any of the junk values (only known verbs, ABOUT, OTHER and the
-    gRPC methods appear)."""
+    outcome="error", code="4"} 5`` and no series labelled with any of the junk values (only known verbs, ABOUT,
+    OTHER and the gRPC methods appear)."""
     port = free_port()
     d = daemons("A", extra_args=["--metrics-address", "127.0.0.1:%d" % port])
     conf = cni_config("junk", subnet="10.38.0.0/24")
