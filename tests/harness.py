@@ -70,9 +70,9 @@ class EtcdMember:
         tls: list[str] = []
         if self.tls is not None:
             tls = ["--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-                   "--cert-file", self.tls.cert, "--key-file", self.tls.key, "--trusted-ca-file", self.tls.ca]
-            if self.tls.client_cert_auth:
-                tls.append("--client-cert-auth")
+                   "--cert-file", self.tls.cert, "--key-file", self.tls.key]
+            if self.tls.client_cert_auth:  # etcd requires client certificates whenever it has a trusted CA
+                tls += ["--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         cmd = etcd_command(self.name, self.data_dir, self.client_port, self.peer_port, self.cluster, new,
                            [*ETCD_TUNING, *tls, *self.extra])
         log = open(os.path.join(os.path.dirname(self.data_dir), self.name + ".log"), "ab")
