@@ -136,7 +136,7 @@ def test_password_from_the_environment_over_tls_without_warning(clusters, prefix
     assert invariants(cluster, prefix, ca_cert=pki.ca)["handles"] == 1
 
 
-# -- TLS ----------------------------------------------------------------------------------------------------------------
+# -- TLS ---------------------------------------------------------------------------------------------------------------
 
 
 def test_tls_with_client_certificates(clusters, prefix, workdir, pki):
@@ -197,7 +197,7 @@ def test_failover_across_tls_endpoints(clusters, prefix, workdir, pki):
     assert invariants(cluster, prefix, **pki.client_options())["handles"] == 15
 
 
-# -- B43: tokens expire or are invalidated ------------------------------------------------------------------------------
+# -- B43: tokens expire or are invalidated -----------------------------------------------------------------------------
 
 
 def test_b43_jwt_tokens_of_a_few_seconds(clusters, prefix, workdir, pki):
@@ -281,7 +281,7 @@ def test_b44_permission_granted_after_start(clusters, prefix, workdir):
     assert invariants(cluster, prefix)["handles"] == 1
 
 
-# -- B45: out of space --------------------------------------------------------------------------------------------------
+# -- B45: out of space -------------------------------------------------------------------------------------------------
 
 
 def fill_until_nospace(cluster: EtcdCluster) -> int:
@@ -303,9 +303,9 @@ def fill_until_nospace(cluster: EtcdCluster) -> int:
 
 def test_b45_nospace_is_reported_and_recovers_without_restart(clusters, prefix, workdir):
     """B45: etcd with an 8 MiB quota, filled until the NOSPACE alarm. ADD answers 11 naming the alarm (at once),
-    DEL of an earlier allocation is recorded or answered 11 naming the alarm, STATUS answers 50, health turns NOT_SERVING with reason etcd_alarm
-    and ipamd_etcd_alarm{alarm="NOSPACE"} is 1. After compact, defragment and alarm disarm the same daemon is ready
-    again and the ADD succeeds."""
+    DEL of an earlier allocation is recorded or answered 11 naming the alarm, STATUS answers 50, health turns
+    NOT_SERVING with reason etcd_alarm and ipamd_etcd_alarm{alarm="NOSPACE"} is 1. After compact, defragment and
+    alarm disarm the same daemon is ready again and the ADD succeeds."""
     cluster = started(clusters, EtcdCluster(1, extra=("--quota-backend-bytes", str(8 << 20))))
     port = free_port()
     d = Daemon(cluster.endpoints, prefix, "A", workdir,
