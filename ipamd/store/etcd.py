@@ -521,6 +521,9 @@ def _details(exc: BaseException) -> str:
 _CLOSE = object()
 #: Seconds after which an idle watch stream asks etcd for a progress report.
 WATCH_TICK = 1.0
+#: Seconds without any answer after which a watch stream counts as dead (a black-holed connection never errors,
+#: and the creates sent into it are lost): it is cancelled, so the watcher opens a new one (B22, B53).
+WATCH_SILENCE = 10.0
 
 
 class _EtcdWatch:
@@ -528,7 +531,8 @@ class _EtcdWatch:
 
     Requests (create, cancel, progress) go through a queue the stream reads; when nothing was asked for
     :data:`WATCH_TICK` seconds the stream asks for a progress report by itself, so :meth:`next`, which reads the
-    responses in the caller's thread (no extra thread hop per message), comes back at least that often. etcd
+    responses in the caller's thread (no extra thread hop per message), comes back at least that often; a stream
+    that has not answered for :data:`WATCH_SILENCE` seconds is cancelled (a black-holed connection never fails). etcd
     assigns watch ids in the order of the create requests, so pending creates are matched first in, first out. A
     compacted start revision or a broken stream ends the watch: :meth:`next` raises the translated error, then and
     on every later call.
@@ -545,6 +549,8 @@ class _EtcdWatch:
         self._live: set[int] = set()  # watch ids whose events are delivered
         self._closed = False
         self._error: IpamError | None = None
+        self._heard = time.monotonic()  # when etcd last answered on this stream
+        self._silent = False
         self._call = endpoint.watch.Watch(self._request_iter(), metadata=token.metadata)
 
     def _request_iter(self) -> Any:
@@ -552,6 +558,10 @@ class _EtcdWatch:
             try:
                 item = self._requests.get(timeout=WATCH_TICK)
             except queue.Empty:
+                if time.monotonic() - self._heard > WATCH_SILENCE:
+                    self._silent = True
+                    self._call.cancel()  # next() raises: the watcher opens a new stream
+                    return
                 item = etcdrpc.WatchRequest(progress_request=etcdrpc.WatchProgressRequest())
             if item is _CLOSE:
                 return
@@ -591,6 +601,7 @@ class _EtcdWatch:
                 resp = next(self._call)
             except StopIteration:
                 raise StoreUnavailable("etcd closed the watch stream") from None
+            self._heard = time.monotonic()
             if resp.compact_revision:
                 raise StoreCompacted("etcd compacted the watched history up to revision %d" % resp.compact_revision,
                                      resp.compact_revision)
@@ -610,8 +621,14 @@ class _EtcdWatch:
             self._error = exc
             raise
         except Exception as exc:
-            self._error = StoreUnavailable("watch closed") if self._closed else self._store._watch_error(
-                self._endpoint, self._token, exc)
+            if self._silent:
+                self._store._failed(self._endpoint, "watch stream silent")
+                self._error = StoreUnavailable("etcd at %s did not answer on the watch stream for %.0f s"
+                                               % (self._endpoint.url, WATCH_SILENCE))
+            elif self._closed:
+                self._error = StoreUnavailable("watch closed")
+            else:
+                self._error = self._store._watch_error(self._endpoint, self._token, exc)
             raise self._error from exc
         if resp.created and not resp.events:
             return None
