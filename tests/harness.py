@@ -176,7 +176,7 @@ class Daemon:
     """One ``ipamd`` process with its own sockets; :meth:`start` waits until its health service says SERVING."""
 
     def __init__(self, endpoints: str, prefix: str, node: str, workdir: str, env: dict[str, str] | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, umask: int = -1) -> None:
         self.endpoints, self.prefix, self.node = endpoints, prefix, node
         self.dir = workdir
         tag = uuid.uuid4().hex[:8]
@@ -185,6 +185,7 @@ class Daemon:
         self.log_path = os.path.join(workdir, "ipamd-%s-%s.log" % (node, tag))
         self.env = env or {}
         self.extra_args = extra_args or []
+        self.umask = umask  # the process's umask (-1: inherit)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> Daemon:
@@ -194,7 +195,7 @@ class Daemon:
                "--cni-socket", self.cni_socket, "--grpc-socket", self.grpc_socket, "--log-level", "DEBUG",
                *self.extra_args]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, umask=self.umask)
         log.close()
         if wait_ready:
             self.wait_ready(timeout)
