@@ -20,7 +20,8 @@ from . import config as config_mod
 from . import logs
 from .domain.errors import IpamError
 from .domain.model import blocks_prefix, dumps, node_key
-from .metrics import Metrics, PoolStats
+from .health import DaemonStatus, PoolView, Readiness
+from .metrics import Metrics, PoolStats, package_version
 from .store.base import Put, StoreRefused, prefix_end
 from .store.etcd import ALARMS, version_problem
 
@@ -75,7 +76,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     from .embedded import EmbeddedEtcd
     from .failpoints import Failpoints
     from .grpcapi import GrpcServer, TcpListener
-    from .health import Readiness, reason_of
+    from .health import reason_of
     from .metrics import Metrics
     from .service import IpamService
     from .sockets import UMASK, SocketError, claim
@@ -129,7 +130,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     try:
         cni = CniServer(service, cni_claim)
         try:
-            grpc_server = GrpcServer(service, grpc_claim, tcp=tcp)
+            # daemon_status is defined below: it needs the readiness, which needs this server
+            grpc_server = GrpcServer(service, grpc_claim, tcp=tcp, status=lambda: daemon_status())  # noqa: PLW0108
         except BaseException:
             cni.stop()
             raise
@@ -154,6 +156,9 @@ def run(cfg: config_mod.DaemonConfig) -> int:
 
     readiness = Readiness(metrics, readiness_changed)
     lease = _NodeLease(service, cfg)
+
+    def daemon_status() -> DaemonStatus:
+        return collect_status(service, store, readiness, cfg.etcd_timeout)
 
     def sync_round() -> float:
         """Until the first sync: sync, wait for the node record, check etcd's versions, report ready. After it:
@@ -248,6 +253,33 @@ def check_etcd_versions(store: EtcdStore, metrics: Metrics, timeout: float) -> N
                         "(docs/operations.md \"etcd versions\")", url, version, problem)
         else:
             log.info("etcd at %s runs %s", url, version)
+
+
+def collect_status(service: IpamService, store: EtcdStore, readiness: Readiness, timeout: float) -> DaemonStatus:
+    """The daemon's status for ``ipamctl status``: readiness, the view's revisions, a fresh Maintenance.Status of the
+    etcd member in use (its error when it cannot be asked) and this node's pools (docs/operations.md "Health")."""
+    etcd_error, st = "", None
+    try:
+        st = store.status(timeout)
+    except IpamError as exc:
+        etcd_error = exc.msg
+    pools: list[PoolView] = []
+    try:
+        own: dict[str, list[str]] = {}
+        for pool_id, block in service.cache.own_blocks():
+            own.setdefault(pool_id, []).append(block.cidr())
+        pools = [PoolView(p.pool, p.usable, p.allocated, p.blocks, tuple(sorted(own.get(p.pool, ()))))
+                 for p in pool_stats(service)]
+    except IpamError as exc:
+        etcd_error = etcd_error or exc.msg
+    return DaemonStatus(
+        node=service.node, version=package_version("ipamd"), ready=readiness.ready,
+        not_ready_reason=readiness.reason or "",
+        not_ready_detail=readiness.detail, sync_revision=service.revision, watch_revision=service.cache.watch_revision,
+        etcd_reachable=st is not None, etcd_error=etcd_error, etcd_endpoint=st.endpoint if st else store.endpoint,
+        etcd_version=st.version if st else "", etcd_member_id=st.member_id if st else 0,
+        etcd_leader=st.leader if st else 0, etcd_revision=st.revision if st else 0,
+        etcd_alarms=st.alarms if st else (), pools=tuple(pools))
 
 
 def pool_stats(service: IpamService) -> list[PoolStats]:

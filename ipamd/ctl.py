@@ -5,6 +5,7 @@ Commands:
     ipamctl get NET CONTAINERID IFNAME
     ipamctl release NET CONTAINERID IFNAME        release one attachment (idempotent)
     ipamctl check [etcd options]                  the invariants of the data model, read from etcd
+    ipamctl status [-o json]                      the daemon's health, its view of etcd, this node's pools
 
 ``--socket`` (default ``IPAMD_GRPC_SOCKET``, else ``/run/ipamd/ipamd.sock``) picks the daemon. ``check`` takes the
 daemon's own etcd settings: ``--config FILE`` (the daemon's TOML), ``IPAMD_ETCD_*`` variables and ``--etcd-*``
@@ -14,10 +15,15 @@ flags, with the daemon's precedence. It exits 0 when every invariant holds, 1 ot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ipamd_client import IpamClient
 
 _ETCD_FLAGS = ("etcd_endpoints", "etcd_prefix", "etcd_ca_cert", "etcd_cert", "etcd_key", "etcd_user",
                "etcd_password")
@@ -37,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("network")
         sp.add_argument("container_id")
         sp.add_argument("if_name")
+    st = sub.add_parser("status", parents=[common], help="the daemon's readiness, etcd (reachable, version, leader, "
+                        "revision), sync state and this node's pools and blocks")
+    st.add_argument("-o", "--output", choices=("text", "json"), default="text")
     ck = sub.add_parser("check", help="check the data-model invariants against etcd")
     ck.add_argument("--config", help="the daemon's TOML file (its etcd_* keys are used)")
     for flag in _ETCD_FLAGS:
@@ -73,6 +82,31 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if not violations else 1
 
 
+def _status(client: IpamClient, output: str) -> int:
+    """``ipamctl status``: print the daemon's Status (docs/operations.md "Health"); exit 0 when it is ready, 1 when
+    it is not (so scripts can wait on it)."""
+    st = client.status()
+    if output == "json":
+        print(json.dumps(dataclasses.asdict(st), indent=2))
+        return 0 if st.ready else 1
+    print("node %s, ipamd %s: %s" % (st.node, st.version, "ready" if st.ready else "NOT READY (%s: %s)"
+                                     % (st.not_ready_reason, st.not_ready_detail)))
+    if st.etcd_reachable:
+        print("etcd %s: version %s, member %x, leader %s, revision %d%s"
+              % (st.etcd_endpoint, st.etcd_version, st.etcd_member_id,
+                 "%x" % st.etcd_leader if st.etcd_leader else "none", st.etcd_revision,
+                 ", ALARMS " + ",".join(st.etcd_alarms) if st.etcd_alarms else ""))
+    else:
+        print("etcd %s: unreachable: %s" % (st.etcd_endpoint, st.etcd_error))
+    print("sync: view read at revision %d, up to date to revision %d" % (st.sync_revision, st.watch_revision))
+    for p in st.pools:
+        print("pool %s: %d of %d allocated, %d block(s) claimed, %d of them here: %s"
+              % (p.pool, p.allocated, p.size, p.blocks, len(p.own_blocks), " ".join(p.own_blocks) or "-"))
+    if not st.pools:
+        print("no pools yet")
+    return 0 if st.ready else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     socket = getattr(args, "socket", None) or os.environ.get("IPAMD_GRPC_SOCKET") or "/run/ipamd/ipamd.sock"
@@ -86,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ipamd_client import IpamClient
 
         with IpamClient(socket) as client:
+            if args.cmd == "status":
+                return _status(client, args.output)
             if args.cmd == "list":
                 allocations = client.list(args.network)
                 for a in allocations:

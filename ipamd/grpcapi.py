@@ -25,9 +25,10 @@ from .domain.cni import (
     validate_if_name,
     validate_network_name,
 )
-from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError
+from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError, TryAgainLater
 from .domain.model import HandleRecord
 from .domain.netconf import parse_netconf
+from .health import DaemonStatus
 from .service import IpamService
 from .sockets import Claim
 from .v1 import ipam_pb2, ipam_pb2_grpc
@@ -80,10 +81,12 @@ def _guard(verb: str) -> Callable[..., Any]:
 
 
 class IpamServicer(ipam_pb2_grpc.IpamServicer):
-    """``ipamd.v1.Ipam`` over :class:`IpamService` (same service layer as the CNI path)."""
+    """``ipamd.v1.Ipam`` over :class:`IpamService` (same service layer as the CNI path). ``status`` answers the
+    ``Status`` call (the daemon's health and view; absent: the call answers UNAVAILABLE/11)."""
 
-    def __init__(self, service: IpamService) -> None:
+    def __init__(self, service: IpamService, status: Callable[[], DaemonStatus] | None = None) -> None:
         self.service = service
+        self.status = status
 
     def _count(self, verb: str, code: int) -> None:
         m = self.service.metrics
@@ -125,6 +128,20 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
             return ipam_pb2.GetAllocationResponse(found=False)
         return ipam_pb2.GetAllocationResponse(found=True, allocation=_allocation_msg(rec))
 
+    @_guard("Status")
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.status is None:
+            raise TryAgainLater("status is not available on this server")
+        st = self.status()
+        return ipam_pb2.StatusResponse(
+            node=st.node, version=st.version, ready=st.ready, not_ready_reason=st.not_ready_reason,
+            not_ready_detail=st.not_ready_detail, sync_revision=st.sync_revision, watch_revision=st.watch_revision,
+            etcd_reachable=st.etcd_reachable, etcd_error=st.etcd_error, etcd_endpoint=st.etcd_endpoint,
+            etcd_version=st.etcd_version, etcd_member_id=st.etcd_member_id, etcd_leader=st.etcd_leader,
+            etcd_revision=st.etcd_revision, etcd_alarms=list(st.etcd_alarms),
+            pools=[ipam_pb2.PoolStatus(pool=p.pool, size=p.size, allocated=p.allocated, blocks=p.blocks,
+                                       own_blocks=list(p.own_blocks)) for p in st.pools])
+
     @_guard("ListAllocations")
     def ListAllocations(self, request: Any, context: grpc.ServicerContext) -> Any:
         return ipam_pb2.ListAllocationsResponse(
@@ -158,11 +175,13 @@ class GrpcServer:
     given, on a TLS TCP listener. Raises :class:`ipamd.sockets.SocketError` for the unix socket, ``OSError`` when
     the TCP listener cannot be made."""
 
-    def __init__(self, service: IpamService, claim: Claim, workers: int = 16, tcp: TcpListener | None = None) -> None:
+    def __init__(self, service: IpamService, claim: Claim, workers: int = 16, tcp: TcpListener | None = None,
+                 status: Callable[[], DaemonStatus] | None = None) -> None:
         self.path = claim.path
         self._claim = claim
         self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
-        ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service), self.server)  # type: ignore[no-untyped-call]
+        ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service, status),  # type: ignore[no-untyped-call]
+                                                 self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.set_serving(False)
