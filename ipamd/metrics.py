@@ -47,7 +47,8 @@ class Metrics:
     """The daemon's metrics. ``registry`` is private so several daemons (or tests) can live in one process."""
 
     def __init__(self) -> None:
-        disable_created_metrics()  # no *_created series: they double the series count and nothing here uses them
+        # no *_created series: they double the series count and nothing here uses them
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
