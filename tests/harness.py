@@ -105,11 +105,24 @@ class EtcdCluster:
         self.members = [EtcdMember("m%d" % i, os.path.join(self.dir, "m%d" % i), c, p, cluster, tls, extra)
                         for i, (c, p) in enumerate(ports)]
 
+    @classmethod
+    def external(cls, endpoints: str) -> EtcdCluster:
+        """A cluster this run did not start (``IPAMD_TEST_ETCD_ENDPOINTS``): no members to stop or kill; the tests
+        isolate themselves by key prefix."""
+        cluster = cls(0)
+        cluster._external = endpoints
+        return cluster
+
+    _external = ""
+
     @property
     def endpoints(self) -> str:
-        return ",".join(m.endpoint for m in self.members)
+        return self._external or ",".join(m.endpoint for m in self.members)
 
     def start(self) -> EtcdCluster:
+        if self._external:
+            self.wait_healthy()
+            return self
         for m in self.members:
             m.start()
         for m in self.members:
@@ -121,8 +134,8 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                store = EtcdStore(",".join(m.endpoint for m in self.members if m.proc), "/health-probe/",
-                                  **self.client)
+                store = EtcdStore(self._external or ",".join(m.endpoint for m in self.members if m.proc),
+                                  "/health-probe/", **self.client)
                 try:
                     store.txn([], [], [], 2.0)  # a write-path round trip needs a leader
                     return
