@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from harness import Daemon, EtcdCluster, cni_config, run_cni
 from ipamd_client import IpamClient
 

@@ -62,7 +62,7 @@ def daemon_flags_ok(argv: list[str]) -> None:
     config.parser().parse_args(argv)
 
 
-# -- everything parses ---------------------------------------------------------------------------------------------------
+# -- everything parses -------------------------------------------------------------------------------------------------
 
 
 def test_every_deploy_file_parses():
@@ -85,7 +85,7 @@ def test_every_deploy_file_parses():
     json.loads(cm["10-ipamd.conflist"])
 
 
-# -- images ----------------------------------------------------------------------------------------------------------------
+# -- images ------------------------------------------------------------------------------------------------------------
 
 
 def images() -> list[str]:
@@ -251,7 +251,7 @@ def test_rbac_grants_what_the_daemon_reads_and_nothing_more():
             assert obj["metadata"]["namespace"] == namespace, obj["metadata"]
 
 
-# -- systemd --------------------------------------------------------------------------------------------------------------
+# -- systemd -----------------------------------------------------------------------------------------------------------
 
 
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
@@ -283,7 +283,7 @@ def test_systemd_analyze_rates_the_sandbox(tmp_path):
     assert verify.returncode == 0 and "ipamd.service" not in verify.stderr, verify
 
 
-# -- Grafana ---------------------------------------------------------------------------------------------------------------
+# -- Grafana -----------------------------------------------------------------------------------------------------------
 
 
 def catalogue_names() -> set[str]:
