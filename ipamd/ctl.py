@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ipamd_client import IpamClient
 
 _ETCD_FLAGS = ("etcd_endpoints", "etcd_prefix", "etcd_ca_cert", "etcd_cert", "etcd_key", "etcd_user",
-               "etcd_password")
+               "etcd_password", "etcd_password_file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +69,7 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     store = EtcdStore(cfg.etcd_endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
                       cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
-                      password=cfg.etcd_password or None)
+                      password=cfg.etcd_password or None, password_file=cfg.etcd_password_file or None)
     try:
         violations, counts = check_store(store)
     finally:

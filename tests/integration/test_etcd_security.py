@@ -11,6 +11,8 @@ invariant check of docs/etcd-layout.md on its prefix.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -111,6 +113,10 @@ def test_b42_password_over_plain_http_is_ready_with_a_warning(clusters, prefix, 
         rm = run_cni("DEL", cni_config("sec", subnet="10.61.0.0/24"), socket=d.cni_socket, container_id="c1")
         assert rm.rc == 0, rm
         assert "cross the network in clear" in d.log()
+        check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", cluster.endpoints,
+                                "--etcd-prefix", prefix, "--etcd-user", "ipamd", "--etcd-password-file",
+                                password_file(workdir)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and "OK" in check.stdout, check  # ipamctl reads the password file too
     finally:
         assert d.stop() == 0
     secrets_absent(d)
