@@ -20,7 +20,7 @@ from . import config as config_mod
 from . import logs
 from .domain.errors import IpamError
 from .domain.model import blocks_prefix, dumps, node_key
-from .health import DaemonStatus, PoolView, Readiness
+from .health import DaemonStatus, PoolStatus, Readiness
 from .metrics import Metrics, PoolStats, package_version
 from .store.base import Put, StoreRefused, prefix_end
 from .store.etcd import ALARMS, version_problem
@@ -263,12 +263,12 @@ def collect_status(service: IpamService, store: EtcdStore, readiness: Readiness,
         st = store.status(timeout)
     except IpamError as exc:
         etcd_error = exc.msg
-    pools: list[PoolView] = []
+    pools: list[PoolStatus] = []
     try:
         own: dict[str, list[str]] = {}
         for pool_id, block in service.cache.own_blocks():
             own.setdefault(pool_id, []).append(block.cidr())
-        pools = [PoolView(p.pool, p.usable, p.allocated, p.blocks, tuple(sorted(own.get(p.pool, ()))))
+        pools = [PoolStatus(p.pool, p.usable, p.allocated, p.blocks, tuple(sorted(own.get(p.pool, ()))))
                  for p in pool_stats(service)]
     except IpamError as exc:
         etcd_error = etcd_error or exc.msg

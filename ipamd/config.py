@@ -140,24 +140,17 @@ def _endpoints(value: str) -> str | None:
     return None
 
 
-def _metrics(value: str) -> str | None:
-    if not value:
+def _optional(parse: Callable[[str], object]) -> Callable[[str], str | None]:
+    """A check for an optional setting: "" passes, else ``parse(value)`` must not raise :class:`ConfigError`."""
+    def check(value: str) -> str | None:
+        if not value:
+            return None
+        try:
+            parse(value)
+        except ConfigError as exc:
+            return str(exc)
         return None
-    try:
-        parse_listen_address(value)
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
-def _group(value: str) -> str | None:
-    if not value:
-        return None
-    try:
-        resolve_group(value)
-    except ConfigError as exc:
-        return str(exc)
-    return None
+    return check
 
 
 def resolve_group(value: str) -> int:
@@ -177,7 +170,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "etcd_prefix": lambda v: None if v and not any(c.isspace() for c in v) else "must be non-empty, no spaces",
     "cni_socket": _socket_path,
     "grpc_socket": _socket_path,
-    "metrics_address": _metrics,
+    "metrics_address": _optional(parse_listen_address),
     "request_timeout": _positive,
     "etcd_timeout": _positive,
     "gc_timeout": _positive,
@@ -185,8 +178,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "handle_cache_size": lambda v: None if 0 <= v <= 10_000_000 else "must be 0 to 10000000",
     "log_level": lambda v: None if v.upper() in LOG_LEVELS else "must be one of %s" % ", ".join(LOG_LEVELS),
     "log_format": lambda v: None if v.lower() in LOG_FORMATS else "must be one of %s" % ", ".join(LOG_FORMATS),
-    "grpc_address": _metrics,
-    "socket_group": _group,
+    "grpc_address": _optional(parse_listen_address),
+    "socket_group": _optional(resolve_group),
 }
 
 

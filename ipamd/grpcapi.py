@@ -28,7 +28,7 @@ from .domain.cni import (
 from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError, TryAgainLater
 from .domain.model import HandleRecord
 from .domain.netconf import parse_netconf
-from .health import DaemonStatus
+from .domain.status import DaemonStatus
 from .service import IpamService
 from .sockets import Claim
 from .v1 import ipam_pb2, ipam_pb2_grpc

@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from .domain.status import DaemonStatus, PoolStatus
 from .metrics import Metrics
 from .store.base import StoreRefused
 
 log = logging.getLogger("ipamd")
+
+__all__ = ["REASONS", "DaemonStatus", "PoolStatus", "Readiness", "reason_of"]
 
 REASONS = ("first_sync", "etcd_unavailable", "etcd_permission", "etcd_auth", "etcd_alarm")
 
@@ -74,38 +76,3 @@ class Readiness:
         for r in REASONS:
             self._metrics.not_ready.labels(r).set(1 if r == self.reason else 0)
 
-
-@dataclass(frozen=True, slots=True)
-class PoolView:
-    """One pool in :class:`DaemonStatus`: ``size`` usable addresses, ``allocated`` cluster-wide, ``blocks`` claimed by
-    any node, ``own_blocks`` this node's blocks as CIDRs."""
-
-    pool: str
-    size: int
-    allocated: int
-    blocks: int
-    own_blocks: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonStatus:
-    """What ``ipamctl status`` shows (the gRPC ``Status`` call): readiness with its reason, the revisions of the view,
-    what the etcd member in use reports (``etcd_error`` says why it could not be asked), and this node's pools.
-    Revisions are etcd revisions; ``etcd_member_id``/``etcd_leader`` are etcd member ids (0: unknown, no leader)."""
-
-    node: str
-    version: str
-    ready: bool
-    not_ready_reason: str
-    not_ready_detail: str
-    sync_revision: int
-    watch_revision: int
-    etcd_reachable: bool
-    etcd_error: str
-    etcd_endpoint: str
-    etcd_version: str
-    etcd_member_id: int
-    etcd_leader: int
-    etcd_revision: int
-    etcd_alarms: tuple[str, ...]
-    pools: tuple[PoolView, ...] = field(default_factory=tuple)

@@ -55,6 +55,8 @@ from ipamd.domain.errors import (
     UnsupportedField,
     error_for_code,
 )
+from ipamd.domain.status import DaemonStatus as Status
+from ipamd.domain.status import PoolStatus
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
 
 __all__ = [
@@ -90,43 +92,6 @@ class Allocation:
     node: str = ""
     netns: str = ""
     pod: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolStatus:
-    """One pool as the daemon sees it: ``size`` usable addresses, ``allocated`` cluster-wide, ``blocks`` claimed by
-    any node, ``own_blocks`` this node's blocks as CIDRs."""
-
-    pool: str
-    size: int
-    allocated: int
-    blocks: int
-    own_blocks: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """The daemon's health and its view (docs/operations.md "Health"): ``ready`` or the ``not_ready_reason``
-    (``first_sync``, ``etcd_unavailable``, ``etcd_permission``, ``etcd_auth``, ``etcd_alarm``) with a sentence;
-    the etcd revisions of its view; what the etcd member in use reports (``etcd_error`` when it could not be
-    asked); its pools."""
-
-    node: str
-    version: str
-    ready: bool
-    not_ready_reason: str
-    not_ready_detail: str
-    sync_revision: int
-    watch_revision: int
-    etcd_reachable: bool
-    etcd_error: str
-    etcd_endpoint: str
-    etcd_version: str
-    etcd_member_id: int
-    etcd_leader: int
-    etcd_revision: int
-    etcd_alarms: tuple[str, ...]
-    pools: tuple[PoolStatus, ...]
 
 
 def _from_msg(msg: Any) -> Allocation:
