@@ -87,8 +87,17 @@ class Metrics:
                                  registry=r)
         self.etcd_alarm = Gauge("ipamd_etcd_alarm", "1 while etcd reports the alarm (NOSPACE, CORRUPT)", ["alarm"],
                                 registry=r)
-        # GC and background loops
+        # GC, the reconciler and background loops
         self.gc_released = Counter("ipamd_gc_released_total", "Attachments released by GC", registry=r)
+        self.reconcile_candidates = Gauge("ipamd_reconcile_candidates",
+                                          "This node's attachments (and broken records) the reconciler saw gone in "
+                                          "its last pass", registry=r)
+        self.reconcile_released = Counter("ipamd_reconcile_released_total",
+                                          "Attachments released (or broken records removed) by the reconciler, by "
+                                          "the check that judged them", ["reason"], registry=r)
+        self.reconcile_too_young = Counter("ipamd_reconcile_skipped_too_young_total",
+                                           "Candidates seen gone again but still within the grace period",
+                                           registry=r)
         self.loop_errors = Counter("ipamd_background_errors_total",
                                    "Errors in background loops (each followed by a backoff and a retry)", ["loop"],
                                    registry=r)

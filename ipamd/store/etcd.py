@@ -402,6 +402,8 @@ class EtcdStore:
             msg.target = _TARGETS[c.target]
             msg.result = _OPS[c.op]
             setattr(msg, _FIELDS[c.target], c.value)
+            if c.range_end is not None:
+                msg.range_end = (prefix + c.range_end).encode()
 
     # -- Store ---------------------------------------------------------------------------------------------------
 

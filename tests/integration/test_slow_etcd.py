@@ -1,6 +1,6 @@
 """Slow and failing etcd (issue 8 item 1; field cases B50, B22; docs/configuration.md "Deadlines"): real etcd (one
-and three members) behind the fault proxy (tests/faultproxy.py) that delays every answer, black-holes or refuses;
-real daemons and plugin processes. A daemon behind a slow etcd becomes ready and serves, slower; failover never
+and three members) behind the fault proxy (ipamd/testing/faultproxy.py) that delays every answer, black-holes or
+refuses; real daemons and plugin processes. A daemon behind a slow etcd becomes ready and serves, slower; failover never
 answers "no etcd endpoint available" while a member answers; after an outage every loop resumes by itself; a
 request that timed out and committed later is answered with the same address when retried. Each test ends with
 the invariant check of docs/etcd-layout.md (``daemons`` fixture): never an address that a live attachment holds.
@@ -14,11 +14,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
-from faultproxy import FaultProxy
 from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni
 
 from ipamd.embedded import free_port
 from ipamd.store.etcd import EtcdStore
+from ipamd.testing.faultproxy import FaultProxy
 
 ProxyFactory = Callable[[int], FaultProxy]
 

@@ -114,6 +114,8 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "request_timeout": ("9.5", 9.5),
     "etcd_timeout": ("1.5", 1.5),
     "gc_timeout": ("60", 60.0),
+    "reconcile_interval": ("0", 0.0),
+    "reconcile_grace": ("30.5", 30.5),
     "node_lease_ttl": ("7", 7),
     "handle_cache_size": ("100", 100),
     "log_level": ("DEBUG", "DEBUG"),
@@ -209,6 +211,8 @@ def test_config_is_frozen() -> None:
     (["--metrics-address", "not-an-address"], {}, ["--metrics-address", "host:port"]),
     (["--metrics-address", "127.0.0.1:70000"], {}, ["--metrics-address", "0-65535"]),
     (["--node-name", "a/b"], {}, ["--node-name", "'a/b'"]),
+    (["--reconcile-interval", "-1"], {}, ["--reconcile-interval", "0: off"]),
+    (["--reconcile-grace", "inf"], {}, ["--reconcile-grace", ">= 0"]),
     (["--cni-socket", "/" + "x" * 120], {}, ["--cni-socket", "107 bytes"]),
     (["--etcd-user", "u"], {}, ["--etcd-password", "required"]),
     (["--etcd-cert", __file__], {}, ["--etcd-key", "required"]),
@@ -265,3 +269,17 @@ def test_bad_toml_settings_are_named(tmp_path: Path, text: str, names: list[str]
 ])
 def test_good_settings_pass(argv: list[str]) -> None:
     load(argv, {})
+
+
+def test_etcd_binary_from_ipamd_etcd_bin(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """$IPAMD_ETCD_BIN picks the directory of etcd and etcdctl (e.g. Debian's /usr/bin); a directory without the
+    binary is an error naming it, never a silent fallback to another etcd."""
+    from ipamd.embedded import etcd_binary
+
+    (tmp_path / "etcd").write_text("#!/bin/sh\n")
+    monkeypatch.setenv("IPAMD_ETCD_BIN", str(tmp_path))
+    assert etcd_binary() == str(tmp_path / "etcd")
+    with pytest.raises(FileNotFoundError, match="etcdctl"):
+        etcd_binary("etcdctl")
+    monkeypatch.delenv("IPAMD_ETCD_BIN")
+    assert etcd_binary() != str(tmp_path / "etcd")

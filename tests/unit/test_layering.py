@@ -120,3 +120,12 @@ def test_shim_imports_only_builtins() -> None:
     names = imports_of(SHIM)
     assert names <= {"_socket", "posix", "sys", "time"}, sorted(names)
     assert not any(n.startswith("ipamd") for n in names)
+
+
+def test_the_daemon_never_imports_its_testing_tools() -> None:
+    """ipamd.testing (history checker, fault proxy) is for tests and benchmarks only."""
+    for path in ALL:
+        if "testing" in path.relative_to(PKG).parts[:1]:
+            continue
+        names = imports_of(path)
+        assert not any(n == "ipamd.testing" or n.startswith("ipamd.testing.") for n in names), path
