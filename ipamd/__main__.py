@@ -19,11 +19,15 @@ from typing import TYPE_CHECKING
 from . import config as config_mod
 from . import logs
 from .domain.errors import IpamError
-from .domain.model import dumps, node_key
-from .store.base import Put
+from .domain.model import blocks_prefix, dumps, node_key
+from .health import DaemonStatus, PoolStatus, Readiness
+from .metrics import Metrics, PoolStats, package_version
+from .store.base import Put, StoreRefused, prefix_end
+from .store.etcd import ALARMS, version_problem
 
 if TYPE_CHECKING:
     from .service import IpamService
+    from .store.etcd import EtcdStore
 
 log = logging.getLogger("ipamd")
 
@@ -71,14 +75,29 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     from .concurrency import supervise
     from .embedded import EmbeddedEtcd
     from .failpoints import Failpoints
-    from .grpcapi import GrpcServer
+    from .grpcapi import GrpcServer, TcpListener
+    from .health import reason_of
     from .metrics import Metrics
     from .service import IpamService
+    from .sockets import UMASK, SocketError, claim
     from .store.etcd import EtcdStore
 
+    # nothing the daemon creates is ever readable or writable by others unless it says so (B46)
+    os.umask(UMASK)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    gid = config_mod.resolve_group(cfg.socket_group) if cfg.socket_group else None
+    claims = []
+    try:
+        for path in (cfg.cni_socket, cfg.grpc_socket):
+            claims.append(claim(path, gid))
+    except SocketError as exc:
+        log.error("%s", exc.strerror or exc)
+        for c in claims:
+            c.close()
+        return 1
+    cni_claim, grpc_claim = claims
     embedded = None
     endpoints = cfg.etcd_endpoints
     if cfg.embedded_etcd:
@@ -89,64 +108,86 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             return 2
         endpoints = embedded.endpoint
         log.info("embedded etcd at %s, data in %s", endpoints, cfg.embedded_etcd)
+    metrics = Metrics()
     try:
         store = EtcdStore(endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
                           cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
-                          password=cfg.etcd_password or None, timeout=cfg.etcd_timeout)
-    except IpamError as exc:
-        log.error("cannot connect to etcd at %s: %s", endpoints, exc)
+                          password=cfg.etcd_password or None, password_file=cfg.etcd_password_file or None,
+                          timeout=cfg.etcd_timeout)
+    except (OSError, ValueError) as exc:
+        log.error("cannot set up the etcd client for %s: %s", endpoints, exc)
         if embedded is not None:
             embedded.stop()
         return 1
-    metrics = Metrics()
+    store.on_error = metrics.etcd_error
+    store.on_latency = metrics.etcd_latency
     service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, etcd_timeout=cfg.etcd_timeout,
                           gc_timeout=cfg.gc_timeout, handle_limit=cfg.handle_cache_size, metrics=metrics,
                           failpoints=Failpoints.from_env(), reconcile_interval=cfg.reconcile_interval,
                           reconcile_grace=cfg.reconcile_grace)
-    metrics.watch_pools(service.pool_usage)
-    os.makedirs(os.path.dirname(cfg.grpc_socket) or ".", exist_ok=True)
-    if os.path.exists(cfg.grpc_socket):
-        os.unlink(cfg.grpc_socket)
-    cni = CniServer(service, cfg.cni_socket)
-    grpc_server = GrpcServer(service, cfg.grpc_socket)
+    metrics.watch_pools(lambda: pool_stats(service))
+    tcp = TcpListener(cfg.grpc_address, cfg.grpc_tls_cert, cfg.grpc_tls_key, cfg.grpc_client_ca) \
+        if cfg.grpc_address else None
+    try:
+        cni = CniServer(service, cni_claim)
+        try:
+            # daemon_status is defined below: it needs the readiness, which needs this server
+            grpc_server = GrpcServer(service, grpc_claim, tcp=tcp, status=lambda: daemon_status())  # noqa: PLW0108
+        except BaseException:
+            cni.stop()
+            raise
+    except OSError as exc:
+        log.error("%s", exc.strerror if isinstance(exc, SocketError) else exc)
+        for c in claims:
+            c.release()
+        store.close()
+        if embedded is not None:
+            embedded.stop()
+        return 1
     metrics_server = metrics.serve(cfg.metrics_address) if cfg.metrics_address else None
     cni.start()
     grpc_server.start()
-    log.info("ipamd node %s: CNI socket %s, gRPC socket %s, etcd %s prefix %s%s", cfg.node_name, cfg.cni_socket,
-             cfg.grpc_socket, endpoints, cfg.etcd_prefix,
-             ", metrics on %s" % cfg.metrics_address if cfg.metrics_address else "")
+    log.info("ipamd node %s: CNI socket %s, gRPC socket %s%s, etcd %s prefix %s%s", cfg.node_name, cfg.cni_socket,
+             cfg.grpc_socket, ", gRPC TLS on %s (port %d)" % (cfg.grpc_address, grpc_server.tcp_port) if tcp else "",
+             endpoints, cfg.etcd_prefix, ", metrics on %s" % cfg.metrics_address if cfg.metrics_address else "")
 
+    def readiness_changed(ready: bool, detail: str) -> None:
+        grpc_server.set_serving(ready)
+        service.unhealthy = "" if ready else detail
+
+    readiness = Readiness(metrics, readiness_changed)
     lease = _NodeLease(service, cfg)
-    serving = [False]
+
+    def daemon_status() -> DaemonStatus:
+        return collect_status(service, store, readiness, cfg.etcd_timeout)
 
     def sync_round() -> float:
-        """Until the first sync: sync, wait for the node record, report ready. After it: readiness follows etcd
-        (health NOT_SERVING and ipamd_ready 0 while etcd cannot be read; requests are still tried)."""
-        service.failpoints.hit("sync.read")
-        if not service.ready:
-            service.sync()
-            if not lease.registered.wait(0.5):  # the node record is written before the daemon reports ready
-                return 0.0
-            service.set_ready()
-            grpc_server.set_serving(True)
-            serving[0] = True
-            log.info("first sync with etcd done; ready")
-            return 2.0
+        """Until the first sync: sync, wait for the node record, check etcd's versions, report ready. After it:
+        readiness follows etcd (docs/operations.md "Health"): the node record readable (quorum, permission) and
+        no alarm; requests are still tried while not ready."""
         try:
-            store.read(node_key(cfg.node_name), None, cfg.etcd_timeout)
-        except IpamError:
-            if serving[0]:
-                log.warning("etcd unreachable: reporting not ready")
-                serving[0] = False
-                grpc_server.set_serving(False)
-                metrics.ready.set(0)
+            service.failpoints.hit("sync.read")
+            if not service.ready:
+                service.sync()
+                if not lease.registered.wait(0.5):  # the node record is written before the daemon reports ready
+                    return 0.0
+                check_etcd_versions(store, metrics, cfg.etcd_timeout)
+                service.set_ready()
+                log.info("first sync with etcd done")
+            probe_etcd(store, metrics, cfg)
+        except IpamError as exc:
+            readiness.set(reason_of(exc), exc.msg)
             raise
-        if not serving[0]:
-            log.info("etcd reachable again: ready")
-            serving[0] = True
-            grpc_server.set_serving(True)
-            metrics.ready.set(1)
+        readiness.set(None)
         return 2.0
+
+    def lease_round() -> float:
+        try:
+            return lease.round()
+        except IpamError as exc:
+            if not service.ready and reason_of(exc) != "etcd_unavailable":
+                readiness.set(reason_of(exc), exc.msg)  # e.g. no permission to write the node record (B44)
+            raise
 
     def watch_round() -> float:
         """Keep the view fresh once the first sync is done (ipamd.watcher)."""
@@ -169,7 +210,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                          args=("reconcile", reconcile_round, stop, metrics.loop_errors.labels("reconcile").inc, 1.0,
                                60.0)),
         threading.Thread(target=supervise, name="lease", daemon=True,
-                         args=("node lease", lease.round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
+                         args=("node lease", lease_round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
                                max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),
     ]
     for t in loops:
@@ -183,10 +224,6 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         t.join(timeout=cfg.etcd_timeout + 1)
     service.watcher.close()
     lease.revoke()
-    try:
-        os.unlink(cfg.grpc_socket)
-    except FileNotFoundError:
-        pass
     if metrics_server is not None:
         metrics_server.shutdown()  # type: ignore[attr-defined]
     store.close()
@@ -194,6 +231,79 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         embedded.stop()
     log.info("stopped")
     return 0
+
+
+def probe_etcd(store: EtcdStore, metrics: Metrics, cfg: config_mod.DaemonConfig) -> None:
+    """One readiness probe (docs/operations.md "Health"): a linearizable read of this node's record (etcd has a
+    quorum and grants us read permission) and the cluster's alarms. Raises :class:`StoreUnavailable`, or
+    :class:`StoreRefused` for a missing permission or a raised alarm (B44, B45); sets ``ipamd_etcd_alarm``."""
+    store.read(node_key(cfg.node_name), None, cfg.etcd_timeout)
+    status = store.status(cfg.etcd_timeout)
+    for alarm in ALARMS.values():
+        metrics.etcd_alarm.labels(alarm).set(1 if alarm in status.alarms else 0)
+    if status.alarms:
+        raise StoreRefused("etcd alarm %s is raised: etcd refuses writes until an operator frees space and disarms "
+                           "it (docs/operations.md \"etcd alarms\")" % ", ".join(status.alarms), "alarm")
+
+
+def check_etcd_versions(store: EtcdStore, metrics: Metrics, timeout: float) -> None:
+    """Ask every configured endpoint for its etcd release; warn (log and ``ipamd_etcd_server_info{known_bad}``)
+    for a release with a known data-loss bug (docs/operations.md "etcd versions"). Endpoints that do not answer are
+    skipped. Never raises."""
+    for url in store.endpoints:
+        try:
+            version = store.status(timeout, endpoint=url).version
+        except IpamError as exc:
+            log.info("etcd at %s did not report its version: %s", url, exc.msg)
+            continue
+        problem = version_problem(version)
+        metrics.etcd_server.labels(url, version, "true" if problem else "false").set(1)
+        if problem:
+            log.warning("etcd at %s runs %s, a release with a known data-loss bug: %s; upgrade etcd "
+                        "(docs/operations.md \"etcd versions\")", url, version, problem)
+        else:
+            log.info("etcd at %s runs %s", url, version)
+
+
+def collect_status(service: IpamService, store: EtcdStore, readiness: Readiness, timeout: float) -> DaemonStatus:
+    """The daemon's status for ``ipamctl status``: readiness, the view's revisions, a fresh Maintenance.Status of the
+    etcd member in use (its error when it cannot be asked) and this node's pools (docs/operations.md "Health")."""
+    etcd_error, st = "", None
+    try:
+        st = store.status(timeout)
+    except IpamError as exc:
+        etcd_error = exc.msg
+    pools: list[PoolStatus] = []
+    try:
+        own: dict[str, list[str]] = {}
+        for pool_id, block in service.cache.own_blocks():
+            own.setdefault(pool_id, []).append(block.cidr())
+        pools = [PoolStatus(p.pool, p.usable, p.allocated, p.blocks, tuple(sorted(own.get(p.pool, ()))))
+                 for p in pool_stats(service)]
+    except IpamError as exc:
+        etcd_error = etcd_error or exc.msg
+    return DaemonStatus(
+        node=service.node, version=package_version("ipamd"), ready=readiness.ready,
+        not_ready_reason=readiness.reason or "",
+        not_ready_detail=readiness.detail, sync_revision=service.revision, watch_revision=service.cache.watch_revision,
+        etcd_reachable=st is not None, etcd_error=etcd_error, etcd_endpoint=st.endpoint if st else store.endpoint,
+        etcd_version=st.version if st else "", etcd_member_id=st.member_id if st else 0,
+        etcd_leader=st.leader if st else 0, etcd_revision=st.revision if st else 0,
+        etcd_alarms=st.alarms if st else (), pools=tuple(pools))
+
+
+def pool_stats(service: IpamService) -> list[PoolStats]:
+    """Per-pool figures for the scrape: usable and allocated (service.pool_usage: one count-only read per pool),
+    blocks claimed by any node (one count-only read per pool) and by this node (the cache)."""
+    own: dict[str, int] = {}
+    for pool_id, _ in service.cache.own_blocks():
+        own[pool_id] = own.get(pool_id, 0) + 1
+    out = []
+    for pool_id, usable, allocated in service.pool_usage():
+        prefix = blocks_prefix(pool_id)
+        blocks = service.store.count(prefix, prefix_end(prefix), service.etcd_timeout)
+        out.append(PoolStats(pool_id, usable, allocated, blocks, own.get(pool_id, 0)))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,7 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print("ipamd: %s" % exc, file=sys.stderr)
         return 2
-    logs.setup(cfg.log_level)
+    logs.setup(cfg.log_level, cfg.log_format)
+    if any(a == "--etcd-password" or a.startswith("--etcd-password=") for a in argv):
+        log.warning("--etcd-password on the command line is visible to every local user in the process list; use "
+                    "--etcd-password-file or IPAMD_ETCD_PASSWORD")
+    if cfg.request_timeout >= 30:
+        log.warning("--request-timeout %g is not below the CNI plugin's default deadline of 30 s "
+                    "(IPAMD_CNI_TIMEOUT): the plugin may give up before the daemon answers", cfg.request_timeout)
     return run(cfg)
 
 

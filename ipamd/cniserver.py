@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ from .domain.cni import (
 from .domain.errors import InvalidConfig, IpamError, TryAgainLater
 from .domain.netconf import parse_netconf_cached
 from .service import IpamService
+from .sockets import Claim
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +146,8 @@ def _finish(service: IpamService, verb: str, started: float, status: int, stdout
     m = service.metrics
     label = verb if verb in VERBS or verb == "ABOUT" else "OTHER"  # no label per junk command
     code = error.cni_code if error is not None else 0
-    m.child(m.requests, label, "ok" if status == 0 else str(code)).inc()
     took = time.monotonic() - started
-    if verb == "ADD":
-        m.add_seconds.observe(took)
+    m.request(label, code, took)
     if verb != "VERSION" and log.isEnabledFor(logging.INFO):
         ctx["duration_ms"] = took * 1000.0
         ctx["code"] = code
@@ -202,19 +200,21 @@ def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, str | None
 
 
 class CniServer:
-    """Serves the CNI socket at ``path`` with ``workers`` threads, each accepting and answering one connection at a
-    time (no hand-off between threads: a request costs one accept, one or two recvs and one send).
-    :meth:`stop` stops accepting and lets the requests in flight finish."""
+    """Serves the CNI socket of ``claim`` (:func:`ipamd.sockets.claim`: mode, owner and replacement rules of field
+    case B46) with ``workers`` threads, each accepting and answering one connection at a time (no hand-off between
+    threads: a request costs one accept, one or two recvs and one send). :meth:`stop` stops accepting and lets the
+    requests in flight finish. Raises :class:`ipamd.sockets.SocketError` when the socket cannot be made."""
 
-    def __init__(self, service: IpamService, path: str, workers: int = 32) -> None:
+    def __init__(self, service: IpamService, claim: Claim, workers: int = 32) -> None:
         self.service = service
-        self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a stale socket of a previous run; a live daemon holds a lock elsewhere
+        self.path = claim.path
+        self._claim = claim
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(path)
-        os.chmod(path, 0o600)
+        try:
+            claim.bind(self._sock.bind)
+        except BaseException:
+            self._sock.close()
+            raise
         self._sock.listen(256)
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._worker, name="cni-%d" % i, daemon=True)
@@ -263,7 +263,4 @@ class CniServer:
         self._sock.close()
         for t in self._threads:
             t.join(timeout=self.service.request_timeout + READ_DEADLINE)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._claim.release()

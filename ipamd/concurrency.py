@@ -80,14 +80,14 @@ class KeyedLocks:
 
 
 def retry_until(deadline: float, what: str, body: Callable[[], T | None],
-                on_conflict: Callable[[], None] | None = None) -> T:
+                on_conflict: Callable[[], None] | None = None, on_retry: Callable[[], None] | None = None) -> T:
     """Run ``body`` until it returns something other than ``None``.
 
     ``None`` means "a compare failed, the view is refreshed: try again"; :class:`StoreUnavailable` and
     :class:`DeadlinePassed` are retried too. Waits between attempts are jittered exponential (full jitter from
     :data:`BACKOFF_FIRST` up to :data:`BACKOFF_CAP`) and never run past ``deadline``. When the deadline comes, raises
     :class:`TryAgainLater` (code 11) naming ``what`` and the last cause, chained. Any other exception propagates at
-    once. ``on_conflict`` is called for each ``None`` (metrics).
+    once. ``on_conflict`` is called for each ``None``, ``on_retry`` for each attempt after the first (metrics).
     """
     started = time.monotonic()
     # the steady state commits at the first attempt: run it without the retry machinery
@@ -111,6 +111,8 @@ def retry_until(deadline: float, what: str, body: Callable[[], T | None],
         raise _give_up(what, started, exc, state.attempt_number + 1) from exc
 
     def conflict(state: RetryCallState) -> None:
+        if on_retry is not None:
+            on_retry()
         outcome = state.outcome
         if outcome is not None and not outcome.failed and on_conflict is not None:
             on_conflict()

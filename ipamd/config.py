@@ -35,8 +35,14 @@ class DaemonConfig:
     etcd_key: str = ""
     etcd_user: str = ""
     etcd_password: str = ""
+    etcd_password_file: str = ""
     cni_socket: str = "/run/ipamd/cni.sock"
     grpc_socket: str = "/run/ipamd/ipamd.sock"
+    socket_group: str = ""
+    grpc_address: str = ""
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_client_ca: str = ""
     metrics_address: str = ""
     embedded_etcd: str = ""
     request_timeout: float = 8.0
@@ -47,11 +53,13 @@ class DaemonConfig:
     node_lease_ttl: int = 30
     handle_cache_size: int = 16384
     log_level: str = "INFO"
+    log_format: str = "text"
 
 
 _FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace"}
 _INTS = {"node_lease_ttl", "handle_cache_size"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 #: Longest unix socket path (``sun_path`` is 108 bytes with its terminating NUL).
 MAX_SOCKET_PATH = 107
 _NODE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -63,9 +71,17 @@ _HELP = {
     "etcd_cert": "client certificate for etcd (with --etcd-key)",
     "etcd_key": "client key for etcd (with --etcd-cert)",
     "etcd_user": "etcd user (with --etcd-password)",
-    "etcd_password": "etcd password",
+    "etcd_password": "etcd password (prefer --etcd-password-file or IPAMD_ETCD_PASSWORD: a flag is visible to "
+                     "every local user in the process list)",
+    "etcd_password_file": "file whose first line is the etcd password (read at each authentication)",
     "cni_socket": "unix socket ipamd-cni talks to (default /run/ipamd/cni.sock)",
     "grpc_socket": "unix socket of the gRPC API and health service (default /run/ipamd/ipamd.sock)",
+    "socket_group": "group (name or number) given access to both sockets (mode 0660, directories the daemon creates "
+                    "0750); default: owner only (0600, 0700)",
+    "grpc_address": "host:port of an optional gRPC TCP listener (needs --grpc-tls-cert and --grpc-tls-key)",
+    "grpc_tls_cert": "server certificate (PEM) of the gRPC TCP listener",
+    "grpc_tls_key": "server key (PEM) of the gRPC TCP listener",
+    "grpc_client_ca": "CA (PEM) whose client certificates the gRPC TCP listener requires (off when empty)",
     "metrics_address": "host:port of the Prometheus /metrics endpoint (off when empty)",
     "embedded_etcd": "start a one-member etcd with its data in DIR, stopped with the daemon (demo, single machine)",
     "request_timeout": "deadline of one request including retries, seconds (default 8)",
@@ -76,6 +92,7 @@ _HELP = {
     "node_lease_ttl": "TTL of the node liveness lease, whole seconds >= 2 (default 30)",
     "handle_cache_size": "handles kept in memory for one-transaction DELs (default 16384)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text (one line per record, context as key=value) or json (one JSON object per line)",
 }
 
 
@@ -127,14 +144,27 @@ def _endpoints(value: str) -> str | None:
     return None
 
 
-def _metrics(value: str) -> str | None:
-    if not value:
+def _optional(parse: Callable[[str], object]) -> Callable[[str], str | None]:
+    """A check for an optional setting: "" passes, else ``parse(value)`` must not raise :class:`ConfigError`."""
+    def check(value: str) -> str | None:
+        if not value:
+            return None
+        try:
+            parse(value)
+        except ConfigError as exc:
+            return str(exc)
         return None
+    return check
+
+
+def resolve_group(value: str) -> int:
+    """A group name or number -> its gid. Raises :class:`ConfigError` when no such group exists."""
+    import grp
+
     try:
-        parse_listen_address(value)
-    except ConfigError as exc:
-        return str(exc)
-    return None
+        return grp.getgrgid(int(value)).gr_gid if value.isdigit() else grp.getgrnam(value).gr_gid
+    except (KeyError, OverflowError):
+        raise ConfigError("%r is not a group of this system" % value) from None
 
 
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -144,7 +174,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "etcd_prefix": lambda v: None if v and not any(c.isspace() for c in v) else "must be non-empty, no spaces",
     "cni_socket": _socket_path,
     "grpc_socket": _socket_path,
-    "metrics_address": _metrics,
+    "metrics_address": _optional(parse_listen_address),
     "request_timeout": _positive,
     "etcd_timeout": _positive,
     "gc_timeout": _positive,
@@ -153,6 +183,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "node_lease_ttl": lambda v: None if 2 <= v <= 86400 else "must be whole seconds from 2 to 86400",
     "handle_cache_size": lambda v: None if 0 <= v <= 10_000_000 else "must be 0 to 10000000",
     "log_level": lambda v: None if v.upper() in LOG_LEVELS else "must be one of %s" % ", ".join(LOG_LEVELS),
+    "log_format": lambda v: None if v.lower() in LOG_FORMATS else "must be one of %s" % ", ".join(LOG_FORMATS),
+    "grpc_address": _optional(parse_listen_address),
+    "socket_group": _optional(resolve_group),
 }
 
 
@@ -231,13 +264,30 @@ def validate(cfg: DaemonConfig, sources: Mapping[str, str] | None = None) -> Non
     if bool(cfg.etcd_cert) != bool(cfg.etcd_key):
         raise fail("etcd_cert" if cfg.etcd_key else "etcd_key", "is required with --%s"
                    % ("etcd-key" if cfg.etcd_key else "etcd-cert"))
-    if bool(cfg.etcd_user) != bool(cfg.etcd_password):
+    if cfg.etcd_password and cfg.etcd_password_file:
+        raise fail("etcd_password_file", "and --etcd-password are exclusive: give one")
+    has_password = bool(cfg.etcd_password or cfg.etcd_password_file)
+    if bool(cfg.etcd_user) != has_password:
         raise fail("etcd_password" if cfg.etcd_user else "etcd_user",
                    "is required with --%s" % ("etcd-user" if cfg.etcd_user else "etcd-password"))
+    if cfg.gc_timeout < cfg.request_timeout:
+        raise fail("gc_timeout", "%g must be at least --request-timeout %g (a GC request waits for its release up "
+                   "to the request deadline)" % (cfg.gc_timeout, cfg.request_timeout))
+    if cfg.node_lease_ttl < 2 * cfg.etcd_timeout:
+        raise fail("node_lease_ttl", "%d must be at least twice --etcd-timeout %g (a keep-alive must fit in the "
+                   "lease's life with room for one retry)" % (cfg.node_lease_ttl, cfg.etcd_timeout))
+    if cfg.grpc_address and not (cfg.grpc_tls_cert and cfg.grpc_tls_key):
+        raise fail("grpc_address", "needs --grpc-tls-cert and --grpc-tls-key: the TCP listener serves TLS only")
+    if bool(cfg.grpc_tls_cert) != bool(cfg.grpc_tls_key):
+        raise fail("grpc_tls_cert" if cfg.grpc_tls_key else "grpc_tls_key", "is required with --%s"
+                   % ("grpc-tls-key" if cfg.grpc_tls_key else "grpc-tls-cert"))
+    if cfg.grpc_client_ca and not cfg.grpc_address:
+        raise fail("grpc_client_ca", "needs --grpc-address (client certificates apply to the TCP listener)")
     secure = any(s for _, _, s in parse_endpoints(cfg.etcd_endpoints))
     if secure and not cfg.etcd_ca_cert:
         raise fail("etcd_ca_cert", "is required for https etcd endpoints")
-    for name in ("etcd_ca_cert", "etcd_cert", "etcd_key"):
+    for name in ("etcd_ca_cert", "etcd_cert", "etcd_key", "etcd_password_file", "grpc_tls_cert", "grpc_tls_key",
+                 "grpc_client_ca"):
         path = getattr(cfg, name)
         if path and not os.access(path, os.R_OK):
             raise fail(name, "%r is not a readable file" % path)

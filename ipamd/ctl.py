@@ -8,6 +8,7 @@ Commands:
     ipamctl repair --from-report FILE             remove exactly the broken records a recent report found
     ipamctl node remove NODE [--force] [--yes]    release a departed node's addresses and blocks
     ipamctl gc [--dry-run]                        run the node's reconciler now (or show what it would release)
+    ipamctl status [-o json]                      the daemon's health, its view of etcd, this node's pools
 
 ``--socket`` (default ``IPAMD_GRPC_SOCKET``, else ``/run/ipamd/ipamd.sock``) picks the daemon. The etcd commands
 take the daemon's own etcd settings: ``--config FILE`` (the daemon's TOML), ``IPAMD_ETCD_*`` variables and
@@ -17,14 +18,18 @@ take the daemon's own etcd settings: ``--config FILE`` (the daemon's TOML), ``IP
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ipamd_client import IpamClient
 
 _ETCD_FLAGS = ("etcd_endpoints", "etcd_prefix", "etcd_ca_cert", "etcd_cert", "etcd_key", "etcd_user",
-               "etcd_password")
+               "etcd_password", "etcd_password_file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("network")
         sp.add_argument("container_id")
         sp.add_argument("if_name")
+    st = sub.add_parser("status", parents=[common], help="the daemon's readiness, etcd (reachable, version, leader, "
+                        "revision), sync state and this node's pools and blocks")
+    st.add_argument("-o", "--output", choices=("text", "json"), default="text")
     gc = sub.add_parser("gc", parents=[common], help="run the node's reconciler now (docs/ipamctl.md)")
     gc.add_argument("--dry-run", action="store_true", help="only print what would be released, and why")
     etcd_opts = argparse.ArgumentParser(add_help=False)
@@ -77,7 +85,7 @@ def _store(args: argparse.Namespace) -> tuple[Any, Any]:
     cfg = config.load(argv)
     return cfg, EtcdStore(cfg.etcd_endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
                           cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
-                          password=cfg.etcd_password or None)
+                          password=cfg.etcd_password or None, password_file=cfg.etcd_password_file or None)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -181,6 +189,31 @@ def _node_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(client: IpamClient, output: str) -> int:
+    """``ipamctl status``: print the daemon's Status (docs/operations.md "Health"); exit 0 when it is ready, 1 when
+    it is not (so scripts can wait on it)."""
+    st = client.status()
+    if output == "json":
+        print(json.dumps(dataclasses.asdict(st), indent=2))
+        return 0 if st.ready else 1
+    print("node %s, ipamd %s: %s" % (st.node, st.version, "ready" if st.ready else "NOT READY (%s: %s)"
+                                     % (st.not_ready_reason, st.not_ready_detail)))
+    if st.etcd_reachable:
+        print("etcd %s: version %s, member %x, leader %s, revision %d%s"
+              % (st.etcd_endpoint, st.etcd_version, st.etcd_member_id,
+                 "%x" % st.etcd_leader if st.etcd_leader else "none", st.etcd_revision,
+                 ", ALARMS " + ",".join(st.etcd_alarms) if st.etcd_alarms else ""))
+    else:
+        print("etcd %s: unreachable: %s" % (st.etcd_endpoint, st.etcd_error))
+    print("sync: view read at revision %d, up to date to revision %d" % (st.sync_revision, st.watch_revision))
+    for p in st.pools:
+        print("pool %s: %d of %d allocated, %d block(s) claimed, %d of them here: %s"
+              % (p.pool, p.allocated, p.size, p.blocks, len(p.own_blocks), " ".join(p.own_blocks) or "-"))
+    if not st.pools:
+        print("no pools yet")
+    return 0 if st.ready else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     socket = getattr(args, "socket", None) or os.environ.get("IPAMD_GRPC_SOCKET") or "/run/ipamd/ipamd.sock"
@@ -199,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ipamd_client import IpamClient
 
         with IpamClient(socket) as client:
+            if args.cmd == "status":
+                return _status(client, args.output)
             if args.cmd == "list":
                 allocations = client.list(args.network)
                 for a in allocations:

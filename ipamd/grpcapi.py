@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,10 +25,12 @@ from .domain.cni import (
     validate_if_name,
     validate_network_name,
 )
-from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError
+from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError, TryAgainLater
 from .domain.model import HandleRecord
 from .domain.netconf import parse_netconf
+from .domain.status import DaemonStatus
 from .service import IpamService
+from .sockets import Claim
 from .v1 import ipam_pb2, ipam_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,9 +68,9 @@ def _guard(verb: str) -> Callable[..., Any]:
                 log.exception("gRPC %s: unexpected error", verb)
                 err = IpamError("internal error: %s" % exc.__class__.__name__, str(exc))
             else:
-                self._count(verb, "ok")
+                self._count(verb, 0)
                 return out
-            self._count(verb, str(err.cni_code))
+            self._count(verb, err.cni_code)
             context.set_trailing_metadata(((CODE_METADATA, str(err.cni_code)),))
             context.abort(grpc.StatusCode[GRPC_STATUS_BY_CODE.get(err.cni_code, "INTERNAL")],
                           err.msg + (": " + err.details if err.details else ""))
@@ -78,14 +81,16 @@ def _guard(verb: str) -> Callable[..., Any]:
 
 
 class IpamServicer(ipam_pb2_grpc.IpamServicer):
-    """``ipamd.v1.Ipam`` over :class:`IpamService` (same service layer as the CNI path)."""
+    """``ipamd.v1.Ipam`` over :class:`IpamService` (same service layer as the CNI path). ``status`` answers the
+    ``Status`` call (the daemon's health and view; absent: the call answers UNAVAILABLE/11)."""
 
-    def __init__(self, service: IpamService) -> None:
+    def __init__(self, service: IpamService, status: Callable[[], DaemonStatus] | None = None) -> None:
         self.service = service
+        self.status = status
 
-    def _count(self, verb: str, outcome: str) -> None:
+    def _count(self, verb: str, code: int) -> None:
         m = self.service.metrics
-        m.child(m.requests, "grpc." + verb, outcome).inc()
+        m.child(m.requests, "grpc." + verb, "ok" if code == 0 else "error", str(code)).inc()
 
     @_guard("Allocate")
     def Allocate(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -123,11 +128,24 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
             return ipam_pb2.GetAllocationResponse(found=False)
         return ipam_pb2.GetAllocationResponse(found=True, allocation=_allocation_msg(rec))
 
+    @_guard("Status")
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if self.status is None:
+            raise TryAgainLater("status is not available on this server")
+        st = self.status()
+        return ipam_pb2.StatusResponse(
+            node=st.node, version=st.version, ready=st.ready, not_ready_reason=st.not_ready_reason,
+            not_ready_detail=st.not_ready_detail, sync_revision=st.sync_revision, watch_revision=st.watch_revision,
+            etcd_reachable=st.etcd_reachable, etcd_error=st.etcd_error, etcd_endpoint=st.etcd_endpoint,
+            etcd_version=st.etcd_version, etcd_member_id=st.etcd_member_id, etcd_leader=st.etcd_leader,
+            etcd_revision=st.etcd_revision, etcd_alarms=list(st.etcd_alarms),
+            pools=[ipam_pb2.PoolStatus(pool=p.pool, size=p.size, allocated=p.allocated, blocks=p.blocks,
+                                       own_blocks=list(p.own_blocks)) for p in st.pools])
+
     @_guard("ListAllocations")
     def ListAllocations(self, request: Any, context: grpc.ServicerContext) -> Any:
         return ipam_pb2.ListAllocationsResponse(
             allocations=[_allocation_msg(r) for r in self.service.list_attachments(request.network)])
-
 
     @_guard("Reconcile")
     def Reconcile(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -138,18 +156,54 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
             waiting=[ipam_pb2.ReconcileItem(key=k, reason=result.candidates.get(k, ""), wait=w)
                      for k, w in sorted(result.waiting.items())])
 
-class GrpcServer:
-    """gRPC server on ``unix:<path>`` with the Ipam service and the health service (NOT_SERVING until ready)."""
 
-    def __init__(self, service: IpamService, path: str, workers: int = 16) -> None:
-        self.path = path
+@dataclass(frozen=True, slots=True)
+class TcpListener:
+    """The optional gRPC TCP listener: ``address`` ``host:port`` (port 0 picks one), the server's PEM ``cert`` and
+    ``key`` files, and ``client_ca``: when set, clients must present a certificate signed by it (mutual TLS). There is
+    no plain-text TCP listener (docs/operations.md "Local access")."""
+
+    address: str
+    cert: str
+    key: str
+    client_ca: str = ""
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials from the files; raises ``OSError`` when one cannot be read."""
+        def read(path: str) -> bytes:
+            with open(path, "rb") as fh:
+                return fh.read()
+        ca = read(self.client_ca) if self.client_ca else None
+        return grpc.ssl_server_credentials([(read(self.key), read(self.cert))], root_certificates=ca,
+                                           require_client_auth=ca is not None)
+
+
+class GrpcServer:
+    """gRPC server with the Ipam service and the health service (NOT_SERVING until ready) on the unix socket of
+    ``claim`` (:mod:`ipamd.sockets`: mode, owner and replacement rules of field case B46) and, when ``tcp`` is
+    given, on a TLS TCP listener. Raises :class:`ipamd.sockets.SocketError` for the unix socket, ``OSError`` when
+    the TCP listener cannot be made."""
+
+    def __init__(self, service: IpamService, claim: Claim, workers: int = 16, tcp: TcpListener | None = None,
+                 status: Callable[[], DaemonStatus] | None = None) -> None:
+        self.path = claim.path
+        self._claim = claim
         self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
-        ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service), self.server)  # type: ignore[no-untyped-call]
+        ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service, status),  # type: ignore[no-untyped-call]
+                                                 self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.set_serving(False)
-        if self.server.add_insecure_port("unix:" + path) == 0:
-            raise OSError("cannot listen on gRPC socket %s" % path)
+
+        def bind(temp: str) -> None:
+            if self.server.add_insecure_port("unix:" + temp) == 0:
+                raise OSError("cannot listen on gRPC socket %s" % temp)
+        claim.bind(bind)
+        self.tcp_port = 0
+        if tcp is not None:
+            self.tcp_port = self.server.add_secure_port(tcp.address, tcp.credentials())
+            if self.tcp_port == 0:
+                raise OSError("cannot listen on gRPC address %s" % tcp.address)
 
     def set_serving(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -160,5 +214,7 @@ class GrpcServer:
         self.server.start()
 
     def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let calls in flight finish within ``grace`` seconds, remove the unix socket."""
         self.set_serving(False)
         self.server.stop(grace).wait()
+        self._claim.release()

@@ -47,7 +47,7 @@ from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .metrics import Metrics
 from .reconciler import NetnsCheck, PassResult, Reconciler
-from .store.base import KV, Get, Store, StoreUnavailable, TxnResult, prefix_end
+from .store.base import KV, Get, Store, StoreRefused, StoreUnavailable, TxnResult, prefix_end
 from .txns import AddTxn, DelTxn, PlannedAddress, PoolGuard
 from .watcher import ViewWatcher
 
@@ -85,6 +85,8 @@ class IpamService:
         self.failpoints = failpoints or Failpoints()
         self.cache = NodeCache(node, handle_limit)
         self.ready = False
+        #: why ADD cannot be served although the first sync is done ("" when it can); STATUS answers 50 with it
+        self.unhealthy = ""
         self.revision = 0
         self._locks = KeyedLocks()
         self._specs: dict[tuple[str, object, int], bytes] = {}
@@ -128,14 +130,10 @@ class IpamService:
         (ipamd.batching: only when that equals sending them one by one)."""
         timeout = min(remaining(deadline), self.etcd_timeout)
         self.metrics.child(self.metrics.etcd_txns, verb).inc()
-        try:
-            if batch:
-                return self.group.txn(txn.compares, txn.success, txn.failure, timeout)
-            self.metrics.etcd_round_trips.inc()
-            return self.store.txn(txn.compares, txn.success, txn.failure, timeout)
-        except StoreUnavailable:
-            self.metrics.etcd_errors.inc()
-            raise
+        if batch:  # etcd errors are counted by the store's hook (ipamd_etcd_errors_total{kind})
+            return self.group.txn(txn.compares, txn.success, txn.failure, timeout)
+        self.metrics.etcd_round_trips.inc()
+        return self.store.txn(txn.compares, txn.success, txn.failure, timeout)
 
     def _read(self, key: str, range_end: str | None, deadline: float | None = None) -> tuple[KV, ...]:
         timeout = self.etcd_timeout if deadline is None else min(remaining(deadline), self.etcd_timeout)
@@ -159,7 +157,8 @@ class IpamService:
         with self._locks.hold(att.handle):
             return retry_until(deadline, "ADD",
                                lambda: self._add_once(att, netconf, wanted, netns, pod or {}, state, deadline),
-                               self.metrics.child(self.metrics.cas_conflicts, "ADD").inc)
+                               self.metrics.child(self.metrics.cas_conflicts, "ADD").inc,
+                               self.metrics.child(self.metrics.retries, "ADD").inc)
 
     def _add_once(self, att: Attachment, netconf: NetConf, requested: dict[int, tuple[Pool, int]], netns: str,
                   pod: dict[str, str], state: _AddState, deadline: float) -> list[Allocation] | None:
@@ -282,6 +281,11 @@ class IpamService:
             puts = {p.pool.id: (PoolRecord.decode(p.guard.put), p.guard.put) for p in planned
                     if p.guard.put is not None}
             self.cache.committed_add(record, [(p.pool, p.pick) for p in planned], res.revision, puts)
+            for p in planned:
+                if p.pick.mode == "claim":
+                    self.metrics.block_claims.inc()
+                elif p.pick.mode == "borrow":
+                    self.metrics.child(self.metrics.borrowed, p.pool.id).inc()
             self.failpoints.hit("add.after_commit")
             return list(allocations)
         failure = txn.decode_failure(res)
@@ -346,7 +350,8 @@ class IpamService:
                     known[0] = CachedHandle(kv.mod_revision, self._keys_to_release(kv)) if kv is not None \
                         else CachedHandle(0, ())
                 return None
-            return retry_until(deadline, "DEL", once, self.metrics.child(self.metrics.cas_conflicts, "DEL").inc)
+            return retry_until(deadline, "DEL", once, self.metrics.child(self.metrics.cas_conflicts, "DEL").inc,
+                               self.metrics.child(self.metrics.retries, "DEL").inc)
 
     @staticmethod
     def _keys_to_release(kv: KV) -> tuple[str, ...]:
@@ -401,11 +406,13 @@ class IpamService:
         range set with no free address). One count-only read per pool. Read-only."""
         if not self.ready:
             raise NotAvailable("ipamd on node %s is not ready" % self.node)
+        if self.unhealthy:  # set by the daemon's readiness probe (etcd alarm, permission, unreachable: B45)
+            raise NotAvailable("ipamd on node %s cannot serve ADD now: %s" % (self.node, self.unhealthy))
         try:
             for rset in netconf.range_sets:
                 if not any(self._free(pool) > 0 for pool in rset):
                     raise NotAvailable("no free address in pool %s" % ", ".join(str(p.range.subnet) for p in rset))
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreRefused) as exc:
             raise NotAvailable("etcd unavailable: %s" % exc.msg) from exc
 
     def _free(self, pool: Pool) -> int:

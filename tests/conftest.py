@@ -39,8 +39,11 @@ def plugin(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def etcd() -> Iterator[EtcdCluster]:
-    """A single-member etcd for the whole session (tests isolate themselves by key prefix)."""
-    cluster = EtcdCluster(1).start()
+    """A single-member etcd for the whole session (tests isolate themselves by key prefix). With
+    ``IPAMD_TEST_ETCD_ENDPOINTS=http://h1:2379,...`` the session uses that external cluster instead (for example the
+    one of deploy/compose/docker-compose.yml); tests that must kill or restart etcd still start their own."""
+    external = os.environ.get("IPAMD_TEST_ETCD_ENDPOINTS")
+    cluster = EtcdCluster.external(external).start() if external else EtcdCluster(1).start()
     yield cluster
     cluster.stop()
 

@@ -41,21 +41,40 @@ def _tmpdir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
-class EtcdMember:
-    """One etcd process; ``cluster`` is the ``--initial-cluster`` string it joins."""
+@dataclass(frozen=True)
+class EtcdTls:
+    """Server TLS of test etcd members: PEM files; ``client_cert_auth`` makes etcd require client certificates."""
 
-    def __init__(self, name: str, data_dir: str, client_port: int, peer_port: int, cluster: str) -> None:
+    cert: str
+    key: str
+    ca: str
+    client_cert_auth: bool = False
+
+
+class EtcdMember:
+    """One etcd process; ``cluster`` is the ``--initial-cluster`` string it joins. ``tls`` serves the client URL
+    over https; ``extra`` are more etcd flags (they win over earlier ones: etcd keeps the last value)."""
+
+    def __init__(self, name: str, data_dir: str, client_port: int, peer_port: int, cluster: str,
+                 tls: EtcdTls | None = None, extra: tuple[str, ...] = ()) -> None:
         self.name, self.data_dir, self.client_port, self.peer_port = name, data_dir, client_port, peer_port
         self.cluster = cluster
+        self.tls, self.extra = tls, extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return "http://127.0.0.1:%d" % self.client_port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.client_port)
 
     def start(self, new: bool = True) -> None:
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = ["--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                   "--cert-file", self.tls.cert, "--key-file", self.tls.key]
+            if self.tls.client_cert_auth:  # etcd requires client certificates whenever it has a trusted CA
+                tls += ["--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         cmd = etcd_command(self.name, self.data_dir, self.client_port, self.peer_port, self.cluster, new,
-                           ETCD_TUNING)
+                           [*ETCD_TUNING, *tls, *self.extra])
         log = open(os.path.join(os.path.dirname(self.data_dir), self.name + ".log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -73,20 +92,37 @@ class EtcdMember:
 
 
 class EtcdCluster:
-    """``size`` etcd members on loopback (1 or 3), fresh data in a temporary directory."""
+    """``size`` etcd members on loopback (1 or 3), fresh data in a temporary directory. ``tls``, ``extra``: see
+    :class:`EtcdMember`; ``client`` are the store options (TLS files, user, password) of :meth:`wait_healthy`
+    and :meth:`etcdctl` (``root_password``: etcdctl runs as ``root`` with it, for clusters with auth enabled)."""
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, tls: EtcdTls | None = None, extra: tuple[str, ...] = (),
+                 client: dict[str, Any] | None = None, root_password: str | None = None) -> None:
         self.dir = _tmpdir("ipamd-etcd-")
+        self.tls, self.client, self.root_password = tls, dict(client or {}), root_password
         ports = [(free_port(), free_port()) for _ in range(size)]
         cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, (_, p) in enumerate(ports))
-        self.members = [EtcdMember("m%d" % i, os.path.join(self.dir, "m%d" % i), c, p, cluster)
+        self.members = [EtcdMember("m%d" % i, os.path.join(self.dir, "m%d" % i), c, p, cluster, tls, extra)
                         for i, (c, p) in enumerate(ports)]
+
+    @classmethod
+    def external(cls, endpoints: str) -> EtcdCluster:
+        """A cluster this run did not start (``IPAMD_TEST_ETCD_ENDPOINTS``): no members to stop or kill; the tests
+        isolate themselves by key prefix."""
+        cluster = cls(0)
+        cluster._external = endpoints
+        return cluster
+
+    _external = ""
 
     @property
     def endpoints(self) -> str:
-        return ",".join(m.endpoint for m in self.members)
+        return self._external or ",".join(m.endpoint for m in self.members)
 
     def start(self) -> EtcdCluster:
+        if self._external:
+            self.wait_healthy()
+            return self
         for m in self.members:
             m.start()
         for m in self.members:
@@ -98,7 +134,8 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                store = EtcdStore(",".join(m.endpoint for m in self.members if m.proc), "/health-probe/")
+                store = EtcdStore(self._external or ",".join(m.endpoint for m in self.members if m.proc),
+                                  "/health-probe/", **self.client)
                 try:
                     store.txn([], [], [], 2.0)  # a write-path round trip needs a leader
                     return
@@ -110,7 +147,14 @@ class EtcdCluster:
                 time.sleep(0.1)
 
     def etcdctl(self, *args: str, endpoint: str | None = None) -> str:
-        cmd = [etcd_binary("etcdctl"), "--endpoints", endpoint or self.endpoints, *args]
+        cmd = [etcd_binary("etcdctl"), "--endpoints", endpoint or self.endpoints]
+        if self.tls is not None:
+            cmd += ["--cacert", self.tls.ca]
+            if self.client.get("cert"):
+                cmd += ["--cert", self.client["cert"], "--key", self.client["key"]]
+        if self.root_password is not None:
+            cmd += ["--user", "root:" + self.root_password]
+        cmd += list(args)
         return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
     def leader(self) -> EtcdMember:
@@ -145,7 +189,7 @@ class Daemon:
     """One ``ipamd`` process with its own sockets; :meth:`start` waits until its health service says SERVING."""
 
     def __init__(self, endpoints: str, prefix: str, node: str, workdir: str, env: dict[str, str] | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, umask: int = -1) -> None:
         self.endpoints, self.prefix, self.node = endpoints, prefix, node
         self.dir = workdir
         tag = uuid.uuid4().hex[:8]
@@ -154,6 +198,7 @@ class Daemon:
         self.log_path = os.path.join(workdir, "ipamd-%s-%s.log" % (node, tag))
         self.env = env or {}
         self.extra_args = extra_args or []
+        self.umask = umask  # the process's umask (-1: inherit)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 20.0) -> Daemon:
@@ -163,7 +208,7 @@ class Daemon:
                "--cni-socket", self.cni_socket, "--grpc-socket", self.grpc_socket, "--log-level", "DEBUG",
                *self.extra_args]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, umask=self.umask)
         log.close()
         if wait_ready:
             self.wait_ready(timeout)

@@ -1,7 +1,33 @@
-"""Python client library for the ipamd gRPC API (``ipamd.v1.Ipam`` on the daemon's unix socket).
+"""Python client library for the ipamd gRPC API (``ipamd.v1.Ipam``, proto/ipamd/v1/ipam.proto).
 
-Errors come back as the same exceptions the daemon raised (:mod:`ipamd.domain.errors`): the CNI code travels
-in the trailing metadata ``ipamd-cni-code`` and :func:`ipamd.domain.errors.error_for_code` rebuilds the class.
+Talk to the node's daemon on its unix socket, or to a daemon's TLS TCP listener::
+
+    from ipamd_client import IpamClient, PoolExhausted, TryAgainLater
+
+    with IpamClient("/run/ipamd/ipamd.sock") as client:
+        conf = {"cniVersion": "1.1.0", "name": "net1",
+                "ipam": {"type": "ipamd-cni", "ranges": [[{"subnet": "10.1.2.0/24"}]]}}
+        try:
+            allocation, cni_result = client.allocate(conf, "c1", "eth0")
+            print(allocation.addresses[0].address)          # 10.1.2.2/24
+        except PoolExhausted as exc:                        # CNI code 100
+            print("full:", exc.msg, exc.details)
+        except TryAgainLater:                               # code 11: not ready, etcd away; retry later
+            raise
+        print(client.get("net1", "c1", "eth0"))             # Allocation or None
+        print([a.container_id for a in client.list("net1")])
+        print(client.release("net1", "c1", "eth0"))        # 1 (addresses released; 0 when nothing was held)
+        st = client.status()
+        print(st.ready, st.not_ready_reason, st.etcd_version, [p.own_blocks for p in st.pools])
+
+    # the TCP listener (--grpc-address with TLS; a client certificate when the daemon asks for one)
+    IpamClient(address="node1:9466", ca_cert="ca.pem", cert="client.pem", key="client-key.pem")
+
+Errors: every method raises the exception class the daemon raised, rebuilt from the CNI code the daemon sends in
+the trailing metadata ``ipamd-cni-code`` (docs/errors.md): :class:`InvalidConfig` (7), :class:`TryAgainLater` (11),
+:class:`PoolExhausted` (100), :class:`AddressUnavailable` (101), ... all subclasses of :class:`IpamError`, each
+with ``cni_code``, ``msg`` and ``details``. A daemon that cannot be reached (no socket, TLS refused, deadline) is
+:class:`TryAgainLater` naming the target.
 """
 
 from __future__ import annotations
@@ -13,12 +39,35 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ipamd.domain.errors import IpamError, TryAgainLater, error_for_code
+from ipamd.domain.errors import (
+    AddressUnavailable,
+    CheckMismatch,
+    CheckNoAllocation,
+    DecodeFailure,
+    IncompatibleVersion,
+    InvalidConfig,
+    InvalidEnvironment,
+    IOFailure,
+    IpamError,
+    NotAvailable,
+    PoolExhausted,
+    TryAgainLater,
+    UnsupportedField,
+    error_for_code,
+)
+from ipamd.domain.status import DaemonStatus as Status
+from ipamd.domain.status import PoolStatus
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
 
-__all__ = ["Address", "Allocation", "IpamClient", "IpamError", "ReconcileItem"]
+__all__ = [
+    "Address", "AddressUnavailable", "Allocation", "CheckMismatch", "CheckNoAllocation", "DecodeFailure",
+    "IOFailure", "IncompatibleVersion", "InvalidConfig", "InvalidEnvironment", "IpamClient", "IpamError",
+    "NotAvailable", "PoolExhausted", "PoolStatus", "ReconcileItem", "Status", "TryAgainLater", "UnsupportedField",
+]
 
 DEFAULT_SOCKET = "/run/ipamd/ipamd.sock"
+#: Trailing metadata key that carries the CNI code of an error (ipamd/grpcapi.py sends it).
+CODE_METADATA = "ipamd-cni-code"
 T = TypeVar("T")
 
 
@@ -33,7 +82,8 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """What one attachment (network, container_id, if_name) holds, one address per range set."""
+    """What one attachment (network, container_id, if_name) holds, one address per range set, in range-set order;
+    ``node`` is the node whose daemon allocated it, ``pod`` the Kubernetes metadata given at allocation."""
 
     network: str
     container_id: str
@@ -64,16 +114,34 @@ def _attachment(network: str, container_id: str, if_name: str) -> Any:
     return ipam_pb2.Attachment(network=network, container_id=container_id, if_name=if_name)
 
 
-class IpamClient:
-    """A connection to one ipamd. ``socket`` is the gRPC unix socket path; ``timeout`` seconds per call.
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
-    Every method raises the daemon's :class:`IpamError` subclass (e.g. ``PoolExhausted``, code 100), or
-    :class:`TryAgainLater` (code 11) when the daemon cannot be reached.
+
+class IpamClient:
+    """A connection to one ipamd: its unix ``socket`` (default :data:`DEFAULT_SOCKET`), or its TLS TCP listener at
+    ``address`` (``host:port``) with the CA that signed the daemon's certificate (``ca_cert``) and, when the daemon
+    requires one, a client ``cert`` and ``key`` (PEM files). ``timeout`` is the deadline of each call in seconds.
+    Use it as a context manager, or call :meth:`close`. Thread-safe (one gRPC channel).
+
+    Every method raises the daemon's :class:`IpamError` subclass; :class:`TryAgainLater` (code 11) also when the
+    daemon cannot be reached. Raises ``OSError`` here when a certificate file cannot be read.
     """
 
-    def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 10.0) -> None:
+    def __init__(self, socket: str = DEFAULT_SOCKET, timeout: float = 10.0, *, address: str | None = None,
+                 ca_cert: str | None = None, cert: str | None = None, key: str | None = None) -> None:
         self.timeout = timeout
-        self._channel = grpc.insecure_channel("unix:" + socket)
+        if address is not None:
+            if ca_cert is None:
+                raise ValueError("address %s needs ca_cert: the daemon's TCP listener serves TLS only" % address)
+            creds = grpc.ssl_channel_credentials(_read(ca_cert), _read(key) if key else None,
+                                                 _read(cert) if cert else None)
+            self._channel = grpc.secure_channel(address, creds)
+            self.target = address
+        else:
+            self._channel = grpc.insecure_channel("unix:" + socket)
+            self.target = socket
         self._stub = ipam_pb2_grpc.IpamStub(self._channel)  # type: ignore[no-untyped-call]
         self.socket = socket
 
@@ -93,18 +161,21 @@ class IpamClient:
             call: Any = exc  # a grpc.Call: trailing_metadata() and details()
             code = None
             for key, value in call.trailing_metadata() or ():
-                if key == "ipamd-cni-code":
+                if key == CODE_METADATA:
                     code = int(value)
             if code is None:
-                raise TryAgainLater("ipamd on %s: %s" % (self.socket, call.details())) from exc
+                raise TryAgainLater("ipamd on %s: %s" % (self.target, call.details())) from exc
             raise error_for_code(code, call.details() or "") from exc
 
     def allocate(self, network_config: dict[str, Any], container_id: str, if_name: str, *,
                  requested: list[str] | None = None, netns: str = "",
                  pod: dict[str, str] | None = None) -> tuple[Allocation, dict[str, Any]]:
-        """Allocate for the attachment (network = ``network_config["name"]``); idempotent per attachment.
+        """Allocate one address per range set for the attachment (network = ``network_config["name"]``), all or
+        nothing. Idempotent per attachment: a second call returns what the first allocated. ``requested``
+        addresses are honoured exactly or the call raises :class:`AddressUnavailable`.
 
-        Returns the allocation and the CNI result (a dict, in the config's cniVersion).
+        Returns the allocation and the CNI result (a dict, in the configuration's ``cniVersion``). Raises
+        :class:`InvalidConfig`, :class:`PoolExhausted`, :class:`AddressUnavailable`, :class:`TryAgainLater`.
         """
         req = ipam_pb2.AllocateRequest(
             attachment=_attachment(network_config["name"], container_id, if_name),
@@ -114,13 +185,14 @@ class IpamClient:
         return _from_msg(resp.allocation), json.loads(resp.cni_result_json)
 
     def release(self, network: str, container_id: str, if_name: str) -> int:
-        """Release what the attachment holds; returns how many addresses were released (0 if none)."""
+        """Release what the attachment holds; returns how many addresses were released (0 if none). Idempotent.
+        Raises :class:`InvalidConfig` for a malformed attachment, :class:`TryAgainLater` when it was not recorded."""
         resp = self._call(self._stub.Release,
                           ipam_pb2.ReleaseRequest(attachment=_attachment(network, container_id, if_name)))
         return int(resp.released)
 
     def get(self, network: str, container_id: str, if_name: str) -> Allocation | None:
-        """The attachment's allocation as stored in etcd, or ``None``."""
+        """The attachment's allocation as stored in etcd (a linearizable read), or ``None``."""
         resp = self._call(self._stub.GetAllocation,
                           ipam_pb2.GetAllocationRequest(attachment=_attachment(network, container_id, if_name)))
         return _from_msg(resp.allocation) if resp.found else None
@@ -133,6 +205,14 @@ class IpamClient:
                 [ReconcileItem(i.key, i.reason, i.wait) for i in resp.waiting])
 
     def list(self, network: str = "") -> list[Allocation]:
-        """Every allocation, or those of one network, in key order."""
+        """Every allocation, or those of one network, in key order (read from etcd)."""
         resp = self._call(self._stub.ListAllocations, ipam_pb2.ListAllocationsRequest(network=network))
         return [_from_msg(m) for m in resp.allocations]
+
+    def status(self) -> Status:
+        """The daemon's health, its view of etcd and its pools (answers while the daemon is not ready, too)."""
+        r = self._call(self._stub.Status, ipam_pb2.StatusRequest())
+        return Status(r.node, r.version, r.ready, r.not_ready_reason, r.not_ready_detail, r.sync_revision,
+                      r.watch_revision, r.etcd_reachable, r.etcd_error, r.etcd_endpoint, r.etcd_version,
+                      r.etcd_member_id, r.etcd_leader, r.etcd_revision, tuple(r.etcd_alarms),
+                      tuple(PoolStatus(p.pool, p.size, p.allocated, p.blocks, tuple(p.own_blocks)) for p in r.pools))

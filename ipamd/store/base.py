@@ -31,6 +31,17 @@ class StoreRejected(IpamError):
     is reported at once with etcd's own message (code 999), never as "try again later"."""
 
 
+class StoreRefused(TryAgainLater):
+    """etcd refuses every request of this kind until an operator acts: a missing permission (field case B44),
+    credentials it does not accept, or an alarm such as NOSPACE (B45). Code 11 at once, naming the cause: not
+    retried within the request (it cannot clear by itself in seconds) and not 999 (nothing is broken in ipamd).
+    ``reason`` is ``permission``, ``auth`` or ``alarm`` (readiness reasons, docs/operations.md "Health")."""
+
+    def __init__(self, msg: str, reason: str, details: str = "") -> None:
+        super().__init__(msg, details)
+        self.reason = reason
+
+
 class StoreCompacted(StoreUnavailable):
     """A watch asked for history etcd has compacted away (``compact_revision``): the watcher must read the current
     state again and watch from there (docs/architecture.md "Watch")."""

@@ -289,7 +289,8 @@ def test_grpc_unexpected_error_is_internal_999_and_counted(daemons):
             timeout=10)
     assert (code, cni) == (grpc.StatusCode.INTERNAL, "999"), details
     assert "RuntimeError" in details
-    assert _scrape(port)[("ipamd_requests_total", (("outcome", "999"), ("verb", "grpc.Allocate")))] == 1
+    assert _scrape(port)[("ipamd_requests_total", (("code", "999"), ("outcome", "error"),
+                                                  ("verb", "grpc.Allocate")))] == 1
     assert "gRPC Allocate: unexpected error" in d.log() and "Traceback" in d.log()
     counts = snapshot_counts(d.endpoints, d.prefix)
     assert (counts["ips"], counts["handles"]) == (0, 0)
@@ -346,8 +347,8 @@ def test_metrics_endpoint_counts_adds(daemons):
 
     m = _scrape(port)
 
-    assert m[("ipamd_requests_total", (("outcome", "ok"), ("verb", "ADD")))] >= 1
-    assert m[("ipamd_requests_total", (("outcome", "7"), ("verb", "ADD")))] >= 1
+    assert m[("ipamd_requests_total", (("code", "0"), ("outcome", "ok"), ("verb", "ADD")))] >= 1
+    assert m[("ipamd_requests_total", (("code", "7"), ("outcome", "error"), ("verb", "ADD")))] >= 1
     assert m[("ipamd_add_duration_seconds_count", ())] >= 2
     assert m[("ipamd_ready", ())] == 1
 
@@ -449,6 +450,6 @@ def test_daemon_reads_config_file_env_and_flags(daemons, workdir):
         got = ipam_pb2_grpc.IpamStub(ch).GetAllocation(ipam_pb2.GetAllocationRequest(attachment=_att("c1")),
                                                        timeout=10)
     assert got.found and got.allocation.node == "A"
-    assert _scrape(env_port)[("ipamd_requests_total", (("outcome", "ok"), ("verb", "ADD")))] >= 1
+    assert _scrape(env_port)[("ipamd_requests_total", (("code", "0"), ("outcome", "ok"), ("verb", "ADD")))] >= 1
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen("http://127.0.0.1:%d/metrics" % file_port, timeout=2)

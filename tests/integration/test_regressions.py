@@ -370,8 +370,8 @@ def test_junk_commands_do_not_create_label_series(daemons):
     (unbounded memory in the daemon and in Prometheus).
 
     Five different junk commands -> each answered code 4; /metrics has ``ipamd_requests_total{verb="OTHER",
-    outcome="4"} 5`` and no series labelled with any of the junk values (only known verbs, ABOUT, OTHER and the
-    gRPC methods appear)."""
+    outcome="error", code="4"} 5`` and no series labelled with any of the junk values (only known verbs, ABOUT,
+    OTHER and the gRPC methods appear)."""
     port = free_port()
     d = daemons("A", extra_args=["--metrics-address", "127.0.0.1:%d" % port])
     conf = cni_config("junk", subnet="10.38.0.0/24")
@@ -380,7 +380,7 @@ def test_junk_commands_do_not_create_label_series(daemons):
         assert_err(run_cni(cmd, conf, socket=d.cni_socket), 4, "1.1.0")
     samples = [(labels, value) for name, labels, value in _scrape(port) if name == "ipamd_requests_total"]
     other = [(labels, value) for labels, value in samples if labels.get("verb") == "OTHER"]
-    assert other == [({"verb": "OTHER", "outcome": "4"}, 5.0)], samples
+    assert other == [({"verb": "OTHER", "outcome": "error", "code": "4"}, 5.0)], samples
     verbs = {labels.get("verb") for labels, _ in samples}
     assert not verbs & set(junk), samples
     known = {"ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS", "ABOUT", "OTHER"}

@@ -116,7 +116,7 @@ def test_node_remove_refused_while_alive_then_releases_everything(daemons) -> No
     """Issue 8 item 5: ``ipamctl node remove A`` shows what it will release and refuses while A's lease is alive;
     once the lease expired (A was killed) it releases A's attachments and deletes its blocks; B then gets A's old
     block (the lowest) for a new claim."""
-    a = daemons("A", extra_args=["--node-lease-ttl", "2"])
+    a = daemons("A", extra_args=["--node-lease-ttl", "2", "--etcd-timeout", "1"])
     b = daemons("B")
     conf = cni_config("nrm", subnet="10.53.0.0/24", blockSize=28)
     for i in range(5):
@@ -145,7 +145,7 @@ def test_paused_node_keeps_the_blocks_that_hold_its_pods(daemons, etcd: EtcdClus
                                                          tmp_path: Path) -> None:
     """Invariant 5: A is paused (SIGSTOP) until its lease expires. A check then calls its empty block a leak, never
     the block holding its pods; repairing removes only the empty one; A resumes, registers again and serves."""
-    a = daemons("A", extra_args=["--node-lease-ttl", "2"])
+    a = daemons("A", extra_args=["--node-lease-ttl", "2", "--etcd-timeout", "1"])
     conf = cni_config("pause", subnet="10.54.0.0/24", blockSize=28)
     for i in range(3):
         assert run_cni("ADD", conf, socket=a.cni_socket, container_id="p%d" % i).rc == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from harness import Daemon, EtcdCluster, cni_config, run_cni
 from ipamd_client import IpamClient
 
@@ -34,6 +35,8 @@ def allocate_many(daemon: Daemon, conf: dict, ids: list[str], threads: int = 16)
 
 
 def txn_and_range(etcd: EtcdCluster) -> tuple[float, float]:
+    if not etcd.members:
+        pytest.skip("counts etcd's own metrics per member: needs the etcd processes the suite starts")
     txn = sum(etcd.metric(m, "grpc_server_handled_total", grpc_method="Txn") for m in etcd.members if m.proc)
     rng = sum(etcd.metric(m, "grpc_server_handled_total", grpc_method="Range") for m in etcd.members if m.proc)
     return txn, rng

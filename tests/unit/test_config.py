@@ -101,8 +101,14 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "etcd_key": (__file__, __file__),
     "etcd_user": ("ipamd", "ipamd"),
     "etcd_password": ("secret", "secret"),
+    "etcd_password_file": (__file__, __file__),
     "cni_socket": ("/x/cni.sock", "/x/cni.sock"),
     "grpc_socket": ("/x/grpc.sock", "/x/grpc.sock"),
+    "socket_group": ("0", "0"),
+    "grpc_address": ("127.0.0.1:0", "127.0.0.1:0"),
+    "grpc_tls_cert": (__file__, __file__),
+    "grpc_tls_key": (__file__, __file__),
+    "grpc_client_ca": (__file__, __file__),
     "metrics_address": ("127.0.0.1:9100", "127.0.0.1:9100"),
     "embedded_etcd": ("/x/", "/x/"),
     "request_timeout": ("9.5", 9.5),
@@ -113,10 +119,14 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "node_lease_ttl": ("7", 7),
     "handle_cache_size": ("100", 100),
     "log_level": ("DEBUG", "DEBUG"),
+    "log_format": ("json", "json"),
 }
 #: Settings that are only valid in pairs: the partner's sample is given too.
-PARTNERS = {"etcd_cert": "etcd_key", "etcd_key": "etcd_cert", "etcd_user": "etcd_password",
-            "etcd_password": "etcd_user"}
+PARTNERS: dict[str, tuple[str, ...]] = {
+    "etcd_cert": ("etcd_key",), "etcd_key": ("etcd_cert",), "etcd_user": ("etcd_password",),
+    "etcd_password": ("etcd_user",), "etcd_password_file": ("etcd_user",),
+    "grpc_address": ("grpc_tls_cert", "grpc_tls_key"), "grpc_tls_cert": ("grpc_tls_key",),
+    "grpc_tls_key": ("grpc_tls_cert",), "grpc_client_ca": ("grpc_address", "grpc_tls_cert", "grpc_tls_key")}
 
 
 def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
@@ -124,8 +134,7 @@ def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
     for f in fields(DaemonConfig):
         value, expected = SAMPLES[f.name]
         argv, env = ["--" + f.name.replace("_", "-"), value], {"IPAMD_" + f.name.upper(): value}
-        partner = PARTNERS.get(f.name)
-        if partner:
+        for partner in PARTNERS.get(f.name, ()):
             argv += ["--" + partner.replace("_", "-"), SAMPLES[partner][0]]
             env["IPAMD_" + partner.upper()] = SAMPLES[partner][0]
         assert getattr(load(argv, {}), f.name) == expected, f.name
@@ -211,6 +220,18 @@ def test_config_is_frozen() -> None:
     (["--etcd-ca-cert", "/nonexistent/ca.pem"], {}, ["--etcd-ca-cert", "readable"]),
     ([], {"IPAMD_LOG_LEVEL": "LOUD"}, ["--log-level", "IPAMD_LOG_LEVEL"]),
     ([], {"IPAMD_REQUEST_TIMEOUT": "-3"}, ["--request-timeout", "IPAMD_REQUEST_TIMEOUT"]),
+    # relations between the deadlines (issue 8 item 1, docs/configuration.md "Deadlines")
+    (["--gc-timeout", "5"], {}, ["--gc-timeout", "--request-timeout"]),
+    (["--node-lease-ttl", "3", "--etcd-timeout", "2"], {}, ["--node-lease-ttl", "twice --etcd-timeout"]),
+    # local API and etcd security (docs/operations.md "Local access")
+    (["--grpc-address", "127.0.0.1:0"], {}, ["--grpc-address", "TLS only"]),
+    (["--grpc-client-ca", __file__], {}, ["--grpc-client-ca", "--grpc-address"]),
+    (["--grpc-tls-cert", __file__], {}, ["--grpc-tls-key", "required"]),
+    (["--socket-group", "no-such-group-here"], {}, ["--socket-group", "not a group"]),
+    (["--etcd-user", "u", "--etcd-password", "p", "--etcd-password-file", __file__], {},
+     ["--etcd-password-file", "exclusive"]),
+    (["--etcd-user", "u", "--etcd-password-file", "/nonexistent/pw"], {}, ["--etcd-password-file", "readable"]),
+    (["--log-format", "xml"], {}, ["--log-format", "text, json"]),
 ])
 def test_bad_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -240,7 +261,10 @@ def test_bad_toml_settings_are_named(tmp_path: Path, text: str, names: list[str]
     ["--etcd-endpoints", "127.0.0.1:2379"],                       # scheme defaults to http
     ["--etcd-endpoints", "http://[::1]:2379,http://h:1"],
     ["--metrics-address", "[::]:0"],
-    ["--node-lease-ttl", "2", "--etcd-timeout", "8", "--request-timeout", "8"],
+    ["--node-lease-ttl", "2", "--etcd-timeout", "1", "--request-timeout", "8"],
+    ["--grpc-address", "127.0.0.1:0", "--grpc-tls-cert", __file__, "--grpc-tls-key", __file__],
+    ["--etcd-user", "u", "--etcd-password-file", __file__],
+    ["--log-format", "JSON"],
     ["--log-level", "debug"],
 ])
 def test_good_settings_pass(argv: list[str]) -> None:
