@@ -45,10 +45,12 @@ class DaemonConfig:
     node_lease_ttl: int = 30
     handle_cache_size: int = 16384
     log_level: str = "INFO"
+    health_interval: float = 0.0
+    health_max_per_round: int = 64
 
 
-_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout"}
-_INTS = {"node_lease_ttl", "handle_cache_size"}
+_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "health_interval"}
+_INTS = {"node_lease_ttl", "handle_cache_size", "health_max_per_round"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Longest unix socket path (``sun_path`` is 108 bytes with its terminating NUL).
 MAX_SOCKET_PATH = 107
@@ -72,6 +74,9 @@ _HELP = {
     "node_lease_ttl": "TTL of the node liveness lease, whole seconds >= 2 (default 30)",
     "handle_cache_size": "handles kept in memory for one-transaction DELs (default 16384)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "health_interval": "seconds between rounds of the continuous health check of this node's attachments "
+                       "(docs/namespace-checks.md); 0 (the default) turns it off",
+    "health_max_per_round": "attachments looked at per health round, 1-10000 (default 64)",
 }
 
 
@@ -147,6 +152,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "node_lease_ttl": lambda v: None if 2 <= v <= 86400 else "must be whole seconds from 2 to 86400",
     "handle_cache_size": lambda v: None if 0 <= v <= 10_000_000 else "must be 0 to 10000000",
     "log_level": lambda v: None if v.upper() in LOG_LEVELS else "must be one of %s" % ", ".join(LOG_LEVELS),
+    "health_interval": lambda v: None if v == 0 or (math.isfinite(v) and 0.1 <= v <= 86400) else
+    "must be 0 (off) or seconds from 0.1 to 86400",
+    "health_max_per_round": lambda v: None if 1 <= v <= 10_000 else "must be 1 to 10000",
 }
 
 

@@ -41,6 +41,13 @@ class Metrics:
         self.loop_errors = Counter("ipamd_background_errors_total",
                                    "Errors in background loops (each followed by a backoff and a retry)", ["loop"],
                                    registry=r)
+        # continuous health of this node's attachments (ipamd/health.py, docs/namespace-checks.md)
+        self.attachment_checks = Counter("ipamd_attachment_checks_total",
+                                         "Attachments of this node looked at by the health loop, by result "
+                                         "(ok, unhealthy)", ["result"], registry=r)
+        self.attachments_unhealthy = Gauge("ipamd_attachments_unhealthy",
+                                           "Attachments of this node whose last health check failed, by the first "
+                                           "reason", ["reason"], registry=r)
 
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: the lookup costs a few microseconds and runs on every request."""

@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert cfg.etcd_prefix == "/ipamd/v1/"
     assert cfg.cni_socket == "/run/ipamd/cni.sock"
     assert cfg.request_timeout == 8.0 and cfg.node_lease_ttl == 30
+    assert cfg.health_interval == 0.0 and cfg.health_max_per_round == 64   # continuous health is opt-in
 
 
 def test_node_name_defaults_to_hostname() -> None:
@@ -111,6 +112,8 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "node_lease_ttl": ("7", 7),
     "handle_cache_size": ("100", 100),
     "log_level": ("DEBUG", "DEBUG"),
+    "health_interval": ("30", 30.0),
+    "health_max_per_round": ("16", 16),
 }
 #: Settings that are only valid in pairs: the partner's sample is given too.
 PARTNERS = {"etcd_cert": "etcd_key", "etcd_key": "etcd_cert", "etcd_user": "etcd_password",
@@ -207,6 +210,13 @@ def test_config_is_frozen() -> None:
     (["--etcd-ca-cert", "/nonexistent/ca.pem"], {}, ["--etcd-ca-cert", "readable"]),
     ([], {"IPAMD_LOG_LEVEL": "LOUD"}, ["--log-level", "IPAMD_LOG_LEVEL"]),
     ([], {"IPAMD_REQUEST_TIMEOUT": "-3"}, ["--request-timeout", "IPAMD_REQUEST_TIMEOUT"]),
+    # continuous health (docs/namespace-checks.md)
+    (["--health-interval", "-1"], {}, ["--health-interval", "0 (off)"]),
+    (["--health-interval", "0.01"], {}, ["--health-interval", "0.1 to 86400"]),
+    (["--health-interval", "inf"], {}, ["--health-interval", "0.1 to 86400"]),
+    ([], {"IPAMD_HEALTH_INTERVAL": "soon"}, ["IPAMD_HEALTH_INTERVAL", "number"]),
+    (["--health-max-per-round", "0"], {}, ["--health-max-per-round", "1 to 10000"]),
+    (["--health-max-per-round", "2.5"], {}, ["--health-max-per-round", "whole"]),
 ])
 def test_bad_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -238,6 +248,8 @@ def test_bad_toml_settings_are_named(tmp_path: Path, text: str, names: list[str]
     ["--metrics-address", "[::]:0"],
     ["--node-lease-ttl", "2", "--etcd-timeout", "8", "--request-timeout", "8"],
     ["--log-level", "debug"],
+    ["--health-interval", "0"],
+    ["--health-interval", "0.5", "--health-max-per-round", "10000"],
 ])
 def test_good_settings_pass(argv: list[str]) -> None:
     load(argv, {})
