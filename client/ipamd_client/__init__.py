@@ -16,7 +16,7 @@ import grpc
 from ipamd.domain.errors import IpamError, TryAgainLater, error_for_code
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
 
-__all__ = ["Address", "Allocation", "IpamClient", "IpamError"]
+__all__ = ["Address", "Allocation", "AttachmentReport", "GatewayProbe", "IpamClient", "IpamError", "VerifyFinding"]
 
 DEFAULT_SOCKET = "/run/ipamd/ipamd.sock"
 T = TypeVar("T")
@@ -42,6 +42,54 @@ class Allocation:
     node: str = ""
     netns: str = ""
     pod: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyFinding:
+    """What differs inside an attachment's namespace: ``reason`` (``route_missing``, ...), a message, and the CNI
+    code CHECK fails with for it (110-113; 0 for reasons CHECK does not judge)."""
+
+    reason: str
+    message: str
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayProbe:
+    """Echo requests ``sent`` to ``gateway`` and ``received`` replies, the best round trip in seconds (0 without a
+    reply), the gateway's neighbour (ARP/NDP) state, and ``error`` when the probe could not run."""
+
+    gateway: str
+    sent: int
+    received: int
+    rtt_seconds: float
+    neighbour: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentReport:
+    """What the daemon saw in one attachment's namespace (docs/namespace-checks.md): ``ok`` when nothing differs,
+    the findings most fundamental first, the interface state (``up``, ``down``, ``no-carrier``, "" when missing),
+    the addresses and routes there, the routes expected, and the gateway probes."""
+
+    allocation: Allocation
+    ok: bool
+    findings: tuple[VerifyFinding, ...]
+    netns_exists: bool
+    interface_state: str
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+    expected_routes: tuple[str, ...]
+    probes: tuple[GatewayProbe, ...]
+
+
+def _report_from_msg(msg: Any) -> AttachmentReport:
+    return AttachmentReport(
+        _from_msg(msg.allocation), msg.ok,
+        tuple(VerifyFinding(f.reason, f.message, f.code) for f in msg.findings), msg.netns_exists,
+        msg.interface_state, tuple(msg.addresses), tuple(msg.routes), tuple(msg.expected_routes),
+        tuple(GatewayProbe(p.gateway, p.sent, p.received, p.rtt_seconds, p.neighbour, p.error) for p in msg.probes))
 
 
 def _from_msg(msg: Any) -> Allocation:
@@ -120,3 +168,13 @@ class IpamClient:
         """Every allocation, or those of one network, in key order."""
         resp = self._call(self._stub.ListAllocations, ipam_pb2.ListAllocationsRequest(network=network))
         return [_from_msg(m) for m in resp.allocations]
+
+    def verify(self, network: str = "", container_id: str = "", *, probe_count: int = 1,
+               probe_timeout: float = 1.0) -> tuple[str, tuple[AttachmentReport, ...]]:
+        """Ask the daemon to look inside the namespaces of its node's attachments (of ``network`` and
+        ``container_id`` when given): ``(node, reports)``. Probes: ``probe_count`` echo requests per gateway
+        (at most 10), ``probe_timeout`` seconds per reply (at most 5). Read-only. Give the client a ``timeout``
+        that covers the probes of every attachment."""
+        resp = self._call(self._stub.Verify, ipam_pb2.VerifyRequest(
+            network=network, container_id=container_id, probe_count=probe_count, probe_timeout=probe_timeout))
+        return resp.node, tuple(_report_from_msg(m) for m in resp.reports)
