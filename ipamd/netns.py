@@ -7,20 +7,19 @@ resolved. What it sees is an :class:`ipamd.domain.netcheck.Observation`; compari
 the domain's job (:func:`ipamd.domain.netcheck.compare`).
 
 No thread of the daemon ever enters a namespace (``setns`` would move only that thread, and every later request it
-serves would run in the pod's namespace). Each socket is created inside the namespace by a short-lived child
-process that pyroute2 forks for the purpose (``pyroute2.netns.create_socket``), which hands the socket back over a
-unix socket and exits; a socket stays bound to the namespace it was created in, so the daemon then uses it from any
-thread. The netlink socket reads links, addresses, routes and neighbours; a raw ICMP (ICMPv6) socket, bound to the
-interface, sends the echo requests. This is the only module that imports pyroute2 (never the CNI plugin: its
-import alone costs more than a CNI call).
+serves would run in the pod's namespace), and the daemon never forks (a child of a multi-threaded process may
+inherit another thread's locks). Each socket is created inside the namespace by a small single-threaded helper
+process (:mod:`ipamd.nshelper`) and handed back; a socket stays bound to the namespace it was created in, so the
+daemon then uses it from any thread. pyroute2 reads links, addresses, routes and neighbours over the netlink
+socket; a raw ICMP (ICMPv6) socket, bound to the interface, sends the echo requests. This is the only module that
+imports pyroute2 (never the CNI plugin: its import alone costs more than a CNI call).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import ipaddress
+import logging
 import os
 import random
 import select
@@ -31,11 +30,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink import NETLINK_ROUTE
 
 from .domain.addr import to_ip
 from .domain.netcheck import GatewayProbe, Nexthop, Observation, ObservedInterface, ObservedRoute, Prefix
+from .nshelper import NamespaceSocketError, NamespaceSockets
 
 __all__ = ["NEIGHBOUR_STATES", "Observation", "observe"]
 
@@ -53,9 +52,11 @@ MAX_PROBE_TIMEOUT = 5.0
 #: Seconds to create a probe's socket in the namespace (the namespace was entered already for the reads).
 PROBE_SOCKET_TIMEOUT = 2.0
 
-#: libc for pyroute2's namespace child, loaded once here: left to pyroute2, the first child would look it up
-#: itself (``ctypes.util.find_library`` runs ``ldconfig``) after ``fork`` in a multi-threaded daemon.
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# pyroute2 logs every netlink message at DEBUG: a namespace check would drown the daemon's own DEBUG lines.
+logging.getLogger("pyroute2").setLevel(logging.INFO)
+
+#: The helper process that makes sockets inside namespaces (ipamd/nshelper.py), shared by every caller.
+_SOCKETS = NamespaceSockets()
 
 
 class _Unobservable(Exception):
@@ -81,10 +82,10 @@ def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]
     Never raises for what it finds: a missing path or one that is not a network namespace gives
     ``netns_exists=False``; a namespace it cannot enter (permission) or that does not answer within ``timeout``
     seconds gives ``error``; a probe that cannot run gives that probe's ``error``. ``timeout`` bounds entering the
-    namespace and reading it (each socket's child process may take up to 2 s more, pyroute2's own limit); probes
-    add at most ``len(gateways) * probe_count * probe_timeout`` seconds. Read-only: nothing in the namespace is
-    changed (an echo request may create a neighbour entry, as any traffic would). Needs CAP_SYS_ADMIN (enter
-    the namespace) and CAP_NET_RAW (probes). Thread-safe; each call forks one short-lived child per socket.
+    namespace and reading it; probes add at most ``len(gateways) * (probe_count * probe_timeout + 2)`` seconds.
+    Read-only: nothing in the namespace is changed (an echo request may create a neighbour entry, as any traffic
+    would). Needs CAP_SYS_ADMIN (enter the namespace) and CAP_NET_RAW (probes). Thread-safe; the sockets come from
+    the helper process (:mod:`ipamd.nshelper`, one request per socket, well under a millisecond each).
     """
     count = max(1, min(int(probe_count), MAX_PROBE_COUNT))
     wait = max(0.01, min(float(probe_timeout), MAX_PROBE_TIMEOUT))
@@ -114,7 +115,7 @@ def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]
 
 
 def _open_netns(path: str) -> int:
-    """An fd on the namespace file: the child processes enter exactly this namespace even if the path is
+    """An fd on the namespace file: the helper enters exactly this namespace even if the path is
     replaced meanwhile."""
     if not path.startswith("/"):
         raise _Unobservable("is not an absolute path", missing=True)
@@ -129,24 +130,18 @@ def _open_netns(path: str) -> int:
 
 
 def _socket_in(fd: int, family: int, kind: int, proto: int, deadline: float) -> socket.socket:
-    """A socket created inside the namespace ``fd`` by pyroute2's child process. Raises :class:`_Unobservable`."""
+    """A socket created inside the namespace ``fd`` by the helper process. Raises :class:`_Unobservable`."""
     left = deadline - time.monotonic()
     if left <= 0:
         raise _Unobservable("timed out")
     try:
-        sock: socket.socket = pyroute2_netns.create_socket(fd, family, kind, proto, flags=0, libc=_LIBC,
-                                                           timeout=left)
-        return sock
-    except TimeoutError:
-        raise _Unobservable("timed out entering the namespace") from None
-    except OSError as exc:
+        return _SOCKETS.socket_in(fd, family, kind, proto, timeout=left)
+    except NamespaceSocketError as exc:
         if exc.errno == errno.EINVAL:
             raise _Unobservable("is not a network namespace", missing=True) from None
-        if exc.errno == errno.ENOENT:
-            raise _Unobservable("does not exist", missing=True) from None
         raise _Unobservable("cannot enter it: %s" % (exc.strerror or exc)) from None
-    except Exception as exc:  # noqa: BLE001 - pyroute2's child reports any failure; translated at this boundary
-        raise _Unobservable("cannot enter it: %s: %s" % (exc.__class__.__name__, exc)) from None
+    except OSError as exc:  # the socket itself (e.g. EMFILE)
+        raise _Unobservable("cannot make a socket in it: %s" % (exc.strerror or exc)) from None
 
 
 def _read_links(ipr: Any, if_name: str

@@ -1,5 +1,5 @@
-"""Deep CHECK, verify and the continuous health loop on the in-memory store, with the namespace observation replaced by a
-double (the ``observe`` seam of ipamd.deepcheck.NamespaceInspector): the wiring in seconds. The same behaviour with
+"""Deep CHECK, verify and the continuous health loop on the in-memory store, with the namespace observation replaced
+by a double (the ``observe`` seam of ipamd.deepcheck.NamespaceInspector): the wiring in seconds. The same behaviour with
 real namespaces, the real bridge and ptp plugins and a real daemon is in tests/e2e/test_netns_check.py;
 docs/namespace-checks.md describes it.
 """
@@ -105,7 +105,7 @@ def add(svc: IpamService, cid: str, nc: NetConf | None = None) -> HandleRecord:
     return rec
 
 
-# --- deep CHECK -------------------------------------------------------------------------------------------------------
+# --- deep CHECK ---------------------------------------------------------------------------------------------------
 
 def test_check_looks_inside_the_namespace_of_cni_netns(store: MemoryStore, ns: FakeNamespaces) -> None:
     svc = service(store, ns)
@@ -154,7 +154,7 @@ def test_add_records_the_results_routes(store: MemoryStore, ns: FakeNamespaces) 
     assert rec.routes == (("0.0.0.0/0", None), ("10.9.0.0/16", "10.1.2.254"))
 
 
-# --- verify -----------------------------------------------------------------------------------------------------------
+# --- verify -------------------------------------------------------------------------------------------------------
 
 def test_verify_probes_only_the_attachments_own_gateways(store: MemoryStore, ns: FakeNamespaces) -> None:
     svc = service(store, ns)
@@ -187,7 +187,7 @@ def test_node_attachments_are_this_nodes_only(store: MemoryStore, ns: FakeNamesp
     assert a.node_attachments(network="other") == []
 
 
-# --- continuous health ------------------------------------------------------------------------------------------------
+# --- continuous health --------------------------------------------------------------------------------------------
 
 def gauge(svc: IpamService, reason: str) -> float:
     value = svc.metrics.registry.get_sample_value("ipamd_attachments_unhealthy", {"reason": reason})

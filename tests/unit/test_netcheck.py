@@ -82,7 +82,7 @@ def reasons(findings: tuple[Finding, ...]) -> list[str]:
     return [f.reason for f in findings]
 
 
-# --- expected_state ---------------------------------------------------------------------------------------------------
+# --- expected_state -----------------------------------------------------------------------------------------------
 
 def test_expected_state_routes_go_via_the_gateway_of_their_family() -> None:
     exp = expected_state("eth0", [V4, V6], [("0.0.0.0/0", None), ("::/0", None), ("192.168.0.0/16", "10.1.2.254")])
@@ -111,7 +111,7 @@ def test_expected_state_masks_host_bits_of_old_records() -> None:
     assert exp.routes[0].dst == pfx("10.9.0.0/16")
 
 
-# --- compare ----------------------------------------------------------------------------------------------------------
+# --- compare ------------------------------------------------------------------------------------------------------
 
 EXP = expected_state("eth0", [V4], [("0.0.0.0/0", None)])
 
@@ -219,7 +219,7 @@ def test_findings_come_in_the_order_of_reasons() -> None:
     assert [r for r in REASONS if r in reasons(compare(EXP, obs))] == reasons(compare(EXP, obs))
 
 
-# --- check_error --------------------------------------------------------------------------------------------------------
+# --- check_error --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("obs, cls, code", [
     (Observation(NS, "eth0", True), CheckInterfaceMissing, 110),
@@ -251,7 +251,7 @@ def test_no_check_error_for_healthy_probe_only_or_unobservable(obs: Observation)
     assert check_error(compare(EXP, obs)) is None
 
 
-# --- a property: an observation that mirrors the expected state is healthy; each removal is found --------------------
+# --- a property: an observation that mirrors the expected state is healthy; each removal is found -----------------
 
 @st.composite
 def attachments(draw: st.DrawFn) -> tuple[Expected, Observation]:
@@ -290,7 +290,7 @@ def test_mirror_is_healthy_and_each_removal_is_found(case: tuple[Expected, Obser
         assert reasons(found) == [ROUTE_MISSING] and str(exp.routes[index]) in found[0].message
 
 
-# --- the handle record keeps the result's routes ---------------------------------------------------------------------
+# --- the handle record keeps the result's routes ------------------------------------------------------------------
 
 def test_handle_record_routes_round_trip_and_old_records_are_unchanged() -> None:
     rec = HandleRecord("net1", "c1", "eth0", "A", (V4,), "/var/run/netns/c1", {},
