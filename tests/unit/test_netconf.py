@@ -291,6 +291,7 @@ def test_route_preflight_errors_name_the_field(ranges: Any, routes: Any, must_co
 
 @pytest.mark.parametrize("gateway, word", [("10.1.2.0", "network"), ("10.1.2.255", "broadcast")])
 def test_gateway_must_be_a_host_address_of_its_subnet(gateway: str, word: str) -> None:
+    """Field case B41, the gateway part (plugins #1294): the network or broadcast address cannot be a gateway."""
     err = invalid(conf(ranges=[[{"subnet": "10.1.2.0/24", "gateway": gateway}]]))
     assert "ipam.ranges[0][0] gateway %s is the %s address" % (gateway, word) in err.msg, err.msg
     legacy = invalid(conf(subnet="10.1.2.0/24", gateway=gateway))  # the legacy single range too
