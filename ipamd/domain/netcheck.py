@@ -72,6 +72,12 @@ class Prefix:
     def __str__(self) -> str:
         return "%s/%d" % (to_ip(self.family, self.value), self.prefixlen)
 
+    @classmethod
+    def parse(cls, text: str) -> Prefix:
+        """``"10.1.2.2/24"`` (host bits kept) -> :class:`Prefix`; raises ``ValueError`` for anything else."""
+        iface = ipaddress.ip_interface(text)
+        return cls(iface.version, int(iface.ip), iface.network.prefixlen)
+
     @property
     def network(self) -> Prefix:
         """The same prefix with its host bits cleared."""

@@ -28,9 +28,7 @@ def ip(text: str) -> int:
     return int(ipaddress.ip_address(text))
 
 
-def pfx(text: str) -> Prefix:
-    iface = ipaddress.ip_interface(text)
-    return Prefix(iface.version, int(iface.ip), iface.network.prefixlen)
+pfx = Prefix.parse
 
 
 def run(*args: str) -> None:
