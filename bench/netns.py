@@ -180,7 +180,7 @@ def main() -> int:
         if etcd is not None:
             etcd.stop()
         lab.teardown()
-        netns._SOCKETS.close()
+        netns.close()
         shutil.rmtree(work, ignore_errors=True)
     print("\nload average at the end: %s" % machine()["load"])
     return 0

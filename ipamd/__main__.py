@@ -182,6 +182,9 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     for t in loops:
         t.join(timeout=cfg.etcd_timeout + 1)
     service.watcher.close()
+    from . import netns
+
+    netns.close()  # the namespace helper process (docs/namespace-checks.md)
     lease.revoke()
     try:
         os.unlink(cfg.grpc_socket)

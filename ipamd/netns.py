@@ -36,7 +36,7 @@ from .domain.addr import to_ip
 from .domain.netcheck import GatewayProbe, Nexthop, Observation, ObservedInterface, ObservedRoute, Prefix
 from .nshelper import NamespaceSocketError, NamespaceSockets
 
-__all__ = ["NEIGHBOUR_STATES", "Observation", "observe"]
+__all__ = ["NEIGHBOUR_STATES", "Observation", "close", "observe"]
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -112,6 +112,12 @@ def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]
         return Observation(netns_path, if_name, not exc.missing, probed=probed, error=exc.why)
     finally:
         os.close(fd)
+
+
+def close() -> None:
+    """Stop the helper process (the daemon calls it on shutdown; the next :func:`observe` would start a new one).
+    Idempotent."""
+    _SOCKETS.close()
 
 
 def _open_netns(path: str) -> int:

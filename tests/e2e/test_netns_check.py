@@ -156,6 +156,36 @@ def test_verify_selects_this_nodes_attachments(netenv, daemons):
     pod.delete()
 
 
+def helpers_of(pid: int) -> list[int]:
+    """PIDs of the namespace helper processes (ipamd/nshelper.py) whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid and b"nshelper.py" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def test_the_namespace_helper_is_one_process_and_ends_with_the_daemon(netenv, daemons):
+    """docs/namespace-checks.md "How the daemon looks": the sockets come from one helper process the daemon starts on
+    first use and reuses; when the daemon stops, the helper is gone too."""
+    d = daemons("A")
+    pod = Pod(netenv, "bridge", d.cni_socket)
+    assert d.proc is not None and helpers_of(d.proc.pid) == []
+    assert ipamctl_verify(d, "--all")[0] == 0
+    assert (pod.check().rc, ipamctl_verify(d, "--all")[0]) == (0, 0)
+    (helper,) = helpers_of(d.proc.pid)
+    pod.delete()
+    assert d.stop() == 0
+    assert not Path("/proc/%d" % helper).exists()
+
+
 # --- broken inside the namespace ----------------------------------------------------------------------------------
 
 BREAKS = {

@@ -85,7 +85,7 @@ def pair() -> Iterator[Pair]:
         yield p.setup()
     finally:
         p.teardown()
-        netns._SOCKETS.close()   # the helper process this test process started
+        netns.close()   # the helper process this test process started
 
 
 def test_observe_reads_interface_addresses_and_routes_of_every_table(pair: Pair) -> None:
