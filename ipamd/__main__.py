@@ -213,6 +213,16 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                          args=("node lease", lease_round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
                                max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),
     ]
+    if cfg.health_interval > 0:  # opt-in: continuous health of this node's attachments (docs/namespace-checks.md)
+        from .attachment_health import HealthMonitor
+
+        monitor = HealthMonitor(service, interval=cfg.health_interval, max_per_round=cfg.health_max_per_round,
+                                stop=stop)
+        loops.append(threading.Thread(target=supervise, name="health", daemon=True,
+                                      args=("health", monitor.round, stop, metrics.loop_errors.labels("health").inc,
+                                            0.5, max(1.0, cfg.health_interval))))
+        log.info("continuous health: every %g s, at most %d attachment(s) per round", cfg.health_interval,
+                 cfg.health_max_per_round)
     for t in loops:
         t.start()
     stop.wait()
@@ -223,6 +233,9 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     for t in loops:
         t.join(timeout=cfg.etcd_timeout + 1)
     service.watcher.close()
+    from . import netns
+
+    netns.close()  # the namespace helper process (docs/namespace-checks.md)
     lease.revoke()
     if metrics_server is not None:
         metrics_server.shutdown()  # type: ignore[attr-defined]

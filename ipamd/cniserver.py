@@ -105,7 +105,7 @@ def _run_verb(service: IpamService, req: CniRequest, stderr: list[str],
         return None
     if req.command == "CHECK":
         netconf = parse_netconf_cached(req.conf, req.name)
-        service.check(att, netconf, req.conf.get("prevResult"))
+        stderr.extend(service.check(att, netconf, req.conf.get("prevResult"), req.netns))
         return None
     if req.command == "STATUS":
         netconf = parse_netconf_cached(req.conf, req.name)

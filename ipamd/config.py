@@ -54,10 +54,12 @@ class DaemonConfig:
     handle_cache_size: int = 16384
     log_level: str = "INFO"
     log_format: str = "text"
+    health_interval: float = 0.0
+    health_max_per_round: int = 64
 
 
-_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace"}
-_INTS = {"node_lease_ttl", "handle_cache_size"}
+_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval"}
+_INTS = {"node_lease_ttl", "handle_cache_size", "health_max_per_round"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 #: Longest unix socket path (``sun_path`` is 108 bytes with its terminating NUL).
@@ -93,6 +95,9 @@ _HELP = {
     "handle_cache_size": "handles kept in memory for one-transaction DELs (default 16384)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text (one line per record, context as key=value) or json (one JSON object per line)",
+    "health_interval": "seconds between rounds of the continuous health check of this node's attachments "
+                       "(docs/namespace-checks.md); 0 (the default) turns it off",
+    "health_max_per_round": "attachments looked at per health round, 1-10000 (default 64)",
 }
 
 
@@ -186,6 +191,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "log_format": lambda v: None if v.lower() in LOG_FORMATS else "must be one of %s" % ", ".join(LOG_FORMATS),
     "grpc_address": _optional(parse_listen_address),
     "socket_group": _optional(resolve_group),
+    "health_interval": lambda v: None if v == 0 or (math.isfinite(v) and 0.1 <= v <= 86400) else
+    "must be 0 (off) or seconds from 0.1 to 86400",
+    "health_max_per_round": lambda v: None if 1 <= v <= 10_000 else "must be 1 to 10000",
 }
 
 

@@ -9,6 +9,8 @@ Commands:
     ipamctl node remove NODE [--force] [--yes]    release a departed node's addresses and blocks
     ipamctl gc [--dry-run]                        run the node's reconciler now (or show what it would release)
     ipamctl status [-o json]                      the daemon's health, its view of etcd, this node's pools
+    ipamctl verify (--all | --network NET | --container ID) [-o json]
+                                                  look inside this node's attachments' namespaces
 
 ``--socket`` (default ``IPAMD_GRPC_SOCKET``, else ``/run/ipamd/ipamd.sock``) picks the daemon. The etcd commands
 take the daemon's own etcd settings: ``--config FILE`` (the daemon's TOML), ``IPAMD_ETCD_*`` variables and
@@ -37,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--socket", default=argparse.SUPPRESS,
                         help="gRPC socket of the node's ipamd (default: $IPAMD_GRPC_SOCKET or /run/ipamd/ipamd.sock)")
     p = argparse.ArgumentParser(prog="ipamctl", parents=[common],
-                                description="Operate ipamd: list, get and release allocations; check etcd.")
+                                description="Operate ipamd: list, get and release allocations; check etcd; verify "
+                                "attachments inside their namespaces.")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", parents=[common], help="list allocations (prints one line per attachment)")
     ls.add_argument("--network", default="", help="only this network")
@@ -70,7 +73,79 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--force", action="store_true", help="even while the node's lease is alive")
     rm.add_argument("--yes", action="store_true", help="do it without asking")
     rm.add_argument("--dry-run", action="store_true", help="only show what would be released")
+    _verify_parser(sub, common)
     return p
+
+
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                   common: argparse.ArgumentParser) -> None:
+    """``ipamctl verify`` (docs/ipamctl.md, docs/namespace-checks.md)."""
+    vf = sub.add_parser("verify", parents=[common],
+                        help="look inside the network namespaces of this node's attachments (one line each)")
+    vf.add_argument("--all", action="store_true", help="every attachment of the daemon's node")
+    vf.add_argument("--network", default="", help="only this network")
+    vf.add_argument("--container", default="", help="only this container ID")
+    vf.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    vf.add_argument("--count", type=int, default=1, choices=range(1, 11), metavar="N",
+                    help="echo requests per gateway, 1-10 (default 1)")
+    vf.add_argument("--probe-timeout", type=float, default=1.0, metavar="SECONDS",
+                    help="wait for each echo reply, 0.01-5 s (default 1)")
+    vf.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                    help="how long the daemon may take for all attachments (default 120)")
+
+
+def _verify_line(r: Any) -> str:
+    """One attachment of ``ipamctl verify``: status, handle, namespace, then findings and what was seen."""
+    a = r.allocation
+    seen = ["%s %s" % (a.if_name, r.interface_state or "missing")] if r.netns_exists else []
+    if r.interface_state:
+        seen.append("addresses %s" % (", ".join(r.addresses) or "none"))
+        seen.append("routes %s" % (", ".join(r.routes) or "none"))
+    for p in r.probes:
+        rtt = " %.2f ms" % (p.rtt_seconds * 1000) if p.received else ""
+        seen.append("gateway %s echo %d/%d%s neighbour %s%s" % (p.gateway, p.received, p.sent, rtt, p.neighbour,
+                                                               " (%s)" % p.error if p.error else ""))
+    details = [str("%s: %s" % (f.reason, f.message)) for f in r.findings] + seen
+    return "%s\t%s/%s/%s\tnetns=%s\t%s" % ("OK" if r.ok else "FAIL", a.network, a.container_id, a.if_name,
+                                           a.netns or "-", "; ".join(details))
+
+
+def _verify_json(r: Any) -> dict[str, Any]:
+    a = r.allocation
+    return {"network": a.network, "containerID": a.container_id, "ifName": a.if_name, "netns": a.netns,
+            "ok": r.ok, "findings": [{"reason": f.reason, "message": f.message, "code": f.code} for f in r.findings],
+            "netnsExists": r.netns_exists, "interface": r.interface_state, "addresses": list(r.addresses),
+            "routes": list(r.routes), "expectedRoutes": list(r.expected_routes),
+            "gateways": [{"gateway": p.gateway, "sent": p.sent, "received": p.received, "rttSeconds": p.rtt_seconds,
+                          "neighbour": p.neighbour, "error": p.error} for p in r.probes]}
+
+
+def _verify(args: argparse.Namespace, socket: str) -> int:
+    """Exit 0 when every attachment is healthy, 1 when one is not (or ``--container`` matches none), 2 on
+    errors (raised to :func:`main`)."""
+    from ipamd_client import IpamClient
+
+    if not (args.all or args.network or args.container):
+        print("ipamctl verify: say which attachments: --all, --network NET or --container ID", file=sys.stderr)
+        return 2
+    if not 0.01 <= args.probe_timeout <= 5:
+        print("ipamctl verify: --probe-timeout must be 0.01 to 5 seconds", file=sys.stderr)
+        return 2
+    with IpamClient(socket, timeout=args.timeout) as client:
+        node, reports = client.verify(args.network, args.container, probe_count=args.count,
+                                      probe_timeout=args.probe_timeout)
+    failing = sum(1 for r in reports if not r.ok)
+    if args.output == "json":
+        print(json.dumps({"node": node, "attachments": [_verify_json(r) for r in reports], "failing": failing},
+                         indent=2))
+    else:
+        for r in reports:
+            print(_verify_line(r))
+    print("node %s: %d attachment(s) verified, %d failing" % (node, len(reports), failing), file=sys.stderr)
+    if args.container and not reports:
+        print("ipamctl verify: container %s has no attachment on node %s" % (args.container, node), file=sys.stderr)
+        return 1
+    return 1 if failing else 0
 
 
 def _store(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -228,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 print("ipamctl: %s" % exc, file=sys.stderr)
                 return 2
+        if args.cmd == "verify":
+            return _verify(args, socket)
 
         from ipamd_client import IpamClient
 

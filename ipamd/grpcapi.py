@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .deepcheck import Report
 from .domain.cni import (
     Attachment,
     CniRequest,
@@ -27,6 +28,7 @@ from .domain.cni import (
 )
 from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError, TryAgainLater
 from .domain.model import HandleRecord
+from .domain.netcheck import CHECK_ERRORS
 from .domain.netconf import parse_netconf
 from .domain.status import DaemonStatus
 from .service import IpamService
@@ -155,6 +157,35 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
             released=[ipam_pb2.ReconcileItem(key=k, reason=r) for k, r in sorted(result.released.items())],
             waiting=[ipam_pb2.ReconcileItem(key=k, reason=result.candidates.get(k, ""), wait=w)
                      for k, w in sorted(result.waiting.items())])
+
+    @_guard("Verify")
+    def Verify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """This node's attachments (of ``network``, of ``container_id``), each looked into by the daemon
+        (:meth:`ipamd.deepcheck.NamespaceInspector.verify_all`). Read-only."""
+        if request.network:
+            validate_network_name(request.network)
+        if request.container_id:
+            validate_container_id(request.container_id)
+        records = self.service.node_attachments(request.network, request.container_id)
+        reports = self.service.inspector.verify_all(records, probe_count=request.probe_count or 1,
+                                                    probe_timeout=request.probe_timeout or 1.0)
+        return ipam_pb2.VerifyResponse(node=self.service.node, reports=[_report_msg(r) for r in reports])
+
+
+def _report_msg(report: Report) -> ipam_pb2.AttachmentReport:
+    """A verify report as its proto message (docs/namespace-checks.md "Reading ipamctl verify")."""
+    obs = report.observation
+    return ipam_pb2.AttachmentReport(
+        allocation=_allocation_msg(report.record), ok=report.ok,
+        findings=[ipam_pb2.VerifyFinding(reason=f.reason, message=f.message,
+                                         code=CHECK_ERRORS[f.reason].cni_code if f.reason in CHECK_ERRORS else 0)
+                  for f in report.findings],
+        netns_exists=obs.netns_exists, interface_state=obs.interface.state if obs.interface is not None else "",
+        addresses=[str(a) for a in obs.addresses], routes=[str(r) for r in obs.routes],
+        expected_routes=[str(r) for r in report.expected.routes],
+        probes=[ipam_pb2.GatewayProbe(gateway=p.gateway_text, sent=p.sent, received=p.received,
+                                      rtt_seconds=p.rtt or 0.0, neighbour=p.neighbour, error=p.error)
+                for p in obs.probes])
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,6 +110,13 @@ class Metrics:
                            ["version", "python", "etcd_client"], registry=r)
         self.build.labels(package_version("ipamd"), platform.python_version(),
                           package_version("etcd-sdk-python")).set(1)
+        # continuous health of this node's attachments (ipamd/attachment_health.py, docs/namespace-checks.md)
+        self.attachment_checks = Counter("ipamd_attachment_checks_total",
+                                         "Attachments of this node looked at by the health loop, by result "
+                                         "(ok, unhealthy)", ["result"], registry=r)
+        self.attachments_unhealthy = Gauge("ipamd_attachments_unhealthy",
+                                           "Attachments of this node whose last health check failed, by the first "
+                                           "reason", ["reason"], registry=r)
 
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: the lookup costs a few microseconds and runs on every request."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from .batching import GroupCommit
 from .cache import CachedHandle, NodeCache, Wait
 from .concurrency import DeadlinePassed, KeyedLocks, remaining, retry_until
+from .deepcheck import NamespaceInspector
 from .domain.addr import Block, to_ip
 from .domain.cni import Attachment
 from .domain.errors import (
@@ -70,19 +71,21 @@ class IpamService:
     ``store`` is any :class:`ipamd.store.base.Store`; ``node`` this daemon's node name; ``request_timeout`` the
     deadline in seconds of one request including its retries; ``etcd_timeout`` of one etcd call; ``gc_timeout`` the
     budget of one background GC release; ``handle_limit`` the handle cache's bound; ``reconcile_interval`` and
-    ``reconcile_grace`` the reconciler's (ipamd.reconciler; interval 0: off).
+    ``reconcile_grace`` the reconciler's (ipamd.reconciler; interval 0: off); ``inspector`` looks into
+    namespaces for CHECK (:class:`ipamd.deepcheck.NamespaceInspector`; a double in tests).
     """
 
     def __init__(self, store: Store, node: str, *, request_timeout: float = 8.0, etcd_timeout: float = 2.0,
                  gc_timeout: float = 300.0, handle_limit: int = 16384, metrics: Metrics | None = None,
                  failpoints: Failpoints | None = None, reconcile_interval: float = 0.0,
-                 reconcile_grace: float = 600.0) -> None:
+                 reconcile_grace: float = 600.0, inspector: NamespaceInspector | None = None) -> None:
         self.store = store
         self.node = node
         self.request_timeout = request_timeout
         self.etcd_timeout = etcd_timeout
         self.metrics = metrics or Metrics()
         self.failpoints = failpoints or Failpoints()
+        self.inspector = inspector or NamespaceInspector(timeout=min(5.0, request_timeout))
         self.cache = NodeCache(node, handle_limit)
         self.ready = False
         #: why ADD cannot be served although the first sync is done ("" when it can); STATUS answers 50 with it
@@ -175,7 +178,7 @@ class IpamService:
                     return self._existing(existing, requested)
                 raise
             self.failpoints.hit("add.after_pick")
-            return self._commit_add(att, planned, netns, pod, state, deadline)
+            return self._commit_add(att, planned, netns, pod, tuple((r.dst, r.gw) for r in netconf.routes), deadline)
         finally:
             for p in planned:
                 self.cache.settle(p.pool, p.pick, p.requested)
@@ -267,12 +270,12 @@ class IpamService:
         return spec
 
     def _commit_add(self, att: Attachment, planned: list[PlannedAddress], netns: str, pod: dict[str, str],
-                    state: _AddState, deadline: float) -> list[Allocation] | None:
+                    routes: tuple[tuple[str, str | None], ...], deadline: float) -> list[Allocation] | None:
         allocations = tuple(Allocation(p.pool.id, p.pool.range.family, p.pick.value, p.pool.range.prefixlen,
                                        p.pool.range.gateway) for p in planned)
         # the reconciler may judge this attachment by its netns only if this daemon can see it (docs/architecture.md)
         record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod,
-                              netns_seen=bool(netns) and os.path.exists(netns))
+                              routes, netns_seen=bool(netns) and os.path.exists(netns))
         txn = AddTxn(att.handle, record.encode(), self.node, att.network, planned)
         # claims and pool record writes go alone: they are the contended ones, and their failure reads matter
         alone = any(p.pick.mode == "claim" or p.guard.put is not None for p in planned)
@@ -376,11 +379,24 @@ class IpamService:
         prefix = handle_key(network + "/" if network else "")
         return [HandleRecord.decode(kv.value) for kv in self._read(prefix, prefix_end(prefix))]
 
-    def check(self, att: Attachment, netconf: NetConf | None, prev_result: object) -> None:
+    def node_attachments(self, network: str = "", container_id: str = "") -> list[HandleRecord]:
+        """This node's attachments (handles whose ``node`` is this daemon's), of one ``network`` and one
+        ``container_id`` when given, read from etcd in key order: one range read over the handles (of the network,
+        or of every network). Raises :class:`TryAgainLater` (11)."""
+        return [r for r in self.list_attachments(network)
+                if r.node == self.node and (not container_id or r.container_id == container_id)]
+
+    def check(self, att: Attachment, netconf: NetConf | None, prev_result: object, netns: str = "") -> list[str]:
         """CNI CHECK (docs/cni-contract.md §2.3): the attachment must hold an allocation, and every address of
         ``prev_result.ips`` inside our ranges must be one it holds. Read-only (B36).
 
-        Raises :class:`CheckNoAllocation` (102), :class:`CheckMismatch` (103), :class:`TryAgainLater` (11).
+        Then, unless ``netconf.check_netns`` is off, the deep check inside ``netns`` (``CNI_NETNS``;
+        docs/namespace-checks.md): the interface is up, holds the allocations, has the result's routes. Returns notes
+        for stderr (the namespace is not there, so CHECK compared the store only).
+
+        Raises :class:`CheckNoAllocation` (102), :class:`CheckMismatch` (103), :class:`TryAgainLater` (11), and
+        from the deep check ``CheckInterfaceMissing`` (110), ``CheckInterfaceDown`` (111), ``CheckAddressMismatch``
+        (112), ``CheckRouteMissing`` (113).
         """
         rec = self.get(att)
         if rec is None:
@@ -400,6 +416,10 @@ class IpamService:
                 raise CheckMismatch("prevResult address %s is not allocated to container %s interface %s"
                                     % (text, att.container_id, att.if_name),
                                     "allocated: %s" % ", ".join(a.cidr for a in rec.allocations))
+        if netconf is None or not netconf.check_netns or not netns:
+            return []
+        note = self.inspector.check(rec, tuple((r.dst, r.gw) for r in netconf.routes), netns, att.if_name)
+        return [note] if note else []
 
     def status(self, netconf: NetConf) -> None:
         """CNI STATUS: raise :class:`NotAvailable` (50) when ADD cannot be served (not ready, etcd unreachable, a

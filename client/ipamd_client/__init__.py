@@ -60,9 +60,10 @@ from ipamd.domain.status import PoolStatus
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
 
 __all__ = [
-    "Address", "AddressUnavailable", "Allocation", "CheckMismatch", "CheckNoAllocation", "DecodeFailure",
-    "IOFailure", "IncompatibleVersion", "InvalidConfig", "InvalidEnvironment", "IpamClient", "IpamError",
-    "NotAvailable", "PoolExhausted", "PoolStatus", "ReconcileItem", "Status", "TryAgainLater", "UnsupportedField",
+    "Address", "AddressUnavailable", "Allocation", "AttachmentReport", "CheckMismatch", "CheckNoAllocation",
+    "DecodeFailure", "GatewayProbe", "IOFailure", "IncompatibleVersion", "InvalidConfig", "InvalidEnvironment",
+    "IpamClient", "IpamError", "NotAvailable", "PoolExhausted", "PoolStatus", "ReconcileItem", "Status",
+    "TryAgainLater", "UnsupportedField", "VerifyFinding",
 ]
 
 DEFAULT_SOCKET = "/run/ipamd/ipamd.sock"
@@ -101,6 +102,54 @@ class ReconcileItem:
     key: str
     reason: str
     wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyFinding:
+    """What differs inside an attachment's namespace: ``reason`` (``route_missing``, ...), a message, and the CNI
+    code CHECK fails with for it (110-113; 0 for reasons CHECK does not judge)."""
+
+    reason: str
+    message: str
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayProbe:
+    """Echo requests ``sent`` to ``gateway`` and ``received`` replies, the best round trip in seconds (0 without a
+    reply), the gateway's neighbour (ARP/NDP) state, and ``error`` when the probe could not run."""
+
+    gateway: str
+    sent: int
+    received: int
+    rtt_seconds: float
+    neighbour: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentReport:
+    """What the daemon saw in one attachment's namespace (docs/namespace-checks.md): ``ok`` when nothing differs,
+    the findings most fundamental first, the interface state (``up``, ``down``, ``no-carrier``, "" when missing),
+    the addresses and routes there, the routes expected, and the gateway probes."""
+
+    allocation: Allocation
+    ok: bool
+    findings: tuple[VerifyFinding, ...]
+    netns_exists: bool
+    interface_state: str
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+    expected_routes: tuple[str, ...]
+    probes: tuple[GatewayProbe, ...]
+
+
+def _report_from_msg(msg: Any) -> AttachmentReport:
+    return AttachmentReport(
+        _from_msg(msg.allocation), msg.ok,
+        tuple(VerifyFinding(f.reason, f.message, f.code) for f in msg.findings), msg.netns_exists,
+        msg.interface_state, tuple(msg.addresses), tuple(msg.routes), tuple(msg.expected_routes),
+        tuple(GatewayProbe(p.gateway, p.sent, p.received, p.rtt_seconds, p.neighbour, p.error) for p in msg.probes))
 
 
 def _from_msg(msg: Any) -> Allocation:
@@ -216,3 +265,13 @@ class IpamClient:
                       r.watch_revision, r.etcd_reachable, r.etcd_error, r.etcd_endpoint, r.etcd_version,
                       r.etcd_member_id, r.etcd_leader, r.etcd_revision, tuple(r.etcd_alarms),
                       tuple(PoolStatus(p.pool, p.size, p.allocated, p.blocks, tuple(p.own_blocks)) for p in r.pools))
+
+    def verify(self, network: str = "", container_id: str = "", *, probe_count: int = 1,
+               probe_timeout: float = 1.0) -> tuple[str, tuple[AttachmentReport, ...]]:
+        """Ask the daemon to look inside the namespaces of its node's attachments (of ``network`` and
+        ``container_id`` when given): ``(node, reports)``. Probes: ``probe_count`` echo requests per gateway
+        (at most 10), ``probe_timeout`` seconds per reply (at most 5). Read-only. Give the client a ``timeout``
+        that covers the probes of every attachment."""
+        resp = self._call(self._stub.Verify, ipam_pb2.VerifyRequest(
+            network=network, container_id=container_id, probe_count=probe_count, probe_timeout=probe_timeout))
+        return resp.node, tuple(_report_from_msg(m) for m in resp.reports)

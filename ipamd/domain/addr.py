@@ -170,7 +170,9 @@ class Range:
 
         Raises :class:`InvalidConfig` (CNI code 7) with a message naming the field and value for: a bad or
         host-bits CIDR; a subnet too small to allocate from (/31, /32, /127, /128; docs/cni-contract.md); bounds or a
-        gateway outside the subnet; bounds on the network or IPv4 broadcast address; ``rangeStart`` > ``rangeEnd``.
+        gateway outside the subnet; bounds or a gateway on the network or IPv4 broadcast address (the gateway must
+        be a host address of its subnet: pre-flight validation, docs/namespace-checks.md); ``rangeStart`` >
+        ``rangeEnd``.
         """
         if not isinstance(obj, dict):
             raise InvalidConfig("%s is not an object" % where)
@@ -211,6 +213,12 @@ class Range:
             raise InvalidConfig("rangeStart %s is after rangeEnd %s" % (to_ip(family, start), to_ip(family, end)))
         if gateway is None:
             gateway = network + 1
+        elif gateway == network:  # pre-flight: the gateway is a host address of its subnet (docs/namespace-checks.md)
+            raise InvalidConfig("%s gateway %s is the network address of subnet %s" % (where, to_ip(family, gateway),
+                                                                                       net))
+        elif family == 4 and gateway == last:
+            raise InvalidConfig("%s gateway %s is the broadcast address of subnet %s"
+                                % (where, to_ip(family, gateway), net))
         return cls(family, network, net.prefixlen, start, end, gateway)
 
     def with_excludes(self, excludes: tuple[tuple[int, int], ...]) -> Range:

@@ -15,7 +15,11 @@ plugin-specific range (>= 100), see ``docs/errors.md``::
     ├── PoolExhausted (100)                        no free address in a range set
     ├── AddressUnavailable (101)                   a requested address is outside the ranges or taken
     ├── CheckNoAllocation (102)                    CHECK: the attachment holds nothing
-    └── CheckMismatch (103)                        CHECK: prevResult lists another address
+    ├── CheckMismatch (103)                        CHECK: prevResult lists another address
+    ├── CheckInterfaceMissing (110)                CHECK: CNI_IFNAME is not in the namespace
+    ├── CheckInterfaceDown (111)                   CHECK: the interface is down or has no carrier
+    ├── CheckAddressMismatch (112)                 CHECK: an allocated address is missing or has another prefix
+    └── CheckRouteMissing (113)                    CHECK: a route of the result is missing
 
 Every class has ``cni_code`` and a gRPC status name (``grpc_status``); :data:`GRPC_STATUS_BY_CODE` is the one
 table the gRPC adapter uses, and it sends the CNI code along as trailing metadata so clients rebuild the same
@@ -104,10 +108,38 @@ class CheckMismatch(IpamError):
     grpc_status = "FAILED_PRECONDITION"
 
 
+class CheckInterfaceMissing(IpamError):
+    """Deep CHECK: the namespace has no interface ``CNI_IFNAME`` (docs/namespace-checks.md)."""
+
+    cni_code = 110
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class CheckInterfaceDown(IpamError):
+    """Deep CHECK: the interface is administratively down or has no carrier."""
+
+    cni_code = 111
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class CheckAddressMismatch(IpamError):
+    """Deep CHECK: an allocated address is not on the interface, or is there with another prefix length."""
+
+    cni_code = 112
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class CheckRouteMissing(IpamError):
+    """Deep CHECK: a route of the result is not in the namespace through the interface via its gateway."""
+
+    cni_code = 113
+    grpc_status = "FAILED_PRECONDITION"
+
+
 _ALL: tuple[type[IpamError], ...] = (
     IpamError, IncompatibleVersion, UnsupportedField, InvalidEnvironment, IOFailure, DecodeFailure,
     InvalidConfig, TryAgainLater, NotAvailable, PoolExhausted, AddressUnavailable, CheckNoAllocation,
-    CheckMismatch,
+    CheckMismatch, CheckInterfaceMissing, CheckInterfaceDown, CheckAddressMismatch, CheckRouteMissing,
 )
 
 #: CNI code -> exception class (the table clients use to rebuild an error from a gRPC status).

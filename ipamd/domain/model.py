@@ -253,6 +253,9 @@ class HandleRecord:
     ``pod`` holds Kubernetes metadata from ``CNI_ARGS`` (namespace, name, uid) — metadata, never a key.
     ``netns_seen``: the daemon could see ``netns`` when it allocated, so the reconciler may judge the attachment by
     whether it still exists (docs/architecture.md "Reconciler"); records written before it existed read as False.
+    ``routes`` are the result's routes as ``(dst, gw or None)`` text pairs, what ``ipamctl verify`` and the health
+    loop expect inside the namespace (docs/namespace-checks.md); stored only when there are any, so a record
+    without routes is byte for byte what it was before they were recorded.
     """
 
     network: str
@@ -262,6 +265,7 @@ class HandleRecord:
     allocations: tuple[Allocation, ...]
     netns: str = ""
     pod: dict[str, str] = field(default_factory=dict)
+    routes: tuple[tuple[str, str | None], ...] = ()
     netns_seen: bool = False
 
     @property
@@ -273,17 +277,23 @@ class HandleRecord:
         return tuple(a.ip_key for a in self.allocations)
 
     def encode(self) -> bytes:
-        return dumps({"network": self.network, "containerID": self.container_id, "ifName": self.if_name,
-                      "node": self.node, "ips": [a.to_json() for a in self.allocations],
-                      "netns": self.netns, "pod": self.pod, **({"netnsSeen": True} if self.netns_seen else {})})
+        obj: dict[str, Any] = {"network": self.network, "containerID": self.container_id, "ifName": self.if_name,
+                               "node": self.node, "ips": [a.to_json() for a in self.allocations],
+                               "netns": self.netns, "pod": self.pod}
+        if self.routes:
+            obj["routes"] = [{"dst": dst, "gw": gw} if gw else {"dst": dst} for dst, gw in self.routes]
+        if self.netns_seen:
+            obj["netnsSeen"] = True
+        return dumps(obj)
 
     @classmethod
     def decode(cls, raw: bytes) -> HandleRecord:
         """Raises ``ValueError`` for a malformed record."""
         try:
             obj = decode(raw)
+            routes = tuple((str(r["dst"]), str(r["gw"]) if r.get("gw") else None) for r in obj.get("routes") or ())
             return cls(obj["network"], obj["containerID"], obj["ifName"], obj.get("node", ""),
                        tuple(Allocation.from_json(a) for a in obj.get("ips", [])), obj.get("netns", ""),
-                       dict(obj.get("pod") or {}), obj.get("netnsSeen") is True)
+                       dict(obj.get("pod") or {}), routes, obj.get("netnsSeen") is True)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError("malformed handle record: %s" % exc) from None

@@ -20,7 +20,7 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
-    "socket", "blockSize", "blockSize6", "exclude", "strictAffinity",
+    "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns",
 })
 ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 
@@ -53,7 +53,11 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class NetConf:
-    """A parsed network configuration: ``range_sets`` is a tuple of range sets, each a tuple of :class:`Pool`."""
+    """A parsed network configuration: ``range_sets`` is a tuple of range sets, each a tuple of :class:`Pool`.
+
+    ``check_netns``: CHECK also looks inside the namespace when ``CNI_NETNS`` names one (``ipam.checkNetns``,
+    default true; docs/namespace-checks.md).
+    """
 
     name: str
     range_sets: tuple[tuple[Pool, ...], ...]
@@ -61,6 +65,7 @@ class NetConf:
     dns: dict[str, Any] = field(default_factory=dict)
     socket: str | None = None
     warnings: tuple[str, ...] = ()
+    check_netns: bool = True
 
     def pool_for(self, value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, Pool] | None:
         """``(range set index, pool)`` whose subnet contains ``value``, or ``None``."""
@@ -103,6 +108,9 @@ def _excludes(ipam: dict[str, Any]) -> tuple[tuple[int, int], ...]:
 
 
 def _routes(ipam: dict[str, Any]) -> tuple[Route, ...]:
+    """``ipam.routes``: each ``dst`` a prefix with zero host bits, each ``gw`` a plain address of the family of its
+    ``dst`` (pre-flight validation, docs/namespace-checks.md; reachability on the link is checked against the
+    ranges by :func:`_check_route_gateways`)."""
     raw = ipam.get("routes")
     if raw is None:
         return ()
@@ -113,15 +121,12 @@ def _routes(ipam: dict[str, Any]) -> tuple[Route, ...]:
         if not isinstance(item, dict):
             raise InvalidConfig("ipam.routes[%d] %r is not an object" % (i, item))
         dst = item.get("dst")
-        try:
-            net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) else None
-        except ValueError:
-            net = None
-        if net is None:
-            raise InvalidConfig("ipam.routes[%d].dst %r is not a CIDR" % (i, dst))
+        net = parse_subnet(dst, "ipam.routes[%d].dst" % i)
         gw = item.get("gw")
         if gw is not None and gw != "":
             ip = parse_ip(gw, "ipam.routes[%d].gw" % i)
+            if "%" in gw:
+                raise InvalidConfig("ipam.routes[%d].gw %s is not a plain address (it names a zone)" % (i, gw))
             if ip.version != net.version:
                 raise InvalidConfig("ipam.routes[%d].gw %s is not in the family of dst %s" % (i, gw, dst))
         else:
@@ -132,6 +137,33 @@ def _routes(ipam: dict[str, Any]) -> tuple[Route, ...]:
                 raise InvalidConfig("ipam.routes[%d].%s %r is not a non-negative integer" % (i, key, value))
         routes.append(Route(str(dst), gw, extra))
     return tuple(routes)
+
+
+def _check_route_gateways(routes: tuple[Route, ...], range_sets: list[tuple[Pool, ...]]) -> None:
+    """Every route ``gw`` must be reachable on the link: a host address inside a subnet of the network's ranges of
+    its family, or the gateway of one of those ranges (the pool's own gateway is on the link by definition, also
+    where it lies outside the subnet). Raises :class:`InvalidConfig` (7) naming the route. Pure."""
+    for i, route in enumerate(routes):
+        if route.gw is None:
+            continue
+        ip = ipaddress.ip_address(route.gw)
+        value = int(ip)
+        ranges = [p.range for rset in range_sets for p in rset if p.range.family == ip.version]
+        if any(rng.gateway == value for rng in ranges):
+            continue
+        inside = [rng for rng in ranges if rng.contains(value)]
+        if not inside:
+            where = ", ".join(str(rng.subnet) for rng in ranges) or "none: the network has no IPv%d range" \
+                % ip.version
+            raise InvalidConfig("ipam.routes[%d].gw %s is not reachable on the link: it is outside the network's "
+                                "subnets (%s)" % (i, route.gw, where))
+        rng = inside[0]
+        if value == rng.network:
+            raise InvalidConfig("ipam.routes[%d].gw %s is the network address of subnet %s" % (i, route.gw,
+                                                                                             rng.subnet))
+        if rng.family == 4 and value == rng.last:
+            raise InvalidConfig("ipam.routes[%d].gw %s is the broadcast address of subnet %s" % (i, route.gw,
+                                                                                               rng.subnet))
 
 
 def _dns(ipam: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +191,10 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
 
     Returns a :class:`NetConf`. Raises :class:`InvalidConfig` (code 7) for: no ``ipam`` object; no ranges;
     malformed ranges (see :meth:`Range.from_config`); mixed families inside one range set; overlapping ranges
-    within or across range sets; bad ``blockSize``, ``exclude``, ``routes`` or ``dns``. Pure and deterministic.
+    within or across range sets; bad ``blockSize``, ``exclude``, ``routes`` or ``dns``; a gateway that is not a
+    host address of its subnet; a route ``dst`` that is not a prefix (host bits set, no length), a route ``gw``
+    that is not a plain address of the route's family reachable on the link (pre-flight validation,
+    docs/namespace-checks.md); a ``checkNetns`` that is not true or false. Pure and deterministic.
     """
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
@@ -197,9 +232,14 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
             pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng),
                               strict))
         range_sets.append(tuple(pools))
+    routes = _routes(ipam)
+    _check_route_gateways(routes, range_sets)
+    check_netns = ipam.get("checkNetns", True)
+    if not isinstance(check_netns, bool):
+        raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))
     socket = ipam.get("socket")
-    return NetConf(name=name, range_sets=tuple(range_sets), routes=_routes(ipam), dns=_dns(ipam),
-                   socket=socket if isinstance(socket, str) else None, warnings=warnings)
+    return NetConf(name=name, range_sets=tuple(range_sets), routes=routes, dns=_dns(ipam),
+                   socket=socket if isinstance(socket, str) else None, warnings=warnings, check_netns=check_netns)
 
 
 #: Parsed configurations by (network name, repr of the ``ipam`` object): a runtime sends the same network

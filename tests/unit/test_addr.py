@@ -398,6 +398,12 @@ def test_to_ip() -> None:
     ({"subnet": "10.1.2.0/24", "rangeStart": "10.1.2.0"}, ["rangeStart", "10.1.2.0", "network address"]),
     ({"subnet": "10.1.2.0/24", "rangeEnd": "10.1.2.255"}, ["rangeEnd", "10.1.2.255", "broadcast"]),
     ({"subnet": "2001:db8::/64", "rangeStart": "2001:db8::"}, ["rangeStart", "2001:db8::", "network address"]),
+    # pre-flight (docs/namespace-checks.md): the gateway is a host address of its subnet
+    ({"subnet": "10.1.2.0/24", "gateway": "10.1.2.0"},
+     ["ipam.ranges[0][0] gateway", "10.1.2.0", "network address", "10.1.2.0/24"]),
+    ({"subnet": "10.1.2.0/24", "gateway": "10.1.2.255"},
+     ["ipam.ranges[0][0] gateway", "10.1.2.255", "broadcast address", "10.1.2.0/24"]),
+    ({"subnet": "2001:db8::/64", "gateway": "2001:db8::"}, ["ipam.ranges[0][0] gateway", "2001:db8::", "network"]),
     # inverted range
     ({"subnet": "10.1.2.0/24", "rangeStart": "10.1.2.20", "rangeEnd": "10.1.2.10"},
      ["rangeStart", "10.1.2.20", "rangeEnd", "10.1.2.10"]),
@@ -446,7 +452,8 @@ def small_ranges(draw: st.DrawFn, excludes: bool = False) -> Range:
     if draw(st.booleans()):
         conf["rangeEnd"] = str(ipaddress.IPv4Address(end))
     if draw(st.booleans()):
-        conf["gateway"] = str(ipaddress.IPv4Address(draw(st.integers(net, last))))
+        # a host address of the subnet (the network and broadcast addresses are refused, test_gateway_host_address)
+        conf["gateway"] = str(ipaddress.IPv4Address(draw(st.integers(net + 1, last - 1))))
     r = Range.from_config(conf, "ipam.ranges[0][0]")
     if not excludes:
         return r

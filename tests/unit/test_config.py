@@ -27,6 +27,7 @@ def test_defaults() -> None:
     assert cfg.etcd_prefix == "/ipamd/v1/"
     assert cfg.cni_socket == "/run/ipamd/cni.sock"
     assert cfg.request_timeout == 8.0 and cfg.node_lease_ttl == 30
+    assert cfg.health_interval == 0.0 and cfg.health_max_per_round == 64   # continuous health is opt-in
 
 
 def test_node_name_defaults_to_hostname() -> None:
@@ -120,6 +121,8 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "handle_cache_size": ("100", 100),
     "log_level": ("DEBUG", "DEBUG"),
     "log_format": ("json", "json"),
+    "health_interval": ("30", 30.0),
+    "health_max_per_round": ("16", 16),
 }
 #: Settings that are only valid in pairs: the partner's sample is given too.
 PARTNERS: dict[str, tuple[str, ...]] = {
@@ -232,6 +235,13 @@ def test_config_is_frozen() -> None:
      ["--etcd-password-file", "exclusive"]),
     (["--etcd-user", "u", "--etcd-password-file", "/nonexistent/pw"], {}, ["--etcd-password-file", "readable"]),
     (["--log-format", "xml"], {}, ["--log-format", "text, json"]),
+    # continuous health (docs/namespace-checks.md)
+    (["--health-interval", "-1"], {}, ["--health-interval", "0 (off)"]),
+    (["--health-interval", "0.01"], {}, ["--health-interval", "0.1 to 86400"]),
+    (["--health-interval", "inf"], {}, ["--health-interval", "0.1 to 86400"]),
+    ([], {"IPAMD_HEALTH_INTERVAL": "soon"}, ["IPAMD_HEALTH_INTERVAL", "number"]),
+    (["--health-max-per-round", "0"], {}, ["--health-max-per-round", "1 to 10000"]),
+    (["--health-max-per-round", "2.5"], {}, ["--health-max-per-round", "whole"]),
 ])
 def test_bad_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
@@ -266,6 +276,8 @@ def test_bad_toml_settings_are_named(tmp_path: Path, text: str, names: list[str]
     ["--etcd-user", "u", "--etcd-password-file", __file__],
     ["--log-format", "JSON"],
     ["--log-level", "debug"],
+    ["--health-interval", "0"],
+    ["--health-interval", "0.5", "--health-max-per-round", "10000"],
 ])
 def test_good_settings_pass(argv: list[str]) -> None:
     load(argv, {})

@@ -35,6 +35,11 @@ EXPECTED = {
     "AddressUnavailable": (101, "ALREADY_EXISTS"),
     "CheckNoAllocation": (102, "NOT_FOUND"),
     "CheckMismatch": (103, "FAILED_PRECONDITION"),
+    # deep CHECK (docs/errors.md, docs/namespace-checks.md)
+    "CheckInterfaceMissing": (110, "FAILED_PRECONDITION"),
+    "CheckInterfaceDown": (111, "FAILED_PRECONDITION"),
+    "CheckAddressMismatch": (112, "FAILED_PRECONDITION"),
+    "CheckRouteMissing": (113, "FAILED_PRECONDITION"),
 }
 
 

@@ -129,3 +129,17 @@ def test_the_daemon_never_imports_its_testing_tools() -> None:
             continue
         names = imports_of(path)
         assert not any(n == "ipamd.testing" or n.startswith("ipamd.testing.") for n in names), path
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_netns_module_imports_pyroute2(path: Path) -> None:
+    """docs/namespace-checks.md: namespace work goes through ipamd/netns.py (pyroute2's helper processes), so no
+    other module can enter a namespace from a daemon thread, and the domain, the service and the plugin stay free
+    of pyroute2 (its import alone costs more than a CNI call)."""
+    uses = any(n == "pyroute2" or n.startswith("pyroute2.") for n in imports_of(path))
+    assert uses == (path == PKG / "netns.py")
+
+
+def test_client_does_not_import_pyroute2() -> None:
+    for path in [SHIM, *sorted((ROOT / "client").rglob("*.py"))]:
+        assert not any(n.split(".")[0] == "pyroute2" for n in imports_of(path)), path

@@ -237,6 +237,81 @@ def test_routes_invalid(routes: Any, must_contain: list[str]) -> None:
         assert part in err.msg, (part, err.msg)
 
 
+# --- pre-flight validation of routes (docs/namespace-checks.md "Pre-flight validation at ADD") -----------------------
+
+DUAL = [[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]
+
+
+@pytest.mark.parametrize("routes", [
+    [{"dst": "0.0.0.0/0", "gw": "10.1.2.254"}],                     # a host address inside the subnet
+    [{"dst": "0.0.0.0/0", "gw": "10.1.2.1"}],                       # the range's gateway
+    [{"dst": "::/0", "gw": "2001:db8:1::ffff"}, {"dst": "10.0.0.0/8", "gw": "10.1.2.9"}],
+    [{"dst": "2001:db8:9::/48"}],                                   # no gw: via the allocation's gateway
+    [{"dst": "192.168.0.0/16"}, {"dst": "::/0"}],                   # T25: a family without gw is fine
+])
+def test_route_gateways_reachable_on_the_link_pass(routes: list[dict[str, str]]) -> None:
+    nc = parse(ranges=DUAL, routes=routes)
+    assert [(r.dst, r.gw) for r in nc.routes] == [(r["dst"], r.get("gw")) for r in routes]
+
+
+def test_route_gateway_may_be_a_ranges_gateway_outside_nothing_else() -> None:
+    # the pool's own gateway is on the link by definition (point-to-point pools give a link-local one); it is
+    # accepted even though it is not inside another range of the family
+    nc = parse(ranges=[[{"subnet": "10.1.2.0/24", "gateway": "10.1.2.254"}]],
+               routes=[{"dst": "10.9.0.0/16", "gw": "10.1.2.254"}])
+    assert nc.routes[0].gw == "10.1.2.254"
+
+
+@pytest.mark.parametrize("ranges, routes, must_contain", [
+    # dst: a prefix with zero host bits and a length
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "10.9.0.5/16"}], ["ipam.routes[0].dst", "10.9.0.5/16", "host bits"]),
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "0.0.0.0/0"}, {"dst": "10.9.0.0"}],
+     ["ipam.routes[1].dst", "10.9.0.0", "not a CIDR"]),
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "10.9.0.0/33"}], ["ipam.routes[0].dst", "10.9.0.0/33"]),
+    # gw: a plain address of the dst's family
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "0.0.0.0/0", "gw": "10.1.2.1/24"}], ["ipam.routes[0].gw", "10.1.2.1/24"]),
+    (DUAL, [{"dst": "::/0", "gw": "fe80::1%eth0"}], ["ipam.routes[0].gw", "fe80::1%eth0", "zone"]),
+    (DUAL, [{"dst": "::/0", "gw": "10.1.2.1"}], ["ipam.routes[0].gw", "10.1.2.1", "family", "::/0"]),
+    # gw: reachable on the link
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "0.0.0.0/0", "gw": "192.168.1.1"}],
+     ["ipam.routes[0].gw", "192.168.1.1", "not reachable on the link", "10.1.2.0/24"]),
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "::/0", "gw": "2001:db8:1::1"}],
+     ["ipam.routes[0].gw", "2001:db8:1::1", "no IPv6 range"]),
+    (DUAL, [{"dst": "::/0", "gw": "fe80::1"}], ["ipam.routes[0].gw", "fe80::1", "2001:db8:1::/64"]),
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "10.9.0.0/16", "gw": "10.1.2.0"}],
+     ["ipam.routes[0].gw", "10.1.2.0", "network address"]),
+    ([[{"subnet": "10.1.2.0/24"}]], [{"dst": "10.9.0.0/16", "gw": "10.1.2.255"}],
+     ["ipam.routes[0].gw", "10.1.2.255", "broadcast address"]),
+])
+def test_route_preflight_errors_name_the_field(ranges: Any, routes: Any, must_contain: list[str]) -> None:
+    err = invalid(conf(ranges=ranges, routes=routes))
+    for part in must_contain:
+        assert part in err.msg, (part, err.msg)
+
+
+@pytest.mark.parametrize("gateway, word", [("10.1.2.0", "network"), ("10.1.2.255", "broadcast")])
+def test_gateway_must_be_a_host_address_of_its_subnet(gateway: str, word: str) -> None:
+    """Field case B41, the gateway part (plugins #1294): the network or broadcast address cannot be a gateway."""
+    err = invalid(conf(ranges=[[{"subnet": "10.1.2.0/24", "gateway": gateway}]]))
+    assert "ipam.ranges[0][0] gateway %s is the %s address" % (gateway, word) in err.msg, err.msg
+    legacy = invalid(conf(subnet="10.1.2.0/24", gateway=gateway))  # the legacy single range too
+    assert gateway in legacy.msg and word in legacy.msg
+
+
+# --- checkNetns ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ipam, expected", [({}, True), ({"checkNetns": False}, False), ({"checkNetns": True}, True)])
+def test_check_netns_switch(ipam: dict[str, Any], expected: bool) -> None:
+    nc = parse(ranges=[[{"subnet": "10.1.2.0/24"}]], **ipam)
+    assert nc.check_netns is expected and nc.warnings == ()
+
+
+@pytest.mark.parametrize("value", ["false", 0, None, [False]])
+def test_check_netns_must_be_a_boolean(value: Any) -> None:
+    err = invalid(conf(ranges=[[{"subnet": "10.1.2.0/24"}]], checkNetns=value))
+    assert "ipam.checkNetns" in err.msg and repr(value) in err.msg
+
+
 # --- dns ----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dns, expected", [
