@@ -76,6 +76,18 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     from .service import IpamService
     from .store.etcd import EtcdStore
 
+    kube_api = None
+    if cfg.kubernetes:  # the API configuration first: a bad one stops the daemon before it serves (exit 2)
+        try:
+            from .kube import KubeApi, KubeConfigError
+        except ImportError as exc:
+            log.error("--kubernetes needs the Kubernetes client (pip install 'ipamd[kubernetes]'): %s", exc)
+            return 2
+        try:
+            kube_api = KubeApi.connect(cfg.kubeconfig, cfg.kube_timeout)
+        except KubeConfigError as exc:
+            log.error("%s", exc)
+            return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -162,10 +174,20 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                          args=("node lease", lease.round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
                                max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),
     ]
+    kube = None
+    if kube_api is not None:  # Kubernetes mode (ipamd/kube.py): node and pod views, podCIDR blocks
+        from .kube import KubeMode
+
+        kube = KubeMode(kube_api, cfg.node_name, store, service.cache, cfg.kube_pod_cidr_blocks, cfg.etcd_timeout)
+        loops += [threading.Thread(target=supervise, name=name, daemon=True,
+                                   args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))
+                  for name, body in kube.loops()]
     for t in loops:
         t.start()
     stop.wait()
     log.info("stopping: finishing requests in flight")
+    if kube is not None:
+        kube.close()
     grpc_server.set_serving(False)
     cni.stop()
     grpc_server.stop()

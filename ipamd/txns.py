@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .domain.addr import Block
 from .domain.model import (
     IpRecord,
     block_key,
@@ -199,3 +200,26 @@ def batches(items: Sequence[tuple[KV, Sequence[str]]],
         out[-1].append(item)
         ops += need
     return out
+
+
+class ClaimBlockTxn:
+    """Claim one block for a node outside an ADD (a podCIDR block, ipamd/podcidr.py): ``IF blocks/<b>.version == 0
+    THEN put blocks/<b> {"node"} ELSE get blocks/<b>`` (docs/etcd-layout.md "Transactions"). Never takes over a
+    block someone owns: the failure branch returns the current owner's record."""
+
+    def __init__(self, pool_id: str, block: Block, node: str) -> None:
+        bkey = self.key = block_key(pool_id, block)
+        self.record = encode_block_record(node)
+        self.compares = [Compare(bkey, "version", "==", 0)]
+        self.success: list[Op] = [Put(bkey, self.record)]
+        self._reads = _Reads()
+        self._reads.add("block", Get(bkey))
+
+    @property
+    def failure(self) -> list[Op]:
+        return self._reads.ops
+
+    def decode_failure(self, result: TxnResult) -> KV | None:
+        """The block's current record (there: the compare failed because the key exists)."""
+        kvs = self._reads.decode(result)["block"]
+        return kvs[0] if kvs else None

@@ -111,10 +111,15 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "node_lease_ttl": ("7", 7),
     "handle_cache_size": ("100", 100),
     "log_level": ("DEBUG", "DEBUG"),
+    "kubernetes": ("true", True),
+    "kubeconfig": (__file__, __file__),
+    "kube_timeout": ("2.5", 2.5),
+    "kube_pod_cidr_blocks": ("yes", True),
 }
-#: Settings that are only valid in pairs: the partner's sample is given too.
-PARTNERS = {"etcd_cert": "etcd_key", "etcd_key": "etcd_cert", "etcd_user": "etcd_password",
-            "etcd_password": "etcd_user"}
+#: Settings that are only valid with others: the partners' samples are given too.
+PARTNERS = {"etcd_cert": ("etcd_key",), "etcd_key": ("etcd_cert",), "etcd_user": ("etcd_password",),
+            "etcd_password": ("etcd_user",), "kubernetes": ("kubeconfig",), "kubeconfig": ("kubernetes",),
+            "kube_pod_cidr_blocks": ("kubernetes", "kubeconfig")}
 
 
 def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
@@ -122,8 +127,7 @@ def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
     for f in fields(DaemonConfig):
         value, expected = SAMPLES[f.name]
         argv, env = ["--" + f.name.replace("_", "-"), value], {"IPAMD_" + f.name.upper(): value}
-        partner = PARTNERS.get(f.name)
-        if partner:
+        for partner in PARTNERS.get(f.name, ()):
             argv += ["--" + partner.replace("_", "-"), SAMPLES[partner][0]]
             env["IPAMD_" + partner.upper()] = SAMPLES[partner][0]
         assert getattr(load(argv, {}), f.name) == expected, f.name

@@ -1,0 +1,89 @@
+"""Kubernetes-mode settings (docs/configuration.md "Kubernetes mode"; field case B54: a bad setting is one line
+naming it and its source, and the daemon exits 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipamd.config import ConfigError, load
+
+IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+
+
+def test_kubernetes_is_off_by_default() -> None:
+    cfg = load([], {})
+    assert cfg.kubernetes is False and cfg.kubeconfig == "" and cfg.kube_pod_cidr_blocks is False
+    assert cfg.kube_timeout == 10.0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--kubernetes"], True),
+    (["--kubernetes", "true"], True),
+    (["--kubernetes", "FALSE"], False),
+    (["--kubernetes", "0"], False),
+    (["--kubernetes", "--node-name", "n1"], True),      # a bare flag before another flag
+])
+def test_kubernetes_flag_forms(argv: list[str], expected: bool) -> None:
+    assert load(argv, {**IN_CLUSTER, "NODE_NAME": "n1"}).kubernetes is expected
+
+
+def test_in_cluster_environment_is_enough() -> None:
+    cfg = load(["--kubernetes", "--node-name", "node-1"], IN_CLUSTER)
+    assert cfg.kubernetes and cfg.kubeconfig == ""
+
+
+@pytest.mark.parametrize("env, argv, expected", [
+    ({"NODE_NAME": "from-downward-api"}, [], "from-downward-api"),
+    ({"NODE_NAME": "from-downward-api", "IPAMD_NODE_NAME": "env"}, [], "env"),
+    ({"NODE_NAME": "from-downward-api"}, ["--node-name", "flag"], "flag"),
+])
+def test_node_name_from_node_name_in_kubernetes_mode(env: dict[str, str], argv: list[str], expected: str) -> None:
+    assert load(["--kubernetes", *argv], {**IN_CLUSTER, **env}).node_name == expected
+
+
+def test_node_name_variable_is_ignored_outside_kubernetes_mode() -> None:
+    assert load([], {"NODE_NAME": "from-downward-api"}).node_name != "from-downward-api"
+
+
+def test_toml_booleans(tmp_path: Path) -> None:
+    path = tmp_path / "ipamd.toml"
+    path.write_text('kubernetes = true\nkube_pod_cidr_blocks = true\nkubeconfig = "%s"\nnode_name = "n1"\n'
+                    % __file__)
+    cfg = load(["--config", str(path)], {})
+    assert cfg.kubernetes is True and cfg.kube_pod_cidr_blocks is True and cfg.kubeconfig == __file__
+
+
+@pytest.mark.parametrize("argv, env, names", [
+    (["--kubernetes", "--node-name", "n1"], {}, ["--kubernetes", "--kubeconfig", "KUBERNETES_SERVICE_HOST"]),
+    (["--kubeconfig", __file__], {}, ["--kubeconfig", "needs --kubernetes"]),
+    (["--kube-pod-cidr-blocks"], {}, ["--kube-pod-cidr-blocks", "needs --kubernetes"]),
+    ([], {"IPAMD_KUBE_POD_CIDR_BLOCKS": "1"}, ["--kube-pod-cidr-blocks", "IPAMD_KUBE_POD_CIDR_BLOCKS"]),
+    (["--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], {"NODE_NAME": "n1"},
+     ["--kubeconfig", "/nonexistent/kubeconfig", "readable"]),
+    (["--kubernetes", "maybe"], {}, ["--kubernetes", "'maybe'", "boolean"]),
+    ([], {"IPAMD_KUBERNETES": "maybe"}, ["IPAMD_KUBERNETES", "boolean"]),
+    (["--kube-timeout", "0"], {}, ["--kube-timeout", "> 0"]),
+    (["--kubernetes", "--node-name", "Node_1"], IN_CLUSTER, ["--node-name", "'Node_1'", "Kubernetes node name"]),
+    (["--kubernetes"], {**IN_CLUSTER, "NODE_NAME": "UPPER"}, ["--node-name", "from NODE_NAME", "'UPPER'"]),
+])
+def test_bad_kubernetes_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(argv, env)
+    message = str(info.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message, message
+
+
+def test_bad_kubernetes_setting_exits_2_with_one_line() -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-m", "ipamd", "--kubernetes", "--node-name", "n1"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert p.returncode == 2
+    assert p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ipamd: --kubernetes"), p.stderr
