@@ -48,7 +48,6 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException, OpenApiException
-from kubernetes.config.config_exception import ConfigException
 
 from .cache import NodeCache
 from .domain.errors import IpamError, TryAgainLater
@@ -126,8 +125,6 @@ def _translated(what: str) -> Iterator[None]:
         raise KubeRejected(text, status) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, reset, timed out, TLS (ssl.SSLError)
         raise KubeUnavailable("%s: API server unreachable: %s" % (what, exc)) from exc
-    except ConfigException as exc:
-        raise KubeConfigError("%s: %s" % (what, exc)) from exc
     except (OpenApiException, ValueError, KeyError, TypeError) as exc:
         raise KubeError("%s: unusable answer from the API server: %s: %s" % (what, type(exc).__name__, exc)) \
             from exc
@@ -176,7 +173,7 @@ class KubeApi:
         token and CA from ``service_account_dir``) — and return a client. Makes no request. Raises
         :class:`KubeConfigError` naming what is missing."""
         cfg = k8s_client.Configuration()
-        with _translated("--kubeconfig %s" % kubeconfig if kubeconfig else "in-cluster config"):
+        try:  # every failure to load a configuration is a configuration error (YAML, files, missing keys)
             if kubeconfig:
                 k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg, persist_config=False)
             else:
@@ -185,6 +182,9 @@ class KubeApi:
                 InClusterConfigLoader(os.path.join(service_account_dir, "token"),
                                       os.path.join(service_account_dir, "ca.crt"),
                                       environ=os.environ if environ is None else environ).load_and_set(cfg)
+        except Exception as exc:
+            what = "--kubeconfig %s" % kubeconfig if kubeconfig else "in-cluster config"
+            raise KubeConfigError("%s: %s" % (what, " ".join(str(exc).split()) or type(exc).__name__)) from exc
         # one attempt per call: the views' loops back off and retry (urllib3 would otherwise retry a read timeout
         # three times, and a black-holed API server would take four timeouts to notice)
         cfg.retries = 0

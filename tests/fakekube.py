@@ -424,7 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.05)
             self.close_connection = True
             return
-        if fake.token is not None and self.headers.get("Authorization") != "Bearer %s" % fake.token:
+        scheme, _, credentials = (self.headers.get("Authorization") or "").partition(" ")
+        if fake.token is not None and (scheme.lower() != "bearer" or credentials.strip() != fake.token):
             self._send_json(401, status(401, "Unauthorized", "Unauthorized"))
             return
         code = fake._take_failure()
