@@ -130,7 +130,7 @@ class PodCidrClaimer:
         self.etcd_timeout, self.interval = etcd_timeout, interval
         self._reported: set[tuple[str, str]] = set()
         self._no_cidrs_reported = False
-        self._inputs: tuple[tuple[str, ...], frozenset[str] | None] | None = None
+        self._inputs: tuple[tuple[str, ...], frozenset[tuple[str, int]] | None] | None = None
         self._next = 0.0
         #: claim rounds run (each reads etcd); the local checks in between are not counted
         self.rounds = 0
@@ -182,13 +182,19 @@ class PodCidrClaimer:
                     report.conflicts.append((p, owner))
         return report
 
+    def _pools_seen(self) -> frozenset[tuple[str, int]] | None:
+        """The pools the cache knows with their record's mod_revision (0: no record yet, so no block size)."""
+        if self.cache is None:
+            return None
+        return frozenset((pid, self.cache.pool_record(pid)[2]) for pid in self.cache.pool_ids())
+
     def round(self) -> float:
         """Claim when the podCIDRs or the cache's pools changed or ``interval`` passed, and log what is new;
         returns the pause before the next check."""
         cidrs = self.pod_cidrs()
         if cidrs is None:
             return POLL_SECONDS
-        inputs = (tuple(cidrs), frozenset(self.cache.pool_ids()) if self.cache is not None else None)
+        inputs = (tuple(cidrs), self._pools_seen())
         if inputs == self._inputs and time.monotonic() < self._next:
             return POLL_SECONDS
         if not cidrs:

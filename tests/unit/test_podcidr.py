@@ -137,21 +137,27 @@ def test_claim_that_loses_the_race_reports_the_winner() -> None:
 
 def test_round_waits_for_pod_cidrs_and_a_pool() -> None:
     store = MemoryStore()
+    # the cache knows the pool's id from another node's block before the pool record exists
+    other = block_key(POOL, Block(4, int(ipaddress.ip_address("10.60.9.0")), 26))
+    store.txn([], [Put(other, encode_block_record("z"))], [], 1.0)
+    blocks, rev = store.read("blocks/", prefix_end("blocks/"), 1.0)
     cidrs_now: list[list[str] | None] = [None]
     cache = NodeCache("a")
+    cache.replace((), blocks, rev)
     claimer = PodCidrClaimer(store, "a", lambda: cidrs_now[0], cache, interval=3600)
+    reads = store.calls["read"]
     claimer.round()
-    assert claimer.rounds == 0 and "read" not in store.calls  # the node's podCIDRs are not known yet
+    assert claimer.rounds == 0 and store.calls["read"] == reads  # the node's podCIDRs are not known yet
     cidrs_now[0] = ["10.60.1.0/24"]
     claimer.round()
-    assert claimer.rounds == 1 and not owners(store)        # no pool yet: nothing to claim
+    assert claimer.rounds == 1 and owners(store) == {"0a3c0900-26": "z"}  # no pool record: nothing to claim
     claimer.round()
     assert claimer.rounds == 1                              # nothing changed: no etcd read
     store.txn([], [Put(pool_key(POOL), _pool_record("10.60.0.0/16", 26))], [], 1.0)
     pools, rev = store.read(POOLS, prefix_end(POOLS), 1.0)
-    cache.replace(pools, (), rev)                           # the cache (its watch) learns the new pool
+    cache.replace(pools, blocks, rev)                       # the cache (its watch) learns the pool record
     claimer.round()
-    assert claimer.rounds == 2 and len(owners(store)) == 4
+    assert claimer.rounds == 2 and len(owners(store)) == 5
     # and the cache holds the claimed blocks as this node's at once, before any watch
     assert sorted(b.cidr() for _, b in cache.own_blocks()) == ["10.60.1.0/26", "10.60.1.128/26",
                                                               "10.60.1.192/26", "10.60.1.64/26"]
