@@ -282,7 +282,7 @@ def test_node_deleted_while_the_watch_was_away_is_seen_by_the_relist(fake: FakeK
 
 def test_own_node_missing_from_the_api_is_unknown(fake: FakeKube, api: KubeApi,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    # a wrong node name selects no pods: every attachment would look gone; the view says unknown and logs why
+    # B21: a wrong node name selects no pods: every attachment would look gone; the view says unknown, logs why
     fake.add_node("n1")
     caplog.set_level(logging.ERROR, logger="ipamd.kube")
     nodes = NodeView(api, WATCH, own_node="ghost")
@@ -297,6 +297,7 @@ def test_own_node_missing_from_the_api_is_unknown(fake: FakeKube, api: KubeApi,
 # -- failures: unknown, never gone; loops never die --------------------------------------------------------------------
 
 def test_unreachable_api_server_is_unknown_never_gone(fake: FakeKube, api: KubeApi) -> None:
+    # B21, B53: a pod deleted while the API server cannot be reached is "unknown" until a new list shows it gone
     fake.add_node("n1")
     fake.add_pod("default", "a", "n1", uid="ua")
     nodes = NodeView(api, WATCH)
@@ -316,7 +317,7 @@ def test_unreachable_api_server_is_unknown_never_gone(fake: FakeKube, api: KubeA
 
 
 def test_black_holed_api_server_is_unknown(fake: FakeKube, api: KubeApi) -> None:
-    # accepted connections that never answer: the watch's read timeout (watch timeout + kube timeout) notices
+    # B21: accepted connections that never answer: the watch's read timeout (watch timeout + kube timeout) notices
     fake.add_node("n1")
     fake.add_pod("default", "a", "n1", uid="ua")
     pods = PodView(api, "n1", None, WATCH)
@@ -332,6 +333,7 @@ def test_black_holed_api_server_is_unknown(fake: FakeKube, api: KubeApi) -> None
 
 
 def test_malformed_objects_and_server_errors_never_end_the_loop(fake: FakeKube, api: KubeApi) -> None:
+    # B53: a malformed object or a 500 fails one round; the loop backs off and the view recovers
     fake.add_node("n1")
     fake.add_pod("default", "a", "n1", uid="ua")
     pods = PodView(api, "n1", None, WATCH)

@@ -155,6 +155,7 @@ def test_daemons_claim_their_pod_cidrs_and_allocate_from_them(daemons: Callable[
 
 
 def test_daemon_with_an_unusable_kubeconfig_exits_2(etcd: EtcdCluster, prefix: str, workdir: str) -> None:
+    # B54: a kubeconfig without a context is one log line and exit status 2, before the daemon serves
     path = Path(workdir) / "kubeconfig"
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "contexts": []}))
     p = subprocess.run([*IPAMD, "--kubernetes", "--kubeconfig", str(path), "--node-name", "a", "--etcd-endpoints",

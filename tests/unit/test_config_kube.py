@@ -80,6 +80,7 @@ def test_bad_kubernetes_settings_are_named(argv: list[str], env: dict[str, str],
 
 
 def test_bad_kubernetes_setting_exits_2_with_one_line() -> None:
+    # B54: before any socket or connection, one line on stderr, exit status 2
     env = {"PATH": "/usr/bin:/bin"}
     p = subprocess.run([sys.executable, "-m", "ipamd", "--kubernetes", "--node-name", "n1"], capture_output=True,
                        text=True, env=env, timeout=60)
