@@ -141,20 +141,26 @@ class KubeWatch:
     def __init__(self, func: Callable[..., Any], what: str, kwargs: dict[str, Any]) -> None:
         self._watch = k8s_watch.Watch(return_type=object)  # events stay JSON objects: no model deserialisation
         self._func, self._what, self._kwargs = func, what, kwargs
+        self._stopped = False
 
     def __iter__(self) -> Iterator[tuple[str, Obj]]:
+        if self._stopped:  # the client's stream() forgets a stop() that came before it started
+            return
         with _translated(self._what):
             for event in self._watch.stream(self._func, **self._kwargs):
+                if self._stopped:
+                    return
                 if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
                     raise KubeError("%s: malformed watch event %r" % (self._what, event))
                 yield str(event.get("type", "")), event["object"]
 
     def stop(self) -> None:
+        self._stopped = True
         self._watch.stop()
 
 
 class KubeApi:
-    """The few API calls ipamd makes (list, watch, get), with errors translated. ``timeout`` (seconds) bounds each
+    """The API calls ipamd makes (list and watch), with errors translated. ``timeout`` (seconds) bounds each
     connect and each read of a list or get; a watch's read may wait its server-side timeout plus ``timeout``.
     Thread-safe (the client's connection pool is)."""
 
@@ -234,21 +240,6 @@ class KubeApi:
             kwargs["field_selector"] = field_selector
         return KubeWatch(self._lister(kind), "watch %s%s from %s" % (
             kind, " (%s)" % field_selector if field_selector else "", resource_version or "now"), kwargs)
-
-    def get_node(self, name: str) -> Obj | None:
-        """The node object named ``name``, ``None`` when there is none."""
-        try:
-            with _translated("get node %s" % name):
-                resp = self._core.read_node(name, _preload_content=False,
-                                            _request_timeout=(self.timeout, self.timeout))
-                obj = json.loads(resp.data)
-                if not isinstance(obj, dict):
-                    raise ValueError("not an object")
-                return obj
-        except KubeRejected as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     def close(self) -> None:
         with _translated("close the API client"):
@@ -506,6 +497,11 @@ class NodeView(_Reflector[NodeInfo]):
                 return None
             return NodeSnapshot(dict(self._items), dict(self._deleted), self._synced, self._rv, self._fresh_at)
 
+    def knows(self, name: str) -> bool:
+        """Whether the view is current and node ``name`` exists (O(1), no copy)."""
+        with self._lock:
+            return self._synced and name in self._items
+
     def pod_cidrs(self, name: str) -> tuple[str, ...] | None:
         """``spec.podCIDRs`` of node ``name``; ``None`` when the view is not current or has no such node."""
         with self._lock:
@@ -632,10 +628,7 @@ class PodView(_Reflector[PodInfo]):
 
     def snapshot(self) -> PodSnapshot | None:
         """The view now (a copy), ``None`` until the first list completed."""
-        node_known = True
-        if self.nodes is not None:
-            nodes = self.nodes.snapshot()
-            node_known = nodes is not None and nodes.synced and self.node in nodes.nodes
+        node_known = self.nodes.knows(self.node) if self.nodes is not None else True
         with self._lock:
             if not self._listed:
                 return None

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,3 +398,13 @@ def assert_invariants(endpoints: str, prefix: str) -> dict[str, int]:
 
 def new_prefix() -> str:
     return "/ipamd-test/%s/" % uuid.uuid4().hex[:12]
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Poll ``cond`` every 20 ms until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for %s" % what)

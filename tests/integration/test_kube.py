@@ -14,11 +14,12 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fakekube import FakeKube, write_kubeconfig
+from harness import wait_for
 
 from ipamd.concurrency import supervise
 from ipamd.kube import (
@@ -35,15 +36,6 @@ from ipamd.kube import (
 
 #: Server-side watch timeout in these tests (seconds): a watch ends and is re-opened this often.
 WATCH = 1
-
-
-def wait_for(cond: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 @pytest.fixture
@@ -349,6 +341,22 @@ def test_malformed_objects_and_server_errors_never_end_the_loop(fake: FakeKube, 
         assert loops.errors >= 2 and all(t.is_alive() for t in loops.threads)
 
 
+def test_close_ends_an_open_watch_at_once(fake: FakeKube, api: KubeApi) -> None:
+    # daemon stop: a watch the server would keep open for 30 s more ends when the view is closed
+    fake.add_node("n1")
+    pods = PodView(api, "n1", None, watch_seconds=30)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (pods.round(), done.set()), daemon=True)
+    t.start()
+    wait_for(lambda: fake.watch_count("pods") == 1, "the watch to open")
+    started = time.monotonic()
+    pods.close()
+    assert done.wait(10), "round() still running after close()"
+    assert time.monotonic() - started < 10
+    assert pods.round() == 0.5 and pods.lists == 1  # a closed view makes no more requests
+    t.join(5)
+
+
 # -- errors are translated at the client's boundary ----------------------------------------------------------------
 
 def test_errors_are_translated(fake: FakeKube, api: KubeApi, tmp_path: Path) -> None:
@@ -369,7 +377,6 @@ def test_errors_are_translated(fake: FakeKube, api: KubeApi, tmp_path: Path) -> 
         bad.list("nodes")
     assert unauthorized.value.status == 401
     bad.close()
-    assert api.get_node("n1") is not None and api.get_node("nope") is None
     fake.compact()
     with pytest.raises(KubeExpired):
         list(api.watch("nodes", "1", seconds=WATCH))

@@ -13,13 +13,12 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fakekube import FakeKube, write_kubeconfig
-from harness import IPAMD, EtcdCluster, assert_invariants, cni_config, run_cni
+from harness import IPAMD, EtcdCluster, assert_invariants, cni_config, run_cni, wait_for
 
 from ipamd.domain.addr import Block
 from ipamd.domain.model import PoolRecord, block_key, decode_block_record, encode_block_record, pool_key
@@ -29,15 +28,6 @@ from ipamd.store.base import Put, prefix_end
 from ipamd.store.etcd import EtcdStore
 
 POOL = "net1/0a3e0000-16"   # 10.62.0.0/16, blocks of /26
-
-
-def wait_for(cond: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 @pytest.fixture

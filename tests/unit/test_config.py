@@ -187,6 +187,9 @@ def test_config_is_frozen() -> None:
         cfg.node_name = "x"  # type: ignore[misc]
 
 
+_IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+
+
 # --- validation (field case B54): one message naming the setting, its source and what is allowed ---------------------
 
 @pytest.mark.parametrize("argv, env, names", [
@@ -211,6 +214,18 @@ def test_config_is_frozen() -> None:
     (["--etcd-ca-cert", "/nonexistent/ca.pem"], {}, ["--etcd-ca-cert", "readable"]),
     ([], {"IPAMD_LOG_LEVEL": "LOUD"}, ["--log-level", "IPAMD_LOG_LEVEL"]),
     ([], {"IPAMD_REQUEST_TIMEOUT": "-3"}, ["--request-timeout", "IPAMD_REQUEST_TIMEOUT"]),
+    # Kubernetes mode (docs/configuration.md "Kubernetes mode")
+    (["--kubernetes", "--node-name", "n1"], {}, ["--kubernetes", "--kubeconfig", "KUBERNETES_SERVICE_HOST"]),
+    (["--kubeconfig", __file__], {}, ["--kubeconfig", "needs --kubernetes"]),
+    (["--kube-pod-cidr-blocks"], {}, ["--kube-pod-cidr-blocks", "needs --kubernetes"]),
+    ([], {"IPAMD_KUBE_POD_CIDR_BLOCKS": "1"}, ["--kube-pod-cidr-blocks", "IPAMD_KUBE_POD_CIDR_BLOCKS"]),
+    (["--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], {"NODE_NAME": "n1"},
+     ["--kubeconfig", "/nonexistent/kubeconfig", "readable"]),
+    (["--kubernetes", "maybe"], {}, ["--kubernetes", "'maybe'", "boolean"]),
+    ([], {"IPAMD_KUBERNETES": "maybe"}, ["IPAMD_KUBERNETES", "boolean"]),
+    (["--kube-timeout", "0"], {}, ["--kube-timeout", "> 0"]),
+    (["--kubernetes", "--node-name", "Node_1"], _IN_CLUSTER, ["--node-name", "'Node_1'", "Kubernetes node name"]),
+    (["--kubernetes"], {**_IN_CLUSTER, "NODE_NAME": "UPPER"}, ["--node-name", "from NODE_NAME", "'UPPER'"]),
 ])
 def test_bad_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.config import ConfigError, load
+from ipamd.config import load
 
 IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 
@@ -55,28 +55,6 @@ def test_toml_booleans(tmp_path: Path) -> None:
                     % __file__)
     cfg = load(["--config", str(path)], {})
     assert cfg.kubernetes is True and cfg.kube_pod_cidr_blocks is True and cfg.kubeconfig == __file__
-
-
-@pytest.mark.parametrize("argv, env, names", [
-    (["--kubernetes", "--node-name", "n1"], {}, ["--kubernetes", "--kubeconfig", "KUBERNETES_SERVICE_HOST"]),
-    (["--kubeconfig", __file__], {}, ["--kubeconfig", "needs --kubernetes"]),
-    (["--kube-pod-cidr-blocks"], {}, ["--kube-pod-cidr-blocks", "needs --kubernetes"]),
-    ([], {"IPAMD_KUBE_POD_CIDR_BLOCKS": "1"}, ["--kube-pod-cidr-blocks", "IPAMD_KUBE_POD_CIDR_BLOCKS"]),
-    (["--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], {"NODE_NAME": "n1"},
-     ["--kubeconfig", "/nonexistent/kubeconfig", "readable"]),
-    (["--kubernetes", "maybe"], {}, ["--kubernetes", "'maybe'", "boolean"]),
-    ([], {"IPAMD_KUBERNETES": "maybe"}, ["IPAMD_KUBERNETES", "boolean"]),
-    (["--kube-timeout", "0"], {}, ["--kube-timeout", "> 0"]),
-    (["--kubernetes", "--node-name", "Node_1"], IN_CLUSTER, ["--node-name", "'Node_1'", "Kubernetes node name"]),
-    (["--kubernetes"], {**IN_CLUSTER, "NODE_NAME": "UPPER"}, ["--node-name", "from NODE_NAME", "'UPPER'"]),
-])
-def test_bad_kubernetes_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
-    with pytest.raises(ConfigError) as info:
-        load(argv, env)
-    message = str(info.value)
-    assert "\n" not in message
-    for name in names:
-        assert name in message, message
 
 
 def test_bad_kubernetes_setting_exits_2_with_one_line() -> None:
