@@ -113,7 +113,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     metrics = Metrics()
     service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, etcd_timeout=cfg.etcd_timeout,
                           gc_timeout=cfg.gc_timeout, handle_limit=cfg.handle_cache_size, metrics=metrics,
-                          failpoints=Failpoints.from_env())
+                          failpoints=Failpoints.from_env(), reconcile_interval=cfg.reconcile_interval,
+                          reconcile_grace=cfg.reconcile_grace)
     metrics.watch_pools(service.pool_usage)
     os.makedirs(os.path.dirname(cfg.grpc_socket) or ".", exist_ok=True)
     if os.path.exists(cfg.grpc_socket):
@@ -165,11 +166,20 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             return 0.5
         return service.watcher.round()
 
+    def reconcile_round() -> float:
+        """Release this node's attachments whose owner is gone (ipamd.reconciler), once ready."""
+        if not service.ready:
+            return 1.0
+        return service.reconciler.round()
+
     loops = [
         threading.Thread(target=supervise, name="sync", daemon=True,
                          args=("sync", sync_round, stop, metrics.loop_errors.labels("sync").inc, 0.1, 5.0)),
         threading.Thread(target=supervise, name="watch", daemon=True,
                          args=("watch", watch_round, stop, metrics.loop_errors.labels("watch").inc, 0.1, 5.0)),
+        threading.Thread(target=supervise, name="reconcile", daemon=True,
+                         args=("reconcile", reconcile_round, stop, metrics.loop_errors.labels("reconcile").inc, 1.0,
+                               60.0)),
         threading.Thread(target=supervise, name="lease", daemon=True,
                          args=("node lease", lease.round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
                                max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),

@@ -42,6 +42,8 @@ class DaemonConfig:
     request_timeout: float = 8.0
     etcd_timeout: float = 2.0
     gc_timeout: float = 300.0
+    reconcile_interval: float = 300.0
+    reconcile_grace: float = 600.0
     node_lease_ttl: int = 30
     handle_cache_size: int = 16384
     log_level: str = "INFO"
@@ -51,7 +53,7 @@ class DaemonConfig:
     kube_pod_cidr_blocks: bool = False
 
 
-_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "kube_timeout"}
+_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "kube_timeout"}
 _INTS = {"node_lease_ttl", "handle_cache_size"}
 _BOOLS = {"kubernetes", "kube_pod_cidr_blocks"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -75,6 +77,8 @@ _HELP = {
     "request_timeout": "deadline of one request including retries, seconds (default 8)",
     "etcd_timeout": "deadline of one etcd call, seconds (default 2; at most --request-timeout)",
     "gc_timeout": "budget of one background GC release, seconds (default 300)",
+    "reconcile_interval": "seconds between reconciler passes; 0 turns the reconciler off (default 300)",
+    "reconcile_grace": "seconds an attachment must stay gone before the reconciler releases it (default 600)",
     "node_lease_ttl": "TTL of the node liveness lease, whole seconds >= 2 (default 30)",
     "handle_cache_size": "handles kept in memory for one-transaction DELs (default 16384)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -161,6 +165,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "request_timeout": _positive,
     "etcd_timeout": _positive,
     "gc_timeout": _positive,
+    "reconcile_interval": lambda v: None if math.isfinite(v) and v >= 0 else "must be seconds >= 0 (0: off)",
+    "reconcile_grace": lambda v: None if math.isfinite(v) and v >= 0 else "must be seconds >= 0",
     "node_lease_ttl": lambda v: None if 2 <= v <= 86400 else "must be whole seconds from 2 to 86400",
     "handle_cache_size": lambda v: None if 0 <= v <= 10_000_000 else "must be 0 to 10000000",
     "log_level": lambda v: None if v.upper() in LOG_LEVELS else "must be one of %s" % ", ".join(LOG_LEVELS),

@@ -129,6 +129,15 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
             allocations=[_allocation_msg(r) for r in self.service.list_attachments(request.network)])
 
 
+    @_guard("Reconcile")
+    def Reconcile(self, request: Any, context: grpc.ServicerContext) -> Any:
+        result = self.service.reconcile(dry_run=request.dry_run)
+        return ipam_pb2.ReconcileResponse(
+            revision=result.revision, examined=result.examined,
+            released=[ipam_pb2.ReconcileItem(key=k, reason=r) for k, r in sorted(result.released.items())],
+            waiting=[ipam_pb2.ReconcileItem(key=k, reason=result.candidates.get(k, ""), wait=w)
+                     for k, w in sorted(result.waiting.items())])
+
 class GrpcServer:
     """gRPC server on ``unix:<path>`` with the Ipam service and the health service (NOT_SERVING until ready)."""
 

@@ -161,7 +161,7 @@ class KubeWatch:
 
 class KubeApi:
     """The API calls ipamd makes (list and watch), with errors translated. ``timeout`` (seconds) bounds each
-    connect and each read of a list or get; a watch's read may wait its server-side timeout plus ``timeout``.
+    connect and each read of a list; a watch's read may wait its server-side timeout plus ``timeout``.
     Thread-safe (the client's connection pool is)."""
 
     KINDS = ("pods", "nodes")

@@ -38,6 +38,15 @@ class Metrics:
         self.block_claims = Counter("ipamd_block_claims_total", "blocks claimed by this node", registry=r)
         self.gc_released = Counter("ipamd_gc_released_total", "attachments released by GC", registry=r)
         self.ready = Gauge("ipamd_ready", "1 once the first sync with etcd is done", registry=r)
+        self.reconcile_candidates = Gauge("ipamd_reconcile_candidates",
+                                          "This node's attachments (and broken records) the reconciler saw gone in "
+                                          "its last pass", registry=r)
+        self.reconcile_released = Counter("ipamd_reconcile_released_total",
+                                          "Attachments released (or broken records removed) by the reconciler, by "
+                                          "the check that judged them", ["reason"], registry=r)
+        self.reconcile_too_young = Counter("ipamd_reconcile_skipped_too_young_total",
+                                           "Candidates seen gone again but still within the grace period",
+                                           registry=r)
         self.loop_errors = Counter("ipamd_background_errors_total",
                                    "Errors in background loops (each followed by a backoff and a retry)", ["loop"],
                                    registry=r)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ from .domain.policy import Exhausted, Load, Pick
 from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .metrics import Metrics
+from .reconciler import NetnsCheck, PassResult, Reconciler
 from .store.base import KV, Get, Store, StoreUnavailable, TxnResult, prefix_end
 from .txns import AddTxn, DelTxn, PlannedAddress, PoolGuard
 from .watcher import ViewWatcher
@@ -67,12 +69,14 @@ class IpamService:
 
     ``store`` is any :class:`ipamd.store.base.Store`; ``node`` this daemon's node name; ``request_timeout`` the
     deadline in seconds of one request including its retries; ``etcd_timeout`` of one etcd call; ``gc_timeout`` the
-    budget of one background GC release; ``handle_limit`` the handle cache's bound.
+    budget of one background GC release; ``handle_limit`` the handle cache's bound; ``reconcile_interval`` and
+    ``reconcile_grace`` the reconciler's (ipamd.reconciler; interval 0: off).
     """
 
     def __init__(self, store: Store, node: str, *, request_timeout: float = 8.0, etcd_timeout: float = 2.0,
                  gc_timeout: float = 300.0, handle_limit: int = 16384, metrics: Metrics | None = None,
-                 failpoints: Failpoints | None = None) -> None:
+                 failpoints: Failpoints | None = None, reconcile_interval: float = 0.0,
+                 reconcile_grace: float = 600.0) -> None:
         self.store = store
         self.node = node
         self.request_timeout = request_timeout
@@ -86,6 +90,8 @@ class IpamService:
         self._specs: dict[tuple[str, object, int], bytes] = {}
         self.group = GroupCommit(store, on_send=self._sent)
         self.watcher = ViewWatcher(store, self.cache, self.sync)
+        self.reconciler = Reconciler(store, self.cache, node, checks=[NetnsCheck()], interval=reconcile_interval,
+                                     grace=reconcile_grace, etcd_timeout=etcd_timeout, metrics=self.metrics)
         self.gc_runner = GarbageCollector(store, self.cache, node, metrics=self.metrics, failpoints=self.failpoints,
                                           etcd_timeout=etcd_timeout, gc_timeout=gc_timeout)
 
@@ -265,7 +271,9 @@ class IpamService:
                     state: _AddState, deadline: float) -> list[Allocation] | None:
         allocations = tuple(Allocation(p.pool.id, p.pool.range.family, p.pick.value, p.pool.range.prefixlen,
                                        p.pool.range.gateway) for p in planned)
-        record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod)
+        # the reconciler may judge this attachment by its netns only if this daemon can see it (docs/architecture.md)
+        record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod,
+                              netns_seen=bool(netns) and os.path.exists(netns))
         txn = AddTxn(att.handle, record.encode(), self.node, att.network, planned)
         # claims and pool record writes go alone: they are the contended ones, and their failure reads matter
         alone = any(p.pick.mode == "claim" or p.guard.put is not None for p in planned)
@@ -418,6 +426,12 @@ class IpamService:
             start, end = ips_range(pool_network(pool_id), Block(rng.family, rng.network, rng.prefixlen))
             out.append((pool_id, rng.usable_count(), self.store.count(start, end, self.etcd_timeout)))
         return out
+
+    def reconcile(self, dry_run: bool) -> PassResult:
+        """One reconciler pass now (ipamd.reconciler; ``ipamctl gc``). Raises :class:`TryAgainLater` (11) when not
+        ready or when etcd cannot be read."""
+        self._require_ready()
+        return self.reconciler.run(dry_run)
 
     # -- GC ------------------------------------------------------------------------------------------------------
 

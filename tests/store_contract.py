@@ -64,6 +64,17 @@ def case_compares(store: Store) -> None:
     assert not both.succeeded
 
 
+def case_range_compares(store: Store) -> None:
+    """Every key of the range must satisfy the compare; an empty range compares as a missing key."""
+    assert store.txn([Compare("e/", "version", "==", 0, prefix_end("e/"))], [], [], T).succeeded
+    r1 = put(store, "e/a")
+    assert not store.txn([Compare("e/", "version", "==", 0, prefix_end("e/"))], [], [], T).succeeded
+    assert store.txn([Compare("e/", "mod", "<", r1 + 1, prefix_end("e/"))], [], [], T).succeeded
+    r2 = put(store, "e/b")
+    assert not store.txn([Compare("e/", "mod", "<", r2, prefix_end("e/"))], [], [], T).succeeded
+    assert store.txn([Compare("e/", "mod", ">", 0, prefix_end("e/"))], [], [], T).succeeded
+
+
 def case_failure_reads_in_order(store: Store) -> None:
     put(store, "p/1", b"1")
     put(store, "p/2", b"2")
@@ -117,7 +128,8 @@ def case_lease_revoke_deletes_keys(store: Store) -> None:
 
 
 CONTRACT: list[Callable[[Store], None]] = [
-    case_put_versions, case_one_revision_per_writing_txn, case_compares, case_failure_reads_in_order,
+    case_put_versions, case_one_revision_per_writing_txn, case_compares, case_range_compares,
+    case_failure_reads_in_order,
     case_range_half_open_and_count, case_too_many_ops_refused, case_duplicate_key_refused,
     case_delete_and_recreate, case_lease_revoke_deletes_keys,
 ]

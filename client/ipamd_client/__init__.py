@@ -16,7 +16,7 @@ import grpc
 from ipamd.domain.errors import IpamError, TryAgainLater, error_for_code
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
 
-__all__ = ["Address", "Allocation", "IpamClient", "IpamError"]
+__all__ = ["Address", "Allocation", "IpamClient", "IpamError", "ReconcileItem"]
 
 DEFAULT_SOCKET = "/run/ipamd/ipamd.sock"
 T = TypeVar("T")
@@ -42,6 +42,15 @@ class Allocation:
     node: str = ""
     netns: str = ""
     pod: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileItem:
+    """One attachment (or broken record) the reconciler judged gone: its key, why, seconds left of its grace."""
+
+    key: str
+    reason: str
+    wait: float
 
 
 def _from_msg(msg: Any) -> Allocation:
@@ -115,6 +124,13 @@ class IpamClient:
         resp = self._call(self._stub.GetAllocation,
                           ipam_pb2.GetAllocationRequest(attachment=_attachment(network, container_id, if_name)))
         return _from_msg(resp.allocation) if resp.found else None
+
+    def reconcile(self, dry_run: bool = False) -> tuple[list[ReconcileItem], list[ReconcileItem]]:
+        """Run the daemon's reconciler now (``dry_run``: only say what it would do): ``(released, waiting)``, the
+        attachments released (or that would be) and those seen gone but still within their grace period."""
+        resp = self._call(self._stub.Reconcile, ipam_pb2.ReconcileRequest(dry_run=dry_run))
+        return ([ReconcileItem(i.key, i.reason, i.wait) for i in resp.released],
+                [ReconcileItem(i.key, i.reason, i.wait) for i in resp.waiting])
 
     def list(self, network: str = "") -> list[Allocation]:
         """Every allocation, or those of one network, in key order."""

@@ -251,6 +251,8 @@ class HandleRecord:
     """The value at ``handles/<network>/<containerID>/<ifName>``: the attachment's allocations and metadata.
 
     ``pod`` holds Kubernetes metadata from ``CNI_ARGS`` (namespace, name, uid) — metadata, never a key.
+    ``netns_seen``: the daemon could see ``netns`` when it allocated, so the reconciler may judge the attachment by
+    whether it still exists (docs/architecture.md "Reconciler"); records written before it existed read as False.
     """
 
     network: str
@@ -260,6 +262,7 @@ class HandleRecord:
     allocations: tuple[Allocation, ...]
     netns: str = ""
     pod: dict[str, str] = field(default_factory=dict)
+    netns_seen: bool = False
 
     @property
     def handle(self) -> str:
@@ -272,7 +275,7 @@ class HandleRecord:
     def encode(self) -> bytes:
         return dumps({"network": self.network, "containerID": self.container_id, "ifName": self.if_name,
                       "node": self.node, "ips": [a.to_json() for a in self.allocations],
-                      "netns": self.netns, "pod": self.pod})
+                      "netns": self.netns, "pod": self.pod, **({"netnsSeen": True} if self.netns_seen else {})})
 
     @classmethod
     def decode(cls, raw: bytes) -> HandleRecord:
@@ -281,6 +284,6 @@ class HandleRecord:
             obj = decode(raw)
             return cls(obj["network"], obj["containerID"], obj["ifName"], obj.get("node", ""),
                        tuple(Allocation.from_json(a) for a in obj.get("ips", [])), obj.get("netns", ""),
-                       dict(obj.get("pod") or {}))
+                       dict(obj.get("pod") or {}), obj.get("netnsSeen") is True)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError("malformed handle record: %s" % exc) from None

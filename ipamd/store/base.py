@@ -54,12 +54,14 @@ class KV:
 @dataclass(frozen=True, slots=True)
 class Compare:
     """``target`` of ``key`` compared to ``value``: target is ``version``, ``mod`` or ``create``; op ``==``, ``!=``,
-    ``<`` or ``>``."""
+    ``<`` or ``>``. With ``range_end``, every key of ``[key, range_end)`` must satisfy it, and an empty range
+    compares as one missing key (so ``version == 0`` over a range means "the range is empty"), as etcd does."""
 
     key: str
     target: str
     op: str
     value: int
+    range_end: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

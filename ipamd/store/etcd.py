@@ -138,6 +138,8 @@ class EtcdStore:
             msg.target = _TARGETS[c.target]
             msg.result = _OPS[c.op]
             setattr(msg, _FIELDS[c.target], c.value)
+            if c.range_end is not None:
+                msg.range_end = (prefix + c.range_end).encode()
 
     def _call(self, stub_name: str, method: str, request: object, timeout: float, write: bool) -> Any:
         client = self._client

@@ -191,7 +191,12 @@ class MemoryStore:
             self._key_lease[op.key] = op.lease
 
     def _compare(self, c: Compare) -> bool:
-        kv = self._data.get(c.key)
+        kvs: list[KV | None] = list(self._range(c.key, c.range_end)) if c.range_end is not None else \
+            [self._data.get(c.key)]
+        return all(self._compare_one(c, kv) for kv in kvs or [None])
+
+    @staticmethod
+    def _compare_one(c: Compare, kv: KV | None) -> bool:
         actual = 0 if kv is None else {"version": kv.version, "mod": kv.mod_revision,
                                        "create": kv.create_revision}[c.target]
         return {"==": actual == c.value, "!=": actual != c.value, "<": actual < c.value,

@@ -67,7 +67,9 @@ class Snapshot:
         return rec.handle
 
     def kvs(self) -> list[KV]:
-        return [KV(k, v, i + 1, i + 1, 1) for i, (k, v) in enumerate(sorted(self.kv.items()))]
+        """Revisions in the order the daemon writes: pool records first (the first claim), then the rest."""
+        order = sorted(self.kv.items(), key=lambda kv: (not kv[0].startswith("pools/"), kv[0]))
+        return [KV(k, v, i + 1, i + 1, 1) for i, (k, v) in enumerate(order)]
 
 
 def consistent() -> Snapshot:
@@ -253,3 +255,123 @@ def test_snapshot_helper_matches_model_layout() -> None:
     for key in s.kv:
         prefixes.setdefault(key.split("/", 1)[0], 0)
     assert set(prefixes) == {"pools", "blocks", "ips", "handles"}
+
+
+# --- B51 warnings, leaks, repairs (ipamd.check.analyse / report / repairs_of / apply_repair) --------------------------
+
+from ipamd.check import Finding, Repair, analyse, apply_repair, repairs_of, report  # noqa: E402
+from ipamd.store.memory import MemoryStore  # noqa: E402
+
+
+def load(snapshot: Snapshot) -> MemoryStore:
+    """The snapshot written into a memory store in the same order (pools first), so revisions match."""
+    from ipamd.store.base import Put
+
+    store = MemoryStore()
+    for kv in snapshot.kvs():
+        store.txn([], [Put(kv.key, kv.value)], [], 1)
+    return store
+
+
+def test_b51_address_no_longer_usable_after_a_narrowing_is_a_warning() -> None:
+    """B51: the pool record changed (an exclude added) after the address was allocated: a warning with the holder,
+    not a violation; an address allocated after the change that is not usable stays a violation."""
+    s = consistent()
+    kvs = s.kvs()
+    # the pool record is rewritten after every address record (the narrowing): highest revision
+    narrowed = [KV(kv.key, kv.value if kv.key != "pools/" + POOL else json.dumps(
+        {**json.loads(kv.value), "exclude": ["10.1.2.2-10.1.2.3"]}).encode(), kv.create_revision,
+        len(kvs) + 1 if kv.key == "pools/" + POOL else kv.mod_revision, 1) for kv in kvs]
+    findings = analyse(narrowed)
+    warnings = [f for f in findings if f.severity == "warning"]
+    assert {f.key for f in warnings} == {ip_key("net1", 4, ip("10.1.2.2")), ip_key("net1", 4, ip("10.1.2.3"))}
+    assert all(f.kind == "not-usable-since-narrowed" and f.repair is None for f in warnings)
+    assert check_snapshot(narrowed) == []
+
+
+def test_block_of_a_departed_node_holding_nothing_is_a_repairable_leak() -> None:
+    s = consistent()
+    s.block("10.1.2.128", node="gone")
+    s.kv["nodes/n1"] = b"{}"
+    s.kv["nodes/n2"] = b"{}"
+    leaks = [f for f in analyse(s.kvs()) if f.severity == "leak"]
+    assert [f.key for f in leaks] == [block_key(POOL, Block(4, ip("10.1.2.128"), 26))]
+    assert leaks[0].repair is not None and leaks[0].repair.deletes == (leaks[0].key,)
+    # the live nodes' blocks, used or not, are never leaks; nor a departed node's block that still holds an address
+    s.attach("c7", [(POOL, "10.1.2.130/24")])
+    assert [f for f in analyse(s.kvs()) if f.severity == "leak"] == []
+
+
+def test_repairs_remove_exactly_the_broken_records() -> None:
+    """B52: an address record without its handle, and a handle whose address records are missing; the live
+    allocations around them are untouched and the store is clean afterwards."""
+    s = consistent()
+    s.attach("ghost", [(POOL, "10.1.2.10/24")], handle=False)
+    s.attach("hollow", [(POOL, "10.1.2.11/24"), (POOL6, "2001:db8::11/64")], ip_records=False)
+    s.kv[ip_key("net1", 6, ip("2001:db8::11"))] = encode_ip_record("net1/hollow/eth0", "n1", POOL6)
+    store = load(s)
+    doc = report(store.dump(), store.revision, "/p/")
+    repairs = repairs_of(doc, max_age=60)
+    assert sorted(k for k, _ in repairs) == sorted([ip_key("net1", 4, ip("10.1.2.10")),
+                                                    handle_key("net1/hollow/eth0")])
+    before = {kv.key for kv in store.dump()}
+    for _, repair in repairs:
+        assert apply_repair(store, repair, 1)
+    after = {kv.key for kv in store.dump()}
+    assert before - after == {ip_key("net1", 4, ip("10.1.2.10")), handle_key("net1/hollow/eth0"),
+                              ip_key("net1", 6, ip("2001:db8::11"))}
+    assert check_snapshot(store.dump()) == []
+
+
+def test_repair_is_skipped_when_the_record_changed_since_the_report() -> None:
+    """Each delete compares what the report read: a record rewritten since, or a handle that appeared since (a late
+    ADD committed after the snapshot), makes the repair do nothing (decision 2)."""
+    from ipamd.store.base import Put
+
+    s = consistent()
+    s.attach("ghost", [(POOL, "10.1.2.10/24")], handle=False)
+    store = load(s)
+    ((key, repair),) = repairs_of(report(store.dump(), store.revision, "/p/"), max_age=60)
+    store.txn([], [Put(handle_key("net1/ghost/eth0"), b"{}")], [], 1)  # the handle appears
+    assert not apply_repair(store, repair, 1)
+    assert store.read(key, None, 1)[0]
+    ((key, repair),) = repairs_of(report(s.kvs(), store.revision, "/p/"), max_age=60)
+    fresh = load(s)
+    fresh.txn([], [Put(key, encode_ip_record("net1/ghost/eth0", "n1", POOL))], [], 1)  # rewritten since
+    assert not apply_repair(fresh, repair, 1)
+    assert fresh.read(key, None, 1)[0]
+
+
+@pytest.mark.parametrize("doc, why", [
+    ({"version": 9}, "version"),
+    ({"version": 1}, "creation time"),
+    ({"version": 1, "created_unix": 0.0, "findings": []}, "old"),
+])
+def test_reports_refused(doc: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValueError) as info:
+        repairs_of(doc, max_age=600)
+    assert why in str(info.value)
+
+
+def test_warnings_are_never_repaired_even_if_a_report_says_so() -> None:
+    import time
+
+    forged = {"version": 1, "created_unix": time.time(), "findings": [
+        {"severity": "warning", "key": "ips/x", "repair": {"compares": [], "deletes": ["ips/x"]}}]}
+    assert repairs_of(forged, max_age=60) == []
+
+
+def test_repair_json_round_trip_and_malformed() -> None:
+    from ipamd.store.base import Compare
+
+    r = Repair((Compare("a", "mod", "==", 3), Compare("b/", "version", "==", 0, "b0")), ("a",))
+    assert Repair.from_json(json.loads(json.dumps(r.to_json()))) == r
+    for bad in ({"compares": [], "deletes": []}, {"compares": [["a", "value", "==", 1, None]], "deletes": ["a"]},
+                {"deletes": ["a"]}):
+        with pytest.raises(ValueError):
+            Repair.from_json(bad)
+
+
+def test_finding_text() -> None:
+    assert str(Finding(0, "k", "m", severity="leak")) == "LEAK k: m"
+    assert str(Finding(2, "k", "m", severity="warning")) == "WARN k: m"

@@ -1,0 +1,111 @@
+"""Removing a departed node (issue 8 "Node removal"; docs/ipamctl.md "Removing a node"): release every
+attachment the node allocated and delete its blocks once they are empty.
+
+Safety (docs/etcd-layout.md invariant 5): a node whose ``nodes/<node>`` record is still on a live lease is refused
+unless forced (it may only be paused); every release compares the handle's ``mod_revision`` as read; a block is
+deleted only when no address record is left in it (a range compare in the same transaction) and, unless forced, the
+node record is still absent. A block that still holds addresses of other nodes' attachments (borrowed into it) is
+kept and listed: its addresses stay their holders' until DEL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .domain.model import (
+    BLOCKS,
+    HANDLES,
+    HandleRecord,
+    decode_block_record,
+    ips_range,
+    node_key,
+    parse_block_key,
+    pool_network,
+)
+from .store.base import KV, Compare, Delete, Store
+from .txns import ReleaseBatchTxn, batches
+
+
+@dataclass(slots=True)
+class NodeRemovalPlan:
+    """What removing ``node`` would do, read from one snapshot: the attachments it allocated (handle KV and record),
+    its blocks, and whether the node record is still alive."""
+
+    node: str
+    alive: bool
+    attachments: list[tuple[KV, HandleRecord]] = field(default_factory=list)
+    blocks: list[KV] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        """One line per attachment and block, for ``ipamctl node remove`` to show before it acts."""
+        lines = ["node %s: %s; %d attachment(s), %d address(es), %d block(s)"
+                 % (self.node, "lease ALIVE" if self.alive else "no live lease", len(self.attachments),
+                    sum(len(r.allocations) for _, r in self.attachments), len(self.blocks))]
+        lines += ["  release %s %s" % (r.handle, ",".join(a.cidr for a in r.allocations)) for _, r in self.attachments]
+        lines += ["  delete block %s (when empty)" % kv.key for kv in self.blocks]
+        return lines
+
+
+def plan_removal(kvs: Iterable[KV], node: str) -> NodeRemovalPlan:
+    """Read ``node``'s attachments and blocks from a snapshot of the whole prefix (see
+    :func:`ipamd.check.read_snapshot`). Undecodable records are left to ``ipamctl check``/``repair``."""
+    plan = NodeRemovalPlan(node, alive=False)
+    for kv in kvs:
+        try:
+            if kv.key == node_key(node):
+                plan.alive = True
+            elif kv.key.startswith(HANDLES):
+                rec = HandleRecord.decode(kv.value)
+                if rec.node == node:
+                    plan.attachments.append((kv, rec))
+            elif kv.key.startswith(BLOCKS) and decode_block_record(kv.value) == node:
+                plan.blocks.append(kv)
+        except ValueError:
+            continue
+    return plan
+
+
+@dataclass(slots=True)
+class RemovalResult:
+    """What :func:`remove_node` did: attachments released, blocks deleted, blocks kept (not empty), and the
+    attachments or blocks skipped because they changed since the plan was read."""
+
+    released: int = 0
+    blocks_deleted: int = 0
+    blocks_kept: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def remove_node(store: Store, plan: NodeRemovalPlan, *, force: bool = False, timeout: float = 10.0) -> RemovalResult:
+    """Carry out a plan. Raises ``ValueError`` when the node's lease is alive and ``force`` is not set; the store's
+    errors otherwise. Idempotent: running it again releases nothing twice (every delete compares what it read)."""
+    if plan.alive and not force:
+        raise ValueError("node %s still holds a live lease (nodes/%s): it may only be paused; stop it for good, wait "
+                         "for its lease to expire, or force" % (plan.node, plan.node))
+    out = RemovalResult()
+    records = {kv.key: rec for kv, rec in plan.attachments}
+    for batch in batches([(kv, rec.ip_keys) for kv, rec in plan.attachments]):
+        txn = ReleaseBatchTxn(batch)
+        if store.txn(txn.compares, txn.success, txn.failure, timeout).succeeded:
+            out.released += len(batch)
+            continue
+        for kv, keys in batch:  # one of them changed since the plan: each on its own
+            one = ReleaseBatchTxn([(kv, keys)])
+            if store.txn(one.compares, one.success, one.failure, timeout).succeeded:
+                out.released += 1
+            else:
+                out.skipped.append(records[kv.key].handle)
+    for kv in plan.blocks:
+        pool_id, block = parse_block_key(kv.key)
+        start, end = ips_range(pool_network(pool_id), block)
+        compares = [Compare(kv.key, "mod", "==", kv.mod_revision), Compare(start, "version", "==", 0, end)]
+        if not force:
+            compares.append(Compare(node_key(plan.node), "version", "==", 0))
+        if store.txn(compares, [Delete(kv.key)], [], timeout).succeeded:
+            out.blocks_deleted += 1
+        elif store.count(start, end, timeout):
+            out.blocks_kept.append(kv.key)
+        else:
+            out.skipped.append(kv.key)
+    return out
