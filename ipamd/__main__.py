@@ -189,6 +189,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         from .kube import KubeMode
 
         kube = KubeMode(kube_api, cfg.node_name, store, service.cache, cfg.kube_pod_cidr_blocks, cfg.etcd_timeout)
+        service.reconciler.checks.append(kube.owner_check)  # after the netns check: a dead sandbox is gone
         loops += [threading.Thread(target=supervise, name=name, daemon=True,
                                    args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))
                   for name, body in kube.loops()]
