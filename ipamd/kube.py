@@ -441,8 +441,11 @@ class _Reflector(Generic[T]):
             self.events += 1
 
     def close(self) -> None:
-        """Stop the open watch (if any) and every later round; idempotent."""
+        """Stop the open watch (if any) and every later round; the view is no longer current (answers turn
+        "unknown"). Idempotent."""
         self._closed = True
+        with self._lock:
+            self._synced = False
         stream = self._stream
         if stream is not None:
             stream.stop()

@@ -354,6 +354,7 @@ def test_close_ends_an_open_watch_at_once(fake: FakeKube, api: KubeApi) -> None:
     assert done.wait(10), "round() still running after close()"
     assert time.monotonic() - started < 10
     assert pods.round() == 0.5 and pods.lists == 1  # a closed view makes no more requests
+    assert pods.snapshot().owner("s", "u").state is OwnerState.UNKNOWN  # type: ignore[union-attr]
     t.join(5)
 
 
