@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import ipamd_cni
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ipamd.embedded import etcd_command, free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The framing of docs/cni-socket.md, written here from the document (the bench is a client like any other).
-MAGIC = b"IPAMD1\n"
 
 
 def tmpdir(prefix: str, parent: str = "/dev/shm") -> str:
@@ -165,31 +163,19 @@ class Daemon:
 
 
 def cni_frame(command: str, container_id: str, conf: bytes, if_name: str = "eth0") -> bytes:
-    """One framed CNI request (docs/cni-socket.md) as the plugin would send it (GC: no container variables)."""
+    """One framed CNI request (docs/cni-socket.md, ``ipamd_cni``'s encoder) as the plugin would send it (GC: no
+    container variables)."""
     pairs = [("CNI_COMMAND", command), ("CNI_PATH", "/opt/cni/bin")]
     if command != "GC":
         pairs += [("CNI_CONTAINERID", container_id), ("CNI_IFNAME", if_name), ("CNI_NETNS", "/var/run/netns/bench")]
     env = b"".join(b"%s=%s\0" % (k.encode(), v.encode()) for k, v in pairs)
-    return MAGIC + b"".join(len(part).to_bytes(4, "big") + part for part in (env, conf, b""))
+    return ipamd_cni.encode_request(env, conf, b"")
 
 
 def cni_call(path: str, frame: bytes, timeout: float = 60.0) -> tuple[int, bytes]:
     """Send one framed request; returns (exit status, stdout)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(frame)
-        buf = b""
-        while True:
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                break
-            buf += chunk
-    if not buf.startswith(MAGIC):
-        raise RuntimeError("bad answer from ipamd: %r" % buf[:40])
-    status = buf[len(MAGIC)]
-    n = int.from_bytes(buf[len(MAGIC) + 1:len(MAGIC) + 5], "big")
-    return status, buf[len(MAGIC) + 5:len(MAGIC) + 5 + n]
+    status, out, _ = ipamd_cni.exchange(path.encode(), frame, timeout)
+    return status, out
 
 
 def network_config(name: str, subnet: str, block_size: int = 26) -> bytes:

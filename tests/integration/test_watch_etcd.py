@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from faultproxy import FaultProxy
 from harness import EtcdCluster, cni_config, run_cni
 from views import assert_view_matches
 
@@ -19,6 +18,7 @@ from ipamd.domain.cni import Attachment
 from ipamd.domain.netconf import parse_netconf
 from ipamd.service import IpamService
 from ipamd.store.etcd import EtcdStore
+from ipamd.testing.faultproxy import FaultProxy
 
 
 @pytest.fixture

@@ -264,3 +264,17 @@ def test_bad_toml_settings_are_named(tmp_path: Path, text: str, names: list[str]
 ])
 def test_good_settings_pass(argv: list[str]) -> None:
     load(argv, {})
+
+
+def test_etcd_binary_from_ipamd_etcd_bin(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """$IPAMD_ETCD_BIN picks the directory of etcd and etcdctl (e.g. Debian's /usr/bin); a directory without the
+    binary is an error naming it, never a silent fallback to another etcd."""
+    from ipamd.embedded import etcd_binary
+
+    (tmp_path / "etcd").write_text("#!/bin/sh\n")
+    monkeypatch.setenv("IPAMD_ETCD_BIN", str(tmp_path))
+    assert etcd_binary() == str(tmp_path / "etcd")
+    with pytest.raises(FileNotFoundError, match="etcdctl"):
+        etcd_binary("etcdctl")
+    monkeypatch.delenv("IPAMD_ETCD_BIN")
+    assert etcd_binary() != str(tmp_path / "etcd")

@@ -135,3 +135,12 @@ def test_kube_module_is_an_adapter() -> None:
         if path.name in ("kube.py", "__main__.py"):
             continue
         assert "ipamd.kube" not in imports_of(path), path
+
+
+def test_the_daemon_never_imports_its_testing_tools() -> None:
+    """ipamd.testing (history checker, fault proxy) is for tests and benchmarks only."""
+    for path in ALL:
+        if "testing" in path.relative_to(PKG).parts[:1]:
+            continue
+        names = imports_of(path)
+        assert not any(n == "ipamd.testing" or n.startswith("ipamd.testing.") for n in names), path

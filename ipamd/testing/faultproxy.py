@@ -1,5 +1,5 @@
 """A TCP proxy on loopback that stands between daemons and one etcd member and misbehaves on request
-(docs/field-cases.md "Fault hooks", PROXY): ``delay`` every answer, ``blackhole`` (accept, swallow, never answer), or
+(docs/DEVELOPING.md, fault injection): ``delay`` every answer, ``blackhole`` (accept, swallow, never answer), or
 ``reject`` new connections. It is a real socket in the path of the real etcd client: nothing is mocked.
 
     proxy = FaultProxy(member.client_port).start()     # daemons use proxy.endpoint
@@ -120,6 +120,7 @@ class FaultProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                s.close()
 
     def cut(self) -> None:
         """Close every connection made so far (clients see a reset; new connections follow ``mode``)."""
