@@ -9,16 +9,14 @@ keeps its address; an unreachable API server releases nothing), the repros of do
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 from fakekube import FakeKube, write_kubeconfig
 from harness import Daemon, cni_config, run_cni, wait_for
-
-from ipamd.store.etcd import EtcdStore
+from harness import daemon_ipamctl as ipamctl
+from harness import handle_ids as handles
 
 
 @pytest.fixture
@@ -26,20 +24,6 @@ def fake() -> Iterator[FakeKube]:
     f = FakeKube().start()
     yield f
     f.stop()
-
-
-def ipamctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ipamd.ctl", "--socket", d.grpc_socket, *args],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("IPAMD_")})
-
-
-def handles(d: Daemon) -> set[str]:
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        return {kv.key.split("/")[2] for kv in store.read("handles/", "handles0", 5)[0]}
-    finally:
-        store.close()
 
 
 def pod_args(name: str, uid: str) -> str:
