@@ -277,6 +277,12 @@ class PodInfo:
     phase: str
     pod_ips: tuple[str, ...]
 
+    @property
+    def finished(self) -> bool:
+        """The pod reached a terminal phase (Succeeded or Failed, e.g. a completed Job or an evicted pod): kubelet
+        has stopped its sandbox and never starts it again."""
+        return self.phase in ("Succeeded", "Failed")
+
     @classmethod
     def from_obj(cls, obj: Obj) -> PodInfo:
         """Raises :class:`KubeError` for an object without ``metadata.uid``."""
@@ -549,8 +555,8 @@ class OwnerState(enum.Enum):
     """Its pod is being deleted but still running out its grace period: keep until the runtime's DEL, a CNI GC
     without it, or the node's removal (B21)."""
     GONE = "gone"
-    """No pod with the attachment's UID is on this node, as of a current view: a candidate (after a grace period
-    and a second observation; the reconciler decides)."""
+    """No pod with the attachment's UID is on this node, or its pod has finished (phase Succeeded or Failed), as of
+    a current view: a candidate (after a grace period and a second observation; the reconciler decides)."""
     UNKNOWN = "unknown"
     """The view cannot tell (not listed yet, API server unreachable, watch broken, this node not in the API, or
     the attachment carries no pod UID): never a reason to release."""
@@ -559,7 +565,7 @@ class OwnerState(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Ownership:
     """The answer for one attachment: its ``state``, the ``container_id`` and ``pod_uid`` asked about, the ``pod``
-    found (None unless ALIVE or TERMINATING) and a ``reason`` for logs and dry runs."""
+    found (None when there is none) and a ``reason`` for logs and dry runs."""
 
     state: OwnerState
     container_id: str
@@ -584,7 +590,8 @@ class PodSnapshot:
     def owner(self, container_id: str, pod_uid: str) -> Ownership:
         """Is the pod of the attachment with sandbox ``container_id`` (the handle's ``container_id``,
         ``CNI_CONTAINERID``) and pod UID ``pod_uid`` (``K8S_POD_UID`` from ``CNI_ARGS``, the handle's
-        ``pod["uid"]``) alive, terminating, gone or unknown?
+        ``pod["uid"]``) alive, terminating, gone (absent, or finished) or unknown? Terminating comes first: a pod
+        being deleted keeps its addresses whatever its phase.
 
         Matched by UID only, never by namespace/name: a StatefulSet pod re-created under the same name has a new
         UID, so the old sandbox's attachment is GONE and the new one's ALIVE (field case B20). The API does not
@@ -610,6 +617,10 @@ class PodSnapshot:
             return Ownership(OwnerState.TERMINATING, container_id, pod_uid, pod,
                              "pod %s/%s is terminating (deletionTimestamp %s, grace %s s)"
                              % (pod.namespace, pod.name, pod.deletion_timestamp, pod.grace_seconds))
+        if pod.finished:
+            return Ownership(OwnerState.GONE, container_id, pod_uid, pod,
+                             "pod %s/%s (uid %s) has finished (phase %s): its sandbox is stopped for good"
+                             % (pod.namespace, pod.name, pod_uid, pod.phase))
         return Ownership(OwnerState.ALIVE, container_id, pod_uid, pod,
                          "pod %s/%s (uid %s) is on node %s" % (pod.namespace, pod.name, pod_uid, self.node))
 

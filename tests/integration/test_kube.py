@@ -175,6 +175,27 @@ def test_terminating_pod_keeps_its_owner_until_deleted(fake: FakeKube, api: Kube
                  is OwnerState.GONE, "the deletion")
 
 
+def test_finished_pod_is_gone(fake: FakeKube, api: KubeApi) -> None:
+    # a completed Job's pod (or an evicted one) stays in the API, but kubelet has stopped its sandbox for good
+    fake.add_node("n1")
+    fake.add_pod("default", "job-x", "n1", uid="uj")
+    fake.add_pod("default", "evicted", "n1", uid="ue", phase="Failed")
+    pods = PodView(api, "n1", None, WATCH)
+    with Loops(pods):
+        wait_for(lambda: synced(pods), "the first list")
+        snap = pods.snapshot()
+        assert snap is not None
+        assert snap.owner("s", "uj").state is OwnerState.ALIVE
+        evicted = snap.owner("s2", "ue")
+        assert evicted.state is OwnerState.GONE and "phase Failed" in evicted.reason and evicted.pod is not None
+        fake.update_pod("default", "job-x", lambda o: o["status"].update(phase="Succeeded"))
+        wait_for(lambda: pods.snapshot().owner("s", "uj").state is OwnerState.GONE,  # type: ignore[union-attr]
+                 "the finished Job pod")
+        fake.mark_terminating("default", "evicted")  # being deleted: terminating wins, whatever the phase
+        wait_for(lambda: pods.snapshot().owner("s2", "ue").state  # type: ignore[union-attr]
+                 is OwnerState.TERMINATING, "the deletion of the evicted pod")
+
+
 # -- 410 Gone and bookmarks ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("expire_as", ["event", "status"])
