@@ -5,8 +5,8 @@ place its errors are translated (:func:`_translated`)::
 
     IpamError
     ├── KubeError (999)            anything else the client raised, and malformed objects; the cause is chained
-    ├── KubeConfigError (999)      no usable in-cluster config or kubeconfig (the daemon exits 2 on it)
-    ├── KubeRejected (999)         the API server refused the request as sent (401, 403, 404, 400, 422, ...)
+    │   ├── KubeConfigError        no usable in-cluster config or kubeconfig (the daemon exits 2 on it)
+    │   └── KubeRejected           the API server refused the request as sent (401, 403, 404, 400, 422, ...)
     └── TryAgainLater (11)
         └── KubeUnavailable        unreachable, timed out, cut off, 429 or 5xx
             └── KubeExpired        410 Gone: the resourceVersion is too old (HTTP status or watch ERROR event)
@@ -16,10 +16,11 @@ What the daemon gets from the API (docs/architecture.md "Kubernetes mode"):
 - :class:`NodeView` lists and watches every node: the current set of node names, each node's ``spec.podCIDRs``
   (served as blocks by :mod:`ipamd.podcidr`) and the node deletions it has seen (node removal, issue 8 item 5).
 - :class:`PodView` lists and watches the pods of this node (field selector ``spec.nodeName=<node>``) and answers,
-  for an attachment's sandbox (container) ID and pod UID, whether its pod is alive, terminating, gone or unknown
-  (:meth:`PodSnapshot.owner`). Matching is by pod UID, never by pod name (field case B20); a terminating pod keeps
-  its addresses (field case B21); when the view is not current (no list yet, the API server unreachable, the
-  watch broken or expired) the answer is "unknown", never "gone".
+  for an attachment's sandbox (container) ID and pod UID, whether its pod is alive, terminating, gone (absent or
+  finished) or unknown (:meth:`PodSnapshot.owner`; :class:`PodOwnerCheck` asks it for the reconciler). Matching
+  is by pod UID, never by pod name (field case B20); a terminating pod keeps its addresses (field case B21); when
+  the view is not current (no list yet, the API server unreachable, the watch broken or expired) the answer is
+  "unknown", never "gone".
 
 Both views follow the API's list-then-watch protocol: a list gives the state and its ``resourceVersion``, a watch
 from that version streams every change after it (with ``allowWatchBookmarks``, so a quiet watch still advances its
