@@ -84,6 +84,18 @@ def run(cfg: config_mod.DaemonConfig) -> int:
 
     # nothing the daemon creates is ever readable or writable by others unless it says so (B46)
     os.umask(UMASK)
+    kube_api = None
+    if cfg.kubernetes:  # the API configuration first: a bad one stops the daemon before it serves (exit 2)
+        try:
+            from .kube import KubeApi, KubeConfigError
+        except ImportError as exc:
+            log.error("--kubernetes needs the Kubernetes client (pip install 'ipamd[kubernetes]'): %s", exc)
+            return 2
+        try:
+            kube_api = KubeApi.connect(cfg.kubeconfig, cfg.kube_timeout)
+        except KubeConfigError as exc:
+            log.error("%s", exc)
+            return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -223,10 +235,21 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                                             0.5, max(1.0, cfg.health_interval))))
         log.info("continuous health: every %g s, at most %d attachment(s) per round", cfg.health_interval,
                  cfg.health_max_per_round)
+    kube = None
+    if kube_api is not None:  # Kubernetes mode (ipamd/kube.py): node and pod views, podCIDR blocks
+        from .kube import KubeMode
+
+        kube = KubeMode(kube_api, cfg.node_name, store, service.cache, cfg.kube_pod_cidr_blocks, cfg.etcd_timeout)
+        service.reconciler.checks.append(kube.owner_check)  # after the netns check: a dead sandbox is gone
+        loops += [threading.Thread(target=supervise, name=name, daemon=True,
+                                   args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))
+                  for name, body in kube.loops()]
     for t in loops:
         t.start()
     stop.wait()
     log.info("stopping: finishing requests in flight")
+    if kube is not None:
+        kube.close()
     grpc_server.set_serving(False)
     cni.stop()
     grpc_server.stop()

@@ -56,17 +56,24 @@ class DaemonConfig:
     log_format: str = "text"
     health_interval: float = 0.0
     health_max_per_round: int = 64
+    kubernetes: bool = False
+    kubeconfig: str = ""
+    kube_timeout: float = 10.0
+    kube_pod_cidr_blocks: bool = False
 
 
-_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval"}
+_FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval",
+           "kube_timeout"}
 _INTS = {"node_lease_ttl", "handle_cache_size", "health_max_per_round"}
+_BOOLS = {"kubernetes", "kube_pod_cidr_blocks"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 #: Longest unix socket path (``sun_path`` is 108 bytes with its terminating NUL).
 MAX_SOCKET_PATH = 107
 _NODE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _HELP = {
-    "node_name": "this node's name (default: the hostname)",
+    "node_name": "this node's name (default: NODE_NAME with --kubernetes, else the hostname)",
     "etcd_endpoints": "comma-separated etcd client URLs (http:// or https://); the client fails over between them",
     "etcd_prefix": "key prefix of all ipamd keys (default /ipamd/v1/)",
     "etcd_ca_cert": "CA certificate for https endpoints",
@@ -98,10 +105,21 @@ _HELP = {
     "health_interval": "seconds between rounds of the continuous health check of this node's attachments "
                        "(docs/namespace-checks.md); 0 (the default) turns it off",
     "health_max_per_round": "attachments looked at per health round, 1-10000 (default 64)",
+    "kubernetes": "Kubernetes mode: watch this node's pods and the cluster's nodes (in-cluster config, or "
+                  "--kubeconfig)",
+    "kubeconfig": "kubeconfig file for --kubernetes (its current context; default: the pod's in-cluster config)",
+    "kube_timeout": "deadline of one Kubernetes API call (connect, and each read of a list), seconds (default 10)",
+    "kube_pod_cidr_blocks": "with --kubernetes: claim the blocks inside this node's spec.podCIDRs for it",
 }
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
+    if name in _BOOLS:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError("%s: %s=%r is not a boolean (true or false)" % (where, name, value))
     try:
         if name in _FLOATS:
             if isinstance(value, bool):
@@ -194,6 +212,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "health_interval": lambda v: None if v == 0 or (math.isfinite(v) and 0.1 <= v <= 86400) else
     "must be 0 (off) or seconds from 0.1 to 86400",
     "health_max_per_round": lambda v: None if 1 <= v <= 10_000 else "must be 1 to 10000",
+    "kube_timeout": _positive,
 }
 
 
@@ -202,6 +221,10 @@ def parser() -> argparse.ArgumentParser:
                                 "Subcommand: 'ipamd install-cni DIR' installs the CNI plugin.")
     p.add_argument("--config", help="TOML file with the same keys as the flags (snake_case)")
     for f in fields(DaemonConfig):
+        if f.name in _BOOLS:  # "--kubernetes" alone is true; "--kubernetes false" is accepted too
+            p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=_HELP.get(f.name),
+                           nargs="?", const="true", metavar="BOOL")
+            continue
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=_HELP.get(f.name),
                        metavar="DIR" if f.name == "embedded_etcd" else None)
     return p
@@ -240,6 +263,9 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Daemo
         if flag is not None:
             values[name] = _coerce(name, flag, "--" + name.replace("_", "-"))
             sources[name] = "--" + name.replace("_", "-")
+    if not values.get("node_name") and values.get("kubernetes") and environ.get("NODE_NAME"):
+        values["node_name"] = environ["NODE_NAME"]  # the downward API's spec.nodeName (docs/configuration.md)
+        sources["node_name"] = "NODE_NAME"
     if not values.get("node_name"):
         values["node_name"] = socket.gethostname()
         sources["node_name"] = "the hostname"
@@ -248,6 +274,7 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Daemo
         values["etcd_prefix"] = prefix + "/"
     cfg = DaemonConfig(**values)
     validate(cfg, sources)
+    _validate_kubernetes(cfg, sources, environ)
     return cfg
 
 
@@ -299,3 +326,32 @@ def validate(cfg: DaemonConfig, sources: Mapping[str, str] | None = None) -> Non
         path = getattr(cfg, name)
         if path and not os.access(path, os.R_OK):
             raise fail(name, "%r is not a readable file" % path)
+
+
+#: A Kubernetes object name (RFC 1123 subdomain), which a node name must be in Kubernetes mode.
+_K8S_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def _validate_kubernetes(cfg: DaemonConfig, sources: Mapping[str, str], environ: Mapping[str, str]) -> None:
+    """The Kubernetes settings (docs/configuration.md "Kubernetes mode"): the others need ``--kubernetes``; it needs
+    ``--kubeconfig`` (a readable file) or the in-cluster environment, and a node name Kubernetes accepts."""
+
+    def where(name: str) -> str:
+        src = sources.get(name)
+        return " (from %s)" % src if src and not src.startswith("--") else ""
+
+    for name in ("kubeconfig", "kube_pod_cidr_blocks"):
+        if getattr(cfg, name) and not cfg.kubernetes:
+            raise ConfigError("--%s%s needs --kubernetes" % (name.replace("_", "-"), where(name)))
+    if not cfg.kubernetes:
+        return
+    if cfg.kubeconfig and not os.access(cfg.kubeconfig, os.R_OK):
+        raise ConfigError("--kubeconfig%s %r is not a readable file" % (where("kubeconfig"), cfg.kubeconfig))
+    if not cfg.kubeconfig and not (environ.get("KUBERNETES_SERVICE_HOST") and environ.get("KUBERNETES_SERVICE_PORT")):
+        raise ConfigError("--kubernetes%s needs --kubeconfig outside a pod (KUBERNETES_SERVICE_HOST and "
+                          "KUBERNETES_SERVICE_PORT are not set, so there is no in-cluster config)"
+                          % where("kubernetes"))
+    if not _K8S_NAME_RE.fullmatch(cfg.node_name):
+        raise ConfigError("--node-name%s %r is not a Kubernetes node name (lower-case letters, digits, '-' and '.', "
+                          "at most 253, starting and ending with a letter or digit)"
+                          % (where("node_name"), cfg.node_name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .domain.addr import Block
 from .domain.model import (
     IpRecord,
     block_key,
@@ -145,9 +146,27 @@ class AddTxn:
         return out
 
 
-class DelTxn:
+class _OneKeyTxn:
+    """A transaction whose failure branch reads back the one key it compares (``key``)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._reads = _Reads()
+        self._reads.add("key", Get(key))
+
+    @property
+    def failure(self) -> list[Op]:
+        return self._reads.ops
+
+    def decode_failure(self, result: TxnResult) -> KV | None:
+        """The key's current record (None when it is gone)."""
+        kvs = self._reads.decode(result)["key"]
+        return kvs[0] if kvs else None
+
+
+class DelTxn(_OneKeyTxn):
     """DEL (docs/etcd-layout.md "Transactions"): ``IF handle.mod_revision == R THEN delete every ip key, delete handle
-    ELSE get handle``.
+    ELSE get handle``; :meth:`decode_failure` gives the handle's current record.
 
     ``revision`` 0 with no keys is the "I know of no record" form: it succeeds exactly when the handle is absent
     (nothing to release) and otherwise returns the record in the same round trip.
@@ -155,19 +174,9 @@ class DelTxn:
 
     def __init__(self, handle: str, revision: int, ip_keys: Sequence[str]) -> None:
         hkey = handle_key(handle)
+        super().__init__(hkey)
         self.compares = [Compare(hkey, "mod", "==", revision)]
         self.success: list[Op] = [*(Delete(k) for k in ip_keys), Delete(hkey)] if revision else []
-        self._reads = _Reads()
-        self._reads.add("handle", Get(hkey))
-
-    @property
-    def failure(self) -> list[Op]:
-        return self._reads.ops
-
-    def decode_failure(self, result: TxnResult) -> KV | None:
-        """The handle's current record (None when it is gone)."""
-        kvs = self._reads.decode(result)["handle"]
-        return kvs[0] if kvs else None
 
 
 class ReleaseBatchTxn:
@@ -199,3 +208,15 @@ def batches(items: Sequence[tuple[KV, Sequence[str]]],
         out[-1].append(item)
         ops += need
     return out
+
+
+class ClaimBlockTxn(_OneKeyTxn):
+    """Claim one block for a node outside an ADD (a podCIDR block, ipamd/podcidr.py): ``IF blocks/<b>.version == 0
+    THEN put blocks/<b> {"node"} ELSE get blocks/<b>`` (docs/etcd-layout.md "Transactions"). Never takes over a
+    block someone owns: :meth:`decode_failure` returns the current owner's record."""
+
+    def __init__(self, pool_id: str, block: Block, node: str) -> None:
+        super().__init__(block_key(pool_id, block))
+        self.record = encode_block_record(node)
+        self.compares = [Compare(self.key, "version", "==", 0)]
+        self.success: list[Op] = [Put(self.key, self.record)]

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,3 +443,29 @@ def assert_invariants(endpoints: str, prefix: str) -> dict[str, int]:
 
 def new_prefix() -> str:
     return "/ipamd-test/%s/" % uuid.uuid4().hex[:12]
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Poll ``cond`` every 20 ms until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def daemon_ipamctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ipamctl --socket <d's gRPC socket> ARGS`` as a fresh process, without the test's ``IPAMD_*`` variables."""
+    return subprocess.run([sys.executable, "-m", "ipamd.ctl", "--socket", d.grpc_socket, *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("IPAMD_")})
+
+
+def handle_ids(d: Daemon) -> set[str]:
+    """The container IDs of every handle under ``d``'s prefix, read from etcd."""
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        return {kv.key.split("/")[2] for kv in store.read("handles/", "handles0", 5)[0]}
+    finally:
+        store.close()

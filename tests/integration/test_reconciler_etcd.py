@@ -5,31 +5,15 @@ prints what would go and why; ``ipamctl gc`` runs a pass now."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from harness import Daemon, cni_config, run_cni
+from harness import cni_config, run_cni
+from harness import daemon_ipamctl as ipamctl
+from harness import handle_ids as handles
 
 from ipamd.embedded import free_port
-from ipamd.store.etcd import EtcdStore
-
-
-def ipamctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ipamd.ctl", "--socket", d.grpc_socket, *args],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("IPAMD_")})
-
-
-def handles(d: Daemon) -> set[str]:
-    store = EtcdStore(d.endpoints, d.prefix)
-    try:
-        return {kv.key.split("/")[2] for kv in store.read("handles/", "handles0", 5)[0]}
-    finally:
-        store.close()
 
 
 def test_ipamctl_gc_dry_run_then_release(daemons, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

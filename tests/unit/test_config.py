@@ -123,13 +123,18 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "log_format": ("json", "json"),
     "health_interval": ("30", 30.0),
     "health_max_per_round": ("16", 16),
+    "kubernetes": ("true", True),
+    "kubeconfig": (__file__, __file__),
+    "kube_timeout": ("2.5", 2.5),
+    "kube_pod_cidr_blocks": ("yes", True),
 }
-#: Settings that are only valid in pairs: the partner's sample is given too.
+#: Settings that are only valid with others: the partners' samples are given too.
 PARTNERS: dict[str, tuple[str, ...]] = {
     "etcd_cert": ("etcd_key",), "etcd_key": ("etcd_cert",), "etcd_user": ("etcd_password",),
     "etcd_password": ("etcd_user",), "etcd_password_file": ("etcd_user",),
     "grpc_address": ("grpc_tls_cert", "grpc_tls_key"), "grpc_tls_cert": ("grpc_tls_key",),
-    "grpc_tls_key": ("grpc_tls_cert",), "grpc_client_ca": ("grpc_address", "grpc_tls_cert", "grpc_tls_key")}
+    "grpc_tls_key": ("grpc_tls_cert",), "grpc_client_ca": ("grpc_address", "grpc_tls_cert", "grpc_tls_key"),
+    "kubernetes": ("kubeconfig",), "kubeconfig": ("kubernetes",), "kube_pod_cidr_blocks": ("kubernetes", "kubeconfig")}
 
 
 def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
@@ -197,6 +202,9 @@ def test_config_is_frozen() -> None:
         cfg.node_name = "x"  # type: ignore[misc]
 
 
+_IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+
+
 # --- validation (field case B54): one message naming the setting, its source and what is allowed ---------------------
 
 @pytest.mark.parametrize("argv, env, names", [
@@ -242,6 +250,18 @@ def test_config_is_frozen() -> None:
     ([], {"IPAMD_HEALTH_INTERVAL": "soon"}, ["IPAMD_HEALTH_INTERVAL", "number"]),
     (["--health-max-per-round", "0"], {}, ["--health-max-per-round", "1 to 10000"]),
     (["--health-max-per-round", "2.5"], {}, ["--health-max-per-round", "whole"]),
+    # Kubernetes mode (docs/configuration.md "Kubernetes mode")
+    (["--kubernetes", "--node-name", "n1"], {}, ["--kubernetes", "--kubeconfig", "KUBERNETES_SERVICE_HOST"]),
+    (["--kubeconfig", __file__], {}, ["--kubeconfig", "needs --kubernetes"]),
+    (["--kube-pod-cidr-blocks"], {}, ["--kube-pod-cidr-blocks", "needs --kubernetes"]),
+    ([], {"IPAMD_KUBE_POD_CIDR_BLOCKS": "1"}, ["--kube-pod-cidr-blocks", "IPAMD_KUBE_POD_CIDR_BLOCKS"]),
+    (["--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], {"NODE_NAME": "n1"},
+     ["--kubeconfig", "/nonexistent/kubeconfig", "readable"]),
+    (["--kubernetes", "maybe"], {}, ["--kubernetes", "'maybe'", "boolean"]),
+    ([], {"IPAMD_KUBERNETES": "maybe"}, ["IPAMD_KUBERNETES", "boolean"]),
+    (["--kube-timeout", "0"], {}, ["--kube-timeout", "> 0"]),
+    (["--kubernetes", "--node-name", "Node_1"], _IN_CLUSTER, ["--node-name", "'Node_1'", "Kubernetes node name"]),
+    (["--kubernetes"], {**_IN_CLUSTER, "NODE_NAME": "UPPER"}, ["--node-name", "from NODE_NAME", "'UPPER'"]),
 ])
 def test_bad_settings_are_named(argv: list[str], env: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

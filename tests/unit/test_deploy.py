@@ -140,8 +140,10 @@ def test_kubernetes_args_toml_and_env_are_accepted(tmp_path):
     patched = {k: (readable if isinstance(v, str) and v.startswith("/etc/ipamd/") else v) for k, v in toml.items()}
     path = tmp_path / "ipamd.toml"
     path.write_text("".join("%s = %s\n" % (k, json.dumps(v)) for k, v in patched.items()))
-    loaded = config.load(["--config", str(path)], {"IPAMD_NODE_NAME": "node-1"})
+    in_pod = {"IPAMD_NODE_NAME": "node-1", "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    loaded = config.load(["--config", str(path)], in_pod)
     assert loaded.etcd_user == "ipamd" and loaded.etcd_password_file == readable
+    assert loaded.kubernetes and loaded.node_name == "node-1"
 
 
 def test_probes_and_init_commands_are_accepted(tmp_path):

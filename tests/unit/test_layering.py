@@ -122,6 +122,21 @@ def test_shim_imports_only_builtins() -> None:
     assert not any(n.startswith("ipamd") for n in names)
 
 
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_the_kube_module_imports_the_kubernetes_client(path: Path) -> None:
+    # issue 8 item 6: one module imports the Kubernetes client (and its transport) and translates its errors
+    uses = any(n.split(".")[0] in ("kubernetes", "urllib3") for n in imports_of(path))
+    assert uses == (path == PKG / "kube.py")
+
+
+def test_kube_module_is_an_adapter() -> None:
+    # nothing below the adapters may depend on Kubernetes mode (docs/architecture.md "Layers")
+    for path in ALL:
+        if path.name in ("kube.py", "__main__.py"):
+            continue
+        assert "ipamd.kube" not in imports_of(path), path
+
+
 def test_the_daemon_never_imports_its_testing_tools() -> None:
     """ipamd.testing (history checker, fault proxy) is for tests and benchmarks only."""
     for path in ALL:
