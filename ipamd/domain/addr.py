@@ -18,6 +18,32 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 BITS = {4: 32, 6: 128}
 HEX_WIDTH = {4: 8, 6: 32}
 
+#: Address classes that cannot be a pool's subnet (field case B41; docs/decisions.md "Address classes"), with the
+#: reason given in the code-7 message. A subnet that overlaps any of them is refused, so ``0.0.0.0/0`` or ``::/0``
+#: are refused too. IPv4-mapped and IPv4-compatible IPv6 addresses name IPv4 hosts (RFC 4291 §2.5.5): a pod would
+#: hold one address twice, and the kernel will not route them on an IPv6 link. Class E (240.0.0.0/4) is allowed:
+#: some clusters use it for pods.
+UNUSABLE_CLASSES: tuple[tuple[IPNetwork, str], ...] = tuple((ipaddress.ip_network(cidr), why) for cidr, why in (
+    ("0.0.0.0/8", "'this network' (RFC 791, RFC 6890), never a host's address"),
+    ("127.0.0.0/8", "loopback (RFC 1122)"),
+    ("169.254.0.0/16", "link-local (RFC 3927); a pool cannot be link-local, only a point-to-point gateway can"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("255.255.255.255/32", "the limited broadcast address (RFC 919)"),
+    ("::ffff:0:0/96", "IPv4-mapped IPv6 (RFC 4291 2.5.5.2): use the IPv4 subnet itself"),
+    ("::/96", "IPv4-compatible IPv6, the unspecified address and loopback (RFC 4291 2.5.2, 2.5.3, 2.5.5.1)"),
+    ("fe80::/10", "link-local (RFC 4291 2.5.6); a pool cannot be link-local, only a point-to-point gateway can"),
+    ("ff00::/8", "multicast (RFC 4291 2.7)"),
+))
+
+
+def unusable_class(net: IPNetwork) -> tuple[IPNetwork, str] | None:
+    """The first class of :data:`UNUSABLE_CLASSES` that ``net`` overlaps, as ``(class network, reason)``, or None
+    when pods can use addresses of ``net``. Pure; no enumeration."""
+    for cls_net, why in UNUSABLE_CLASSES:
+        if cls_net.version == net.version and net.overlaps(cls_net):
+            return cls_net, why
+    return None
+
 
 def addr_key(family: int, value: int) -> str:
     """Canonical, order-preserving key text of an address: fixed-width lower-case hex (8 or 32 digits)."""
@@ -169,7 +195,9 @@ class Range:
         """Parse one range object ``{"subnet", "rangeStart"?, "rangeEnd"?, "gateway"?}`` of the ``ipam`` block.
 
         Raises :class:`InvalidConfig` (CNI code 7) with a message naming the field and value for: a bad or
-        host-bits CIDR; a subnet too small to allocate from (/31, /32, /127, /128; docs/cni-contract.md); bounds or a
+        host-bits CIDR; a subnet overlapping an address class pods cannot use (:data:`UNUSABLE_CLASSES`: mapped and
+        compatible IPv6, multicast, loopback, unspecified, link-local; field case B41); a subnet too small to allocate
+        from (/31, /32, /127, /128; docs/cni-contract.md); bounds or a
         gateway outside the subnet; bounds or a gateway on the network or IPv4 broadcast address (the gateway must
         be a host address of its subnet: pre-flight validation, docs/namespace-checks.md); ``rangeStart`` >
         ``rangeEnd``.
@@ -179,6 +207,10 @@ class Range:
         net = parse_subnet(obj.get("subnet"), "%s subnet" % where)
         family = net.version
         bits = BITS[family]
+        unusable = unusable_class(net)
+        if unusable is not None:
+            raise InvalidConfig("%s subnet %s overlaps %s, %s" % (where, net, unusable[0], unusable[1]),
+                                "docs/decisions.md \"Address classes\" lists the subnets a pool cannot use")
         if net.prefixlen >= bits - 1:
             raise InvalidConfig("network %s too small to allocate from" % net,
                                 "%s: a pool needs at least one usable address besides network and gateway" % where)

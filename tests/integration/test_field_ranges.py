@@ -139,6 +139,34 @@ def test_b29_ipv6_without_gateway_until_exhausted(daemons):
     assert counts(d)["ips"] == 254
 
 
+# -- B41 ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ranges, field, cls", [
+    pytest.param([[{"subnet": "::ffff:10.1.0.0/120"}]], "ipam.ranges[0][0] subnet", "::ffff:0:0/96", id="mapped"),
+    pytest.param([[{"subnet": "::ffff:0.0.0.0/96"}]], "ipam.ranges[0][0] subnet", "::ffff:0:0/96", id="all-mapped"),
+    pytest.param([[{"subnet": "10.1.0.0/24"}], [{"subnet": "::ffff:10.1.0.0/120"}]], "ipam.ranges[1][0] subnet",
+                 "::ffff:0:0/96", id="v4-and-its-mapped-twin"),
+    pytest.param([[{"subnet": "fe80::/64"}]], "ipam.ranges[0][0] subnet", "fe80::/10", id="link-local-v6"),
+    pytest.param([[{"subnet": "224.10.0.0/24"}]], "ipam.ranges[0][0] subnet", "224.0.0.0/4", id="multicast"),
+    pytest.param([[{"subnet": "10.2.0.0/24", "gateway": "10.2.0.0"}]], "gateway 10.2.0.0", "network address",
+                 id="gateway-network"),
+    pytest.param([[{"subnet": "10.2.0.0/24", "gateway": "10.2.0.255"}]], "gateway 10.2.0.255", "broadcast address",
+                 id="gateway-broadcast"),
+])
+def test_b41_subnets_and_gateways_pods_cannot_use_are_code_7_before_anything_is_written(daemons, ranges, field,
+                                                                                         cls):
+    """B41 (plugins #1294) through a real daemon and plugin process: the repro's mapped ranges, a v4 range set
+    beside its mapped twin, and gateways on the network or broadcast address are code 7 whose msg names the range
+    field and the class; a good ADD afterwards works and nothing of the refused ones was written."""
+    d = daemons("A")
+    err = assert_err(add(d, cni_config("net1", ranges=ranges), "c1"), 7, "1.1.0")
+    assert field in err["msg"] and cls in err["msg"], err
+    assert nothing_written(d)
+    assert address(add(d, cni_config("net1", ranges=[[{"subnet": "10.3.0.0/24"}]]), "c2")).startswith("10.3.0.")
+    assert counts(d)["handles"] == 1
+
+
 # -- B30 ----------------------------------------------------------------------------------------------------------
 
 

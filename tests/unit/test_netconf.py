@@ -363,3 +363,40 @@ def test_unknown_top_level_keys_ignored() -> None:
 
 def test_socket_non_string_ignored() -> None:
     assert parse(ranges=[[{"subnet": "10.1.2.0/24"}]], socket=5).socket is None
+
+
+# --- address classes (field case B41) ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ranges, field, cls", [
+    ([[{"subnet": "::ffff:10.1.0.0/120"}]], "ipam.ranges[0][0] subnet ::ffff:a01:0/120", "::ffff:0:0/96"),
+    ([[{"subnet": "::ffff:0.0.0.0/96"}]], "ipam.ranges[0][0] subnet ::ffff:0:0/96", "::ffff:0:0/96"),
+    ([[{"subnet": "10.1.0.0/24"}], [{"subnet": "::ffff:10.1.0.0/120"}]], "ipam.ranges[1][0]", "::ffff:0:0/96"),
+    ([[{"subnet": "::10.1.0.0/120"}]], "ipam.ranges[0][0]", "::/96"),
+    ([[{"subnet": "::/64"}]], "ipam.ranges[0][0]", "::ffff:0:0/96"),
+    ([[{"subnet": "::/120"}]], "ipam.ranges[0][0]", "::/96"),
+    ([[{"subnet": "::/0"}]], "ipam.ranges[0][0]", "::ffff:0:0/96"),
+    ([[{"subnet": "fe80::/64"}]], "ipam.ranges[0][0]", "fe80::/10"),
+    ([[{"subnet": "ff02::/120"}]], "ipam.ranges[0][0]", "ff00::/8"),
+    ([[{"subnet": "224.1.0.0/24"}]], "ipam.ranges[0][0]", "224.0.0.0/4"),
+    ([[{"subnet": "127.0.0.0/24"}]], "ipam.ranges[0][0]", "127.0.0.0/8"),
+    ([[{"subnet": "0.0.0.0/24"}]], "ipam.ranges[0][0]", "0.0.0.0/8"),
+    ([[{"subnet": "0.0.0.0/0"}]], "ipam.ranges[0][0]", "0.0.0.0/8"),
+    ([[{"subnet": "169.254.1.0/24"}]], "ipam.ranges[0][0]", "169.254.0.0/16"),
+    ([[{"subnet": "10.1.0.0/24"}, {"subnet": "126.0.0.0/7"}]], "ipam.ranges[0][1]", "127.0.0.0/8"),
+])
+def test_address_classes_pods_cannot_use_are_refused(ranges: Any, field: str, cls: str) -> None:
+    """Field case B41: mapped, compatible, link-local, multicast, loopback and unspecified subnets are code 7 naming
+    the range and the class, at parse time (so before anything is written)."""
+    err = invalid(conf(ranges=ranges))
+    assert err.cni_code == 7
+    assert field in err.msg and ("overlaps %s" % cls) in err.msg, err.msg
+    legacy = ranges[0][0]["subnet"]
+    if len(ranges) == 1 and len(ranges[0]) == 1:  # the legacy single range is judged the same way
+        assert "overlaps %s" % cls in invalid(conf(subnet=legacy)).msg
+
+
+@pytest.mark.parametrize("subnet", ["10.0.0.0/8", "100.64.0.0/10", "192.168.0.0/24", "240.0.0.0/24",
+                                    "2001:db8::/64", "fd00::/48", "64:ff9b::/120", "::1:0:0:0/120"])
+def test_usable_classes_are_accepted(subnet: str) -> None:
+    nc = parse(ranges=[[{"subnet": subnet}]])
+    assert str(nc.range_sets[0][0].range.subnet) == subnet
