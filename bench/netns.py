@@ -6,6 +6,8 @@
     deep, on the same attachment, alternated.
 [3] The continuous health loop over N attachments for a while: checks per second and daemon CPU per check.
 [4] ``Verify`` over gRPC for N attachments: all healthy, then all with a gateway that does not answer.
+[5] The reconciler's look (issue 8 item 4): ``Reconcile(dry_run)`` passes over gRPC over the N attachments, each
+    looked into once (interface and addresses, no routes, no probes): wall time and daemon CPU per attachment.
 
 Everything runs in namespaces the bench creates (one "gateway" namespace holding a bridge with the gateway address,
 one namespace per pod) and one etcd on loopback; all of it is removed at the end. Needs root.
@@ -26,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MAGIC, Daemon, Etcd, cni_call, machine, metric_sum, summary_ms, tmpdir
+import ipamd_cni
+from common import Daemon, Etcd, cni_call, machine, metric_sum, summary_ms, tmpdir
 from ipamd_client import IpamClient
 
 from ipamd import netns
@@ -77,7 +80,7 @@ def frame(command: str, cid: str, netns_path: str, conf: bytes) -> bytes:
     pairs = [("CNI_COMMAND", command), ("CNI_PATH", "/opt/cni/bin"), ("CNI_CONTAINERID", cid), ("CNI_IFNAME", "eth0"),
              ("CNI_NETNS", netns_path)]
     env = b"".join(b"%s=%s\0" % (k.encode(), v.encode()) for k, v in pairs)
-    return MAGIC + b"".join(len(part).to_bytes(4, "big") + part for part in (env, conf, b""))
+    return ipamd_cni.encode_request(env, conf, b"")  # the plugin's own encoder (docs/cni-socket.md)
 
 
 def conf_bytes(net: str, **ipam: object) -> bytes:
@@ -125,12 +128,13 @@ def main() -> int:
 
         print("\n[1] ipamd.netns.observe in this process, %d rounds each" % args.rounds)
         for label, kw in (("no probes", {}),
+                          ("reconciler's look (no routes, all addresses)", {"routes": False, "all_addresses": True}),
                           ("1 echo, gateway answers", {"gateways": [(4, gw)]}),
                           ("1 echo, no answer (probe_timeout 0.05 s)", {"gateways": [(4, silent)],
                                                                          "probe_timeout": 0.05})):
             n = args.rounds if "no answer" not in label else max(20, args.rounds // 10)
             samples = timed(lambda kw=kw: netns.observe(pod0, "eth0", **kw), n)
-            print("  %-42s %s" % (label, summary_ms(samples)))
+            print("  %-46s %s" % (label, summary_ms(samples)))
 
         print("\n[2] CNI CHECK through the daemon, same attachment, alternated (%d each)" % args.rounds)
         prev = json.loads(conf)
@@ -174,6 +178,18 @@ def main() -> int:
             silent_s = time.perf_counter() - t
             assert not any(r.ok for r in reports)
         print("  all healthy: %.3f s; every gateway silent (probe_timeout 1 s): %.3f s" % (healthy_s, silent_s))
+
+        passes = max(10, args.rounds // 10)
+        print("\n[5] reconciler passes (Reconcile dry_run over gRPC), %d attachments, %d passes" % (args.pods, passes))
+        with IpamClient(daemon.grpc_socket, timeout=300) as client:
+            cpu0 = daemon.cpu_seconds()
+            samples = timed(lambda: client.reconcile(dry_run=True), passes)
+            cpu = daemon.cpu_seconds() - cpu0
+            released, waiting = client.reconcile(dry_run=True)
+            assert released == [] and waiting == [], (released, waiting)  # every pod is alive
+        print("  one pass %s" % summary_ms(samples))
+        print("  per attachment: %.2f ms wall (p50 / pods), %.2f ms daemon CPU"
+              % (1e3 * statistics.median(samples) / args.pods, 1e3 * cpu / (passes * args.pods)))
     finally:
         if daemon is not None:
             daemon.stop()

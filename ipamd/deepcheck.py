@@ -101,6 +101,22 @@ class NamespaceInspector:
                                 timeout=self.timeout)
         return Report(record, expected, observed, compare(expected, observed))
 
+    def presence(self, record: HandleRecord) -> Observation:
+        """The reconciler's look (docs/namespace-checks.md "Reconciler"): interface ``record.if_name`` in the
+        namespace recorded at ADD (``record.netns``), its addresses and the addresses of the namespace's other
+        interfaces (``Observation.elsewhere``); no routes, no probes. One observation, bounded by ``timeout``
+        seconds for entering the namespace.
+
+        Never raises: an exception of the observer (a bug, or a double that raises) becomes an observation with
+        ``netns_exists=True`` and ``error`` naming it, which the reconciler reads as "cannot tell". Read-only.
+        """
+        try:
+            return self.observe(record.netns, record.if_name, timeout=self.timeout, routes=False, all_addresses=True)
+        except Exception as exc:  # noqa: BLE001 - a failure to look is "cannot tell", never a verdict
+            log.warning("reconciler: looking into %s failed: %s: %s", record.netns, exc.__class__.__name__, exc,
+                        extra={"handle": record.handle})
+            return Observation(record.netns, record.if_name, True, error="%s: %s" % (exc.__class__.__name__, exc))
+
     def verify_all(self, records: Iterable[HandleRecord], *, probe_count: int | None = None,
                    probe_timeout: float | None = None) -> list[Report]:
         """:meth:`verify` for each record, at most ``workers`` at once; reports in the records' order."""

@@ -69,7 +69,8 @@ class _Unobservable(Exception):
 
 
 def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]] = (), probe_count: int = 1,
-            probe_timeout: float = 1.0, timeout: float = 5.0) -> Observation:
+            probe_timeout: float = 1.0, timeout: float = 5.0, routes: bool = True,
+            all_addresses: bool = False) -> Observation:
     """Look at interface ``if_name`` inside the network namespace at ``netns_path`` (an absolute path such as
     ``/var/run/netns/x`` or ``/proc/PID/ns/net``; the CNI_NETNS recorded at ADD).
 
@@ -78,6 +79,9 @@ def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]
     ``(family, address)`` in ``gateways``, a probe: ``probe_count`` (1..10) ICMP/ICMPv6 echo requests sent from
     the interface, each waiting at most ``probe_timeout`` seconds (at most 5) for its reply, then the gateway's
     neighbour (ARP/NDP) state. Probes go only to the addresses given; pass the attachment's own gateways.
+    ``routes=False`` skips the route dump (``routes`` stays empty); ``all_addresses=True`` reads the addresses of
+    every interface of the namespace and returns the other interfaces' in ``elsewhere`` (also when ``if_name`` is
+    missing). The reconciler asks for ``routes=False, all_addresses=True`` (docs/namespace-checks.md "Reconciler").
 
     Never raises for what it finds: a missing path or one that is not a network namespace gives
     ``netns_exists=False``; a namespace it cannot enter (permission) or that does not answer within ``timeout``
@@ -103,11 +107,12 @@ def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]
             sock.close()
             raise _Unobservable("netlink: %s: %s" % (exc.__class__.__name__, exc)) from None
         with ipr:
-            iface, addresses, routes = _read_links(ipr, if_name)
+            iface, addresses, found_routes, elsewhere = _read_links(ipr, if_name, routes, all_addresses)
             if iface is None:
-                return Observation(netns_path, if_name, True, probed=probed)
+                return Observation(netns_path, if_name, True, probed=probed, elsewhere=elsewhere)
             probes = tuple(_probe(fd, ipr, iface, family, gw, count, wait) for family, gw in gateways)
-        return Observation(netns_path, if_name, True, iface, addresses, routes, probes, probed)
+        return Observation(netns_path, if_name, True, iface, addresses, found_routes, probes, probed,
+                           elsewhere=elsewhere)
     except _Unobservable as exc:
         return Observation(netns_path, if_name, not exc.missing, probed=probed, error=exc.why)
     finally:
@@ -150,21 +155,43 @@ def _socket_in(fd: int, family: int, kind: int, proto: int, deadline: float) -> 
         raise _Unobservable("cannot make a socket in it: %s" % (exc.strerror or exc)) from None
 
 
-def _read_links(ipr: Any, if_name: str
-                ) -> tuple[ObservedInterface | None, tuple[Prefix, ...], tuple[ObservedRoute, ...]]:
+def _read_links(ipr: Any, if_name: str, with_routes: bool = True, all_addresses: bool = False
+                ) -> tuple[ObservedInterface | None, tuple[Prefix, ...], tuple[ObservedRoute, ...],
+                           tuple[tuple[str, Prefix], ...]]:
+    """The interface, its addresses, the routes through it and (``all_addresses``) the other interfaces'
+    addresses. Raises :class:`_Unobservable` for any netlink failure."""
     try:
-        links = [m for m in ipr.get_links() if m.get("ifname") == if_name]
-        if not links:
-            return None, (), ()
+        every_link = ipr.get_links()  # one dump, as `ip link` does
+        names = {int(m["index"]): str(m.get("ifname") or "") for m in every_link}
+        links = [m for m in every_link if m.get("ifname") == if_name]
+        elsewhere: tuple[tuple[str, Prefix], ...] = ()
+        own: list[Prefix] = []
+        index = int(links[0]["index"]) if links else None
+        if all_addresses:
+            other: list[tuple[str, Prefix]] = []
+            for m in ipr.get_addr():
+                if not m.get("address"):
+                    continue
+                pfx = _prefix(m.get("address"), int(m["prefixlen"]))
+                if int(m["index"]) == index:
+                    own.append(pfx)
+                else:
+                    other.append((names.get(int(m["index"]), "#%d" % int(m["index"])), pfx))
+            elsewhere = tuple(sorted(other))
+        if not links or index is None:
+            return None, (), (), elsewhere
         link = links[0]
         flags = int(link["flags"])
-        iface = ObservedInterface(if_name, int(link["index"]), bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP),
+        iface = ObservedInterface(if_name, index, bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP),
                                   str(link.get("operstate") or ""))
-        addresses = tuple(sorted(_prefix(m.get("address"), int(m["prefixlen"]))
-                                 for m in ipr.get_addr(index=iface.index) if m.get("address")))
-        routes = tuple(r for r in (_route(m) for m in ipr.get_routes(family=socket.AF_UNSPEC))
-                       if r is not None and any(h.oif == iface.index for h in r.nexthops))
-        return iface, addresses, routes
+        if not all_addresses:
+            own = [_prefix(m.get("address"), int(m["prefixlen"]))
+                   for m in ipr.get_addr(index=index) if m.get("address")]
+        routes: tuple[ObservedRoute, ...] = ()
+        if with_routes:
+            routes = tuple(r for r in (_route(m) for m in ipr.get_routes(family=socket.AF_UNSPEC))
+                           if r is not None and any(h.oif == index for h in r.nexthops))
+        return iface, tuple(sorted(own)), routes, elsewhere
     except Exception as exc:  # noqa: BLE001 - netlink errors of any kind are translated at this boundary
         raise _Unobservable("netlink: %s: %s" % (exc.__class__.__name__, exc)) from None
 

@@ -7,8 +7,11 @@ handles they name; an attachment whose every address was borrowed from another n
 So a pass costs what the node holds, not what the cluster holds.
 
 Who judges an owner (:class:`OwnerCheck`): the network namespace recorded at ADD (only when the daemon could see it
-then: ``HandleRecord.netns_seen``): gone when the path no longer exists; in Kubernetes mode, the pods of this node.
-A check answers ``alive``, ``gone`` (with a reason) or ``unknown``; unknown never releases anything.
+then: ``HandleRecord.netns_seen``): gone when the path no longer exists, or when one look inside it
+(:class:`NetnsCheck`, pyroute2 through :mod:`ipamd.netns`) finds its interface missing or holding none of the
+attachment's addresses; in Kubernetes mode, the pods of this node. A check answers ``alive``, ``gone`` (with a
+reason and a kind, the metrics label) or ``unknown``; unknown never releases anything, and a failure to look is
+unknown.
 
 Safety (field case B15, decision 2): an attachment is released only when it was seen gone in two passes at least
 ``grace`` seconds apart with the same ``mod_revision``; nothing created after the pass's snapshot revision is
@@ -19,14 +22,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .cache import NodeCache
+from .domain.addr import to_ip
 from .domain.errors import IpamError
 from .domain.model import HandleRecord, IpRecord, handle_key, ips_range, pool_network
+from .domain.netcheck import Observation
 from .metrics import Metrics
 from .store.base import KV, Compare, Delete, Get, Store
 from .txns import ReleaseBatchTxn, batches
@@ -38,31 +44,124 @@ ALIVE, GONE, UNKNOWN = "alive", "gone", "unknown"
 READ_BATCH = 100
 
 
+class Verdict(NamedTuple):
+    """A check's answer: ``state`` (ALIVE, GONE or UNKNOWN), ``reason`` (why, for logs and ``ipamctl gc``) and
+    ``kind``, the ``reason`` label of ``ipamd_reconcile_released_total`` (docs/metrics.md); "" means the check's
+    name. A plain ``(state, reason)`` pair is a verdict of kind "" too."""
+
+    state: str
+    reason: str
+    kind: str = ""
+
+
 class OwnerCheck(Protocol):
-    """Judges whether an attachment's owner still exists. ``verdict`` returns ``(ALIVE|GONE|UNKNOWN, reason)``;
-    it must not raise for an ordinary "cannot tell" (answer UNKNOWN)."""
+    """Judges whether an attachment's owner still exists. ``verdict`` returns ``(ALIVE|GONE|UNKNOWN, reason)`` or a
+    :class:`Verdict`; it must not raise for an ordinary "cannot tell" (answer UNKNOWN)."""
 
     name: str
 
-    def verdict(self, record: HandleRecord) -> tuple[str, str]:
+    def verdict(self, record: HandleRecord) -> tuple[str, str] | Verdict:
         ...
 
 
+#: What the netns check's looks into a namespace return (:meth:`ipamd.deepcheck.NamespaceInspector.presence`).
+Look = Callable[[HandleRecord], Observation]
+
+#: ``reason`` labels of the netns check's GONE verdicts (docs/metrics.md).
+NETNS_GONE, INTERFACE_GONE, ADDRESS_GONE = "netns", "netns_interface", "netns_address"
+
+
 class NetnsCheck:
-    """The network namespace recorded at ADD: gone when its path no longer exists (the runtime removes it when the
-    sandbox goes). Judges only records whose namespace the daemon could see when it allocated."""
+    """The network namespace recorded at ADD (docs/architecture.md "Reconciler", docs/namespace-checks.md
+    "Reconciler"). Judges only records whose namespace the daemon could see when it allocated (``netns_seen``);
+    the others are UNKNOWN.
+
+    - the path no longer exists (the runtime removes it when the sandbox goes): GONE, kind ``netns``,
+      "netns /var/run/netns/x is gone";
+    - with ``look`` (one observation of the namespace, :meth:`ipamd.deepcheck.NamespaceInspector.presence`):
+
+      - interface ``if_name`` missing and none of the attachment's addresses on another interface there: GONE,
+        kind ``netns_interface``, "interface eth0 is missing in /var/run/netns/x";
+      - the interface holds none of the attachment's allocated addresses (compared by address; a prefix length
+        that differs still holds it) and no other interface there holds one: GONE, kind ``netns_address``,
+        "address 10.1.2.3 not on eth0 in /var/run/netns/x" ("addresses A, B not on ..." for several);
+      - any allocated address on the interface, or on another interface of the namespace: ALIVE (an attachment
+        that lost one of two addresses still uses the other; releasing the handle would hand that one out twice);
+      - the observation failed (cannot enter, helper died, timeout) or the path is not a network namespace:
+        UNKNOWN. After ``max_failures`` failed observations in a row the check stops looking for ``pause``
+        seconds and answers UNKNOWN at once, so a broken helper costs a pass ``max_failures`` timeouts, not one
+        per attachment;
+    - without ``look``: ALIVE while the path exists.
+
+    One ``exists`` call, then at most one ``look``, per verdict (a second ``exists`` only after a failed look, to
+    tell a namespace removed meanwhile from one that cannot be entered). Never raises for an ordinary failure
+    (``look`` must not raise either; :meth:`~ipamd.deepcheck.NamespaceInspector.presence` does not). Thread-safe.
+    """
 
     name = "netns"
 
-    def __init__(self, exists: Callable[[str], bool] = os.path.exists) -> None:
-        self.exists = exists
+    def __init__(self, exists: Callable[[str], bool] = os.path.exists, look: Look | None = None, *,
+                 max_failures: int = 3, pause: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.exists, self.look = exists, look
+        self.max_failures, self.pause, self.clock = max(1, max_failures), pause, clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._last_error = ""
+        self._paused_until = 0.0
 
-    def verdict(self, record: HandleRecord) -> tuple[str, str]:
-        if not record.netns_seen or not record.netns:
-            return UNKNOWN, "namespace not seen at ADD"
-        if self.exists(record.netns):
-            return ALIVE, ""
-        return GONE, "netns %s is gone" % record.netns
+    def verdict(self, record: HandleRecord) -> Verdict:
+        path = record.netns
+        if not record.netns_seen or not path:
+            return Verdict(UNKNOWN, "namespace not seen at ADD")
+        if not self.exists(path):
+            return Verdict(GONE, "netns %s is gone" % path, NETNS_GONE)
+        if self.look is None:
+            return Verdict(ALIVE, "")
+        with self._lock:
+            if self.clock() < self._paused_until:
+                return Verdict(UNKNOWN, "not looking into namespaces for a while after %d failures in a row (last: "
+                                        "%s)" % (self.max_failures, self._last_error))
+        seen = self.look(record)
+        if seen.error or not seen.netns_exists:
+            if not self.exists(path):  # removed while we looked
+                return Verdict(GONE, "netns %s is gone" % path, NETNS_GONE)
+            if not seen.netns_exists:  # a path that is not (or no longer) a namespace: never judged by
+                return Verdict(UNKNOWN, "netns %s is not a network namespace (%s)" % (path, seen.error))
+            self._failed(seen.error)
+            return Verdict(UNKNOWN, "cannot look into netns %s: %s" % (path, seen.error))
+        with self._lock:
+            self._failures = 0
+        return address_verdict(record, seen)
+
+    def _failed(self, error: str) -> None:
+        with self._lock:
+            self._failures += 1
+            self._last_error = error
+            if self._failures >= self.max_failures:
+                self._failures = 0
+                self._paused_until = self.clock() + self.pause
+                log.warning("reconciler: %d namespace observations failed in a row (last: %s); not looking into "
+                            "namespaces for %.0f s", self.max_failures, error, self.pause)
+
+
+def address_verdict(record: HandleRecord, seen: Observation) -> Verdict:
+    """The verdict of one successful observation ``seen`` (``netns_exists`` and no ``error``) of ``record``'s
+    namespace: see :class:`NetnsCheck`. Pure."""
+    wanted = [(a.family, a.value) for a in record.allocations]
+    if not wanted:
+        return Verdict(UNKNOWN, "no addresses recorded")
+    own = {(p.family, p.value) for p in seen.addresses}
+    if seen.interface is not None and own.intersection(wanted):
+        return Verdict(ALIVE, "")
+    moved = ["%s on %s" % (to_ip(p.family, p.value), name) for name, p in seen.elsewhere
+             if (p.family, p.value) in wanted]
+    if moved:
+        return Verdict(ALIVE, "%s in %s" % (", ".join(moved), seen.netns_path))
+    if seen.interface is None:
+        return Verdict(GONE, "interface %s is missing in %s" % (record.if_name, seen.netns_path), INTERFACE_GONE)
+    text = ", ".join(str(to_ip(f, v)) for f, v in wanted)
+    return Verdict(GONE, "address%s %s not on %s in %s" % ("es" if len(wanted) > 1 else "", text, record.if_name,
+                                                          seen.netns_path), ADDRESS_GONE)
 
 
 @dataclass(slots=True)
@@ -163,15 +262,17 @@ class Reconciler:
         return out
 
     def _verdict(self, record: HandleRecord) -> tuple[str, str, str]:
-        """(verdict, the deciding check's name, reason)."""
+        """(verdict, kind: the deciding verdict's kind or its check's name, reason)."""
         for check in self.checks:
             try:
-                verdict, reason = check.verdict(record)
+                answer = check.verdict(record)
+                verdict, reason = answer[0], answer[1]
+                kind = (answer[2] if len(answer) > 2 else "") or check.name
             except Exception as exc:  # noqa: BLE001 - a check that fails cannot tell (never a release)
                 log.warning("reconciler: %s check failed for %s: %s", check.name, record.handle, exc)
                 continue
             if verdict != UNKNOWN:
-                return verdict, check.name, reason
+                return verdict, kind, reason
         return UNKNOWN, "", ""
 
     def _own_addresses(self) -> tuple[list[tuple[KV, IpRecord]], int]:
@@ -250,8 +351,8 @@ class Reconciler:
 
 @dataclass(slots=True)
 class _Gone:
-    """A candidate: which check judged it (``kind``: netns, kubernetes, repair), why, the revision it was read at,
-    and the record: a handle to release, or an address record to remove."""
+    """A candidate: what judged it (``kind``: netns, netns_interface, netns_address, kubernetes, repair), why, the
+    revision it was read at, and the record: a handle to release, or an address record to remove."""
 
     kind: str
     reason: str

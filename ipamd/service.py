@@ -95,8 +95,10 @@ class IpamService:
         self._specs: dict[tuple[str, object, int], bytes] = {}
         self.group = GroupCommit(store, on_send=self._sent)
         self.watcher = ViewWatcher(store, self.cache, self.sync)
-        self.reconciler = Reconciler(store, self.cache, node, checks=[NetnsCheck()], interval=reconcile_interval,
-                                     grace=reconcile_grace, etcd_timeout=etcd_timeout, metrics=self.metrics)
+        # the netns check looks inside each namespace once per pass (docs/namespace-checks.md "Reconciler")
+        self.reconciler = Reconciler(store, self.cache, node, checks=[NetnsCheck(look=self.inspector.presence)],
+                                     interval=reconcile_interval, grace=reconcile_grace, etcd_timeout=etcd_timeout,
+                                     metrics=self.metrics)
         self.gc_runner = GarbageCollector(store, self.cache, node, metrics=self.metrics, failpoints=self.failpoints,
                                           etcd_timeout=etcd_timeout, gc_timeout=gc_timeout)
 

@@ -212,7 +212,9 @@ class Observation:
     ``error`` alone (with ``netns_exists`` true) means the namespace could not be looked at (permission, timeout).
     ``interface`` is ``None`` when the interface is missing; ``addresses`` are the interface's addresses (IPv4 and
     IPv6, link-local included); ``routes`` the routes of every table with a next hop through the interface;
-    ``probes`` one per gateway probed (empty when probes were not asked for: ``probed`` false).
+    ``probes`` one per gateway probed (empty when probes were not asked for: ``probed`` false); ``elsewhere`` the
+    addresses of the namespace's other interfaces as ``(interface name, Prefix)`` pairs, read only when asked for
+    (the reconciler's look: an allocated address that moved to another interface is still in use).
     """
 
     netns_path: str
@@ -224,6 +226,7 @@ class Observation:
     probes: tuple[GatewayProbe, ...] = ()
     probed: bool = False
     error: str = ""
+    elsewhere: tuple[tuple[str, Prefix], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,10 +183,11 @@ class NetEnv:
         return e
 
     def plugin(self, plugin: str, command: str, stdin: bytes, container_id: str, if_name: str = "eth0",
-               extra_env: dict[str, str] | None = None) -> CniOutput:
-        """Run ``/usr/lib/cni/<plugin>`` once as a runtime would (fresh process, CNI_* env, config on stdin)."""
+               extra_env: dict[str, str] | None = None, netns: str | None = None) -> CniOutput:
+        """Run ``/usr/lib/cni/<plugin>`` once as a runtime would (fresh process, CNI_* env, config on stdin);
+        ``CNI_NETNS`` is the test's namespace unless ``netns`` names another path."""
         p = subprocess.run([os.path.join(CNI_DIR, plugin)], input=stdin, capture_output=True, timeout=60,
-                           env=self.env(command, container_id, if_name, extra=extra_env))
+                           env=self.env(command, container_id, if_name, netns=netns, extra=extra_env))
         return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
 
     def bridge_conf(self, version: str = "1.0.0", name: str = "ipamd-e2e", **ipam: Any) -> dict[str, Any]:
@@ -236,6 +237,29 @@ def netenv() -> Iterator[NetEnv]:
         yield env
     finally:
         env.teardown()
+
+
+@pytest.fixture
+def extra_netns() -> Iterator[Any]:
+    """``extra_netns()`` → the path of one more network namespace (``/var/run/netns/ipamdtest-<random>``) for a
+    second pod; each is deleted after the test (with the container ends of its veths, and so the pairs)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = NAME_PREFIX + uuid.uuid4().hex[:5]
+        _run("ip", "netns", "add", name)
+        made.append(name)
+        return "/var/run/netns/" + name
+
+    yield make
+    errors = []
+    for name in made:
+        if os.path.exists("/var/run/netns/" + name):
+            r = _run("ip", "netns", "del", name, check=False)
+            if r.returncode:
+                errors.append("ip netns del %s: %s" % (name, r.stderr.strip()))
+    if errors:
+        raise RuntimeError("e2e cleanup failed: " + "; ".join(errors))
 
 
 @pytest.fixture
