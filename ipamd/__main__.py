@@ -240,7 +240,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         from .kube import KubeMode
 
         kube = KubeMode(kube_api, cfg.node_name, store, service.cache, cfg.kube_pod_cidr_blocks, cfg.etcd_timeout,
-                        node_removal_grace=cfg.kube_node_removal_grace, metrics=metrics)
+                        node_removal_grace=cfg.kube_node_removal_grace, metrics=metrics,
+                        failpoints=service.failpoints)
         if kube.remover is not None:
             log.info("automatic node removal: a node deleted from the Kubernetes API is removed %g s after its "
                      "deletion was seen, once its lease nodes/<node> has expired", cfg.kube_node_removal_grace)

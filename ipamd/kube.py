@@ -58,6 +58,7 @@ from .podcidr import PodCidrClaimer
 from .store.base import Store
 
 if TYPE_CHECKING:
+    from .failpoints import Failpoints
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -697,7 +698,7 @@ class KubeMode:
     def __init__(self, api: KubeApi, node: str, store: Store | None = None, cache: NodeCache | None = None,
                  pod_cidr_blocks: bool = False, etcd_timeout: float = 2.0,
                  watch_seconds: int = WATCH_SECONDS, node_removal_grace: float = 0.0,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, failpoints: Failpoints | None = None) -> None:
         self.api = api
         self.nodes = NodeView(api, watch_seconds, own_node=node)
         self.pods = PodView(api, node, self.nodes, watch_seconds)
@@ -709,7 +710,7 @@ class KubeMode:
         self.remover: NodeRemover | None = None
         if node_removal_grace > 0 and store is not None:
             self.remover = NodeRemover(store, node, node_removal_grace, self.nodes.snapshot, etcd_timeout,
-                                       metrics=metrics)
+                                       metrics=metrics, failpoints=failpoints)
 
     def loops(self) -> list[tuple[str, Callable[[], float | None]]]:
         """``(name, round)`` of each background loop: ``kube-nodes``, ``kube-pods``, ``podcidr`` (with podCIDR

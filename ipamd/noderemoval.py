@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .domain.model import BLOCKS, HANDLES, node_key
+from .failpoints import Failpoints
 from .nodes import RemovalResult, plan_removal, remove_node
 from .store.base import Store, prefix_end
 
@@ -114,14 +115,17 @@ class NodeRemover:
     """The background loop of automatic node removal (module docstring). ``view()`` returns the node view's
     snapshot (``KubeMode.nodes.snapshot``); ``grace`` seconds (> 0); ``etcd_timeout`` bounds each transaction and
     the one-key read, ``read_timeout`` each read of the handle and block records. ``metrics`` (optional) counts
-    removals. One thread runs :meth:`round`."""
+    removals; ``failpoints`` (tests) may pause at ``noderemoval.after_plan``, between reading a node's records and
+    removing them. One thread runs :meth:`round`."""
 
     def __init__(self, store: Store, own_node: str, grace: float, view: Callable[[], DeletionView | None],
                  etcd_timeout: float = 2.0, read_timeout: float = 30.0, metrics: Metrics | None = None,
-                 retry: float = RETRY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+                 retry: float = RETRY_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 failpoints: Failpoints | None = None) -> None:
         self.store, self.own_node, self.grace, self.view = store, own_node, grace, view
         self.etcd_timeout, self.read_timeout = etcd_timeout, max(read_timeout, etcd_timeout)
         self.metrics, self.retry, self.clock = metrics, retry, clock
+        self.failpoints = failpoints or Failpoints()
         #: node -> (monotonic time its deletion was seen, monotonic time of the next attempt): bounded by the
         #: view's deletions (entries of nodes the view forgot are dropped)
         self._next: dict[str, tuple[float, float]] = {}
@@ -174,6 +178,7 @@ class NodeRemover:
         if not plan.attachments and not plan.blocks:
             log.debug("node %s: nothing of it left in etcd", node, extra={"node": node})
             return float("inf")
+        self.failpoints.hit("noderemoval.after_plan")
         result = remove_node(self.store, plan, timeout=self.etcd_timeout)
         self._report(node, verdict.reason, result)
         return self.retry if result.blocks_kept or result.skipped else float("inf")
