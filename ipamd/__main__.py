@@ -239,7 +239,12 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     if kube_api is not None:  # Kubernetes mode (ipamd/kube.py): node and pod views, podCIDR blocks
         from .kube import KubeMode
 
-        kube = KubeMode(kube_api, cfg.node_name, store, service.cache, cfg.kube_pod_cidr_blocks, cfg.etcd_timeout)
+        kube = KubeMode(kube_api, cfg.node_name, store, service.cache, cfg.kube_pod_cidr_blocks, cfg.etcd_timeout,
+                        node_removal_grace=cfg.kube_node_removal_grace, metrics=metrics,
+                        failpoints=service.failpoints)
+        if kube.remover is not None:
+            log.info("automatic node removal: a node deleted from the Kubernetes API is removed %g s after its "
+                     "deletion was seen, once its lease nodes/<node> has expired", cfg.kube_node_removal_grace)
         service.reconciler.checks.append(kube.owner_check)  # after the netns check: a dead sandbox is gone
         loops += [threading.Thread(target=supervise, name=name, daemon=True,
                                    args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))

@@ -60,15 +60,18 @@ class DaemonConfig:
     kubeconfig: str = ""
     kube_timeout: float = 10.0
     kube_pod_cidr_blocks: bool = False
+    kube_node_removal_grace: float = 300.0
 
 
 _FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval",
-           "kube_timeout"}
+           "kube_timeout", "kube_node_removal_grace"}
 _INTS = {"node_lease_ttl", "handle_cache_size", "health_max_per_round"}
 _BOOLS = {"kubernetes", "kube_pod_cidr_blocks"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+#: Longest ``--kube-node-removal-grace``, seconds (a week).
+MAX_NODE_REMOVAL_GRACE = 7 * 86400
 #: Longest unix socket path (``sun_path`` is 108 bytes with its terminating NUL).
 MAX_SOCKET_PATH = 107
 _NODE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -110,6 +113,9 @@ _HELP = {
     "kubeconfig": "kubeconfig file for --kubernetes (its current context; default: the pod's in-cluster config)",
     "kube_timeout": "deadline of one Kubernetes API call (connect, and each read of a list), seconds (default 10)",
     "kube_pod_cidr_blocks": "with --kubernetes: claim the blocks inside this node's spec.podCIDRs for it",
+    "kube_node_removal_grace": "with --kubernetes: seconds after a node's deletion from the API (seen by this daemon) "
+                               "before its addresses and blocks are removed, once its lease has expired too; 0 turns "
+                               "automatic node removal off (default 300)",
 }
 
 
@@ -213,6 +219,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "must be 0 (off) or seconds from 0.1 to 86400",
     "health_max_per_round": lambda v: None if 1 <= v <= 10_000 else "must be 1 to 10000",
     "kube_timeout": _positive,
+    "kube_node_removal_grace": lambda v: None if v == 0 or (math.isfinite(v) and 1 <= v <= MAX_NODE_REMOVAL_GRACE)
+    else "must be 0 (off) or seconds from 1 to %d" % MAX_NODE_REMOVAL_GRACE,
 }
 
 
@@ -340,8 +348,8 @@ def _validate_kubernetes(cfg: DaemonConfig, sources: Mapping[str, str], environ:
         src = sources.get(name)
         return " (from %s)" % src if src and not src.startswith("--") else ""
 
-    for name in ("kubeconfig", "kube_pod_cidr_blocks"):
-        if getattr(cfg, name) and not cfg.kubernetes:
+    for name in ("kubeconfig", "kube_pod_cidr_blocks", "kube_node_removal_grace"):
+        if (getattr(cfg, name) if name != "kube_node_removal_grace" else name in sources) and not cfg.kubernetes:
             raise ConfigError("--%s%s needs --kubernetes" % (name.replace("_", "-"), where(name)))
     if not cfg.kubernetes:
         return

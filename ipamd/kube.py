@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import urllib3
 from kubernetes import client as k8s_client
@@ -53,8 +53,13 @@ from kubernetes.client.exceptions import ApiException, OpenApiException
 from .cache import NodeCache
 from .domain.errors import IpamError, TryAgainLater
 from .domain.model import HandleRecord
+from .noderemoval import NodeRemover
 from .podcidr import PodCidrClaimer
 from .store.base import Store
+
+if TYPE_CHECKING:
+    from .failpoints import Failpoints
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -684,13 +689,16 @@ class PodOwnerCheck:
 
 class KubeMode:
     """Kubernetes mode in the daemon (``--kubernetes``, docs/configuration.md): the API client, the node view,
-    this node's pod view and, with ``--kube-pod-cidr-blocks``, the podCIDR block claimer. :meth:`loops` are the
-    background rounds for :func:`ipamd.concurrency.supervise`; :attr:`owner_check` is the reconciler's check
-    (:class:`PodOwnerCheck` over :attr:`pods`), :attr:`nodes` what node removal watches (:meth:`NodeView.snapshot`)."""
+    this node's pod view, with ``--kube-pod-cidr-blocks`` the podCIDR block claimer, and with a
+    ``node_removal_grace`` > 0 (seconds, ``--kube-node-removal-grace``) the removal of nodes deleted from the API
+    (:class:`ipamd.noderemoval.NodeRemover` over :meth:`NodeView.snapshot`). :meth:`loops` are the background
+    rounds for :func:`ipamd.concurrency.supervise`; :attr:`owner_check` is the reconciler's check
+    (:class:`PodOwnerCheck` over :attr:`pods`)."""
 
     def __init__(self, api: KubeApi, node: str, store: Store | None = None, cache: NodeCache | None = None,
                  pod_cidr_blocks: bool = False, etcd_timeout: float = 2.0,
-                 watch_seconds: int = WATCH_SECONDS) -> None:
+                 watch_seconds: int = WATCH_SECONDS, node_removal_grace: float = 0.0,
+                 metrics: Metrics | None = None, failpoints: Failpoints | None = None) -> None:
         self.api = api
         self.nodes = NodeView(api, watch_seconds, own_node=node)
         self.pods = PodView(api, node, self.nodes, watch_seconds)
@@ -699,13 +707,20 @@ class KubeMode:
         self.claimer: PodCidrClaimer | None = None
         if pod_cidr_blocks and store is not None:
             self.claimer = PodCidrClaimer(store, node, lambda: self.nodes.pod_cidrs(node), cache, etcd_timeout)
+        self.remover: NodeRemover | None = None
+        if node_removal_grace > 0 and store is not None:
+            self.remover = NodeRemover(store, node, node_removal_grace, self.nodes.snapshot, etcd_timeout,
+                                       metrics=metrics, failpoints=failpoints)
 
     def loops(self) -> list[tuple[str, Callable[[], float | None]]]:
-        """``(name, round)`` of each background loop: ``kube-nodes``, ``kube-pods`` and ``podcidr``."""
+        """``(name, round)`` of each background loop: ``kube-nodes``, ``kube-pods``, ``podcidr`` (with podCIDR
+        blocks) and ``kube-node-removal`` (with a node removal grace period)."""
         out: list[tuple[str, Callable[[], float | None]]] = [("kube-nodes", self.nodes.round),
                                                               ("kube-pods", self.pods.round)]
         if self.claimer is not None:
             out.append(("podcidr", self.claimer.round))
+        if self.remover is not None:
+            out.append(("kube-node-removal", self.remover.round))
         return out
 
     def close(self) -> None:

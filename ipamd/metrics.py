@@ -98,6 +98,15 @@ class Metrics:
         self.reconcile_too_young = Counter("ipamd_reconcile_skipped_too_young_total",
                                            "Candidates seen gone again but still within the grace period",
                                            registry=r)
+        # automatic removal of nodes deleted from the Kubernetes API (ipamd/noderemoval.py)
+        self.node_removals = Counter("ipamd_node_removals_total", "Nodes deleted from the Kubernetes API whose "
+                                     "attachments or blocks this daemon removed", registry=r)
+        self.node_removal_released = Counter("ipamd_node_removal_released_total", "Attachments released by the "
+                                             "automatic removal of nodes deleted from the Kubernetes API",
+                                             registry=r)
+        self.node_removal_blocks_deleted = Counter("ipamd_node_removal_blocks_deleted_total", "Blocks deleted by "
+                                                   "the automatic removal of nodes deleted from the Kubernetes API",
+                                                   registry=r)
         self.loop_errors = Counter("ipamd_background_errors_total",
                                    "Errors in background loops (each followed by a backoff and a retry)", ["loop"],
                                    registry=r)

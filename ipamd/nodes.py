@@ -2,10 +2,12 @@
 attachment the node allocated and delete its blocks once they are empty.
 
 Safety (docs/etcd-layout.md invariant 5): a node whose ``nodes/<node>`` record is still on a live lease is refused
-unless forced (it may only be paused); every release compares the handle's ``mod_revision`` as read; a block is
-deleted only when no address record is left in it (a range compare in the same transaction) and, unless forced, the
-node record is still absent. A block that still holds addresses of other nodes' attachments (borrowed into it) is
-kept and listed: its addresses stay their holders' until DEL.
+unless forced (it may only be paused); every release compares the handle's ``mod_revision`` as read and, unless
+forced, that the node record is still absent (a daemon that comes back while the removal runs keeps what is left);
+a block is deleted only when no address record is left in it (a range compare in the same transaction) and, unless
+forced, the node record is still absent. A block that still holds addresses of other nodes' attachments (borrowed
+into it) is kept and listed: its addresses stay their holders' until DEL. Used by ``ipamctl node remove`` and, in
+Kubernetes mode, by the automatic removal of nodes deleted from the API (:mod:`ipamd.noderemoval`).
 """
 
 from __future__ import annotations
@@ -68,10 +70,12 @@ def plan_removal(kvs: Iterable[KV], node: str) -> NodeRemovalPlan:
 
 @dataclass(slots=True)
 class RemovalResult:
-    """What :func:`remove_node` did: attachments released, blocks deleted, blocks kept (not empty), and the
-    attachments or blocks skipped because they changed since the plan was read."""
+    """What :func:`remove_node` did: attachments released (``released_handles``: each as ``handle=addresses``),
+    blocks deleted, blocks kept (not empty), and the attachments or blocks skipped because they changed since the
+    plan was read (or the node record came back)."""
 
     released: int = 0
+    released_handles: list[str] = field(default_factory=list)
     blocks_deleted: int = 0
     blocks_kept: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -79,21 +83,32 @@ class RemovalResult:
 
 def remove_node(store: Store, plan: NodeRemovalPlan, *, force: bool = False, timeout: float = 10.0) -> RemovalResult:
     """Carry out a plan. Raises ``ValueError`` when the node's lease is alive and ``force`` is not set; the store's
-    errors otherwise. Idempotent: running it again releases nothing twice (every delete compares what it read)."""
+    errors otherwise. ``timeout`` (seconds) bounds each etcd call. Idempotent, and safe to run from several
+    processes at once: every delete compares what it read, so each attachment and block is removed by exactly one
+    of them and the others count it as skipped."""
     if plan.alive and not force:
         raise ValueError("node %s still holds a live lease (nodes/%s): it may only be paused; stop it for good, wait "
                          "for its lease to expire, or force" % (plan.node, plan.node))
     out = RemovalResult()
     records = {kv.key: rec for kv, rec in plan.attachments}
+    absent = [] if force else [Compare(node_key(plan.node), "version", "==", 0)]
+
+    def released(kv: KV) -> None:
+        rec = records[kv.key]
+        out.released += 1
+        out.released_handles.append("%s=%s" % (rec.handle, ",".join(a.cidr for a in rec.allocations)))
+
+    # a batch stays within etcd's per-request limit of compares too: one per handle plus the node record's
     for batch in batches([(kv, rec.ip_keys) for kv, rec in plan.attachments]):
-        txn = ReleaseBatchTxn(batch)
+        txn = ReleaseBatchTxn(batch, absent)
         if store.txn(txn.compares, txn.success, txn.failure, timeout).succeeded:
-            out.released += len(batch)
+            for kv, _ in batch:
+                released(kv)
             continue
-        for kv, keys in batch:  # one of them changed since the plan: each on its own
-            one = ReleaseBatchTxn([(kv, keys)])
+        for kv, keys in batch:  # one of them changed since the plan (or the node came back): each on its own
+            one = ReleaseBatchTxn([(kv, keys)], absent)
             if store.txn(one.compares, one.success, one.failure, timeout).succeeded:
-                out.released += 1
+                released(kv)
             else:
                 out.skipped.append(records[kv.key].handle)
     for kv in plan.blocks:

@@ -182,11 +182,12 @@ class DelTxn(_OneKeyTxn):
 class ReleaseBatchTxn:
     """Release several attachments at once (GC, repair): ``IF every handle.mod_revision == R_read THEN delete their
     ip keys and handles``. ``items`` are ``(handle KV as read, its ip keys)``; built to fit :data:`MAX_TXN_OPS`
-    (use :func:`batches`). No failure reads: on a failed compare the caller retries the items one by one."""
+    (use :func:`batches`). ``also`` are further compares every release needs (node removal: the node record is still
+    absent). No failure reads: on a failed compare the caller retries the items one by one."""
 
-    def __init__(self, items: Sequence[tuple[KV, Sequence[str]]]) -> None:
+    def __init__(self, items: Sequence[tuple[KV, Sequence[str]]], also: Sequence[Compare] = ()) -> None:
         self.items = list(items)
-        self.compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in items]
+        self.compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in items] + list(also)
         self.success: list[Op] = []
         for kv, keys in items:
             self.success.extend(Delete(k) for k in keys)

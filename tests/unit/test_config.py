@@ -127,6 +127,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "kubeconfig": (__file__, __file__),
     "kube_timeout": ("2.5", 2.5),
     "kube_pod_cidr_blocks": ("yes", True),
+    "kube_node_removal_grace": ("90.5", 90.5),
 }
 #: Settings that are only valid with others: the partners' samples are given too.
 PARTNERS: dict[str, tuple[str, ...]] = {
@@ -134,7 +135,8 @@ PARTNERS: dict[str, tuple[str, ...]] = {
     "etcd_password": ("etcd_user",), "etcd_password_file": ("etcd_user",),
     "grpc_address": ("grpc_tls_cert", "grpc_tls_key"), "grpc_tls_cert": ("grpc_tls_key",),
     "grpc_tls_key": ("grpc_tls_cert",), "grpc_client_ca": ("grpc_address", "grpc_tls_cert", "grpc_tls_key"),
-    "kubernetes": ("kubeconfig",), "kubeconfig": ("kubernetes",), "kube_pod_cidr_blocks": ("kubernetes", "kubeconfig")}
+    "kubernetes": ("kubeconfig",), "kubeconfig": ("kubernetes",), "kube_pod_cidr_blocks": ("kubernetes", "kubeconfig"),
+    "kube_node_removal_grace": ("kubernetes", "kubeconfig")}
 
 
 def test_every_field_has_a_flag_an_env_var_and_a_sample() -> None:
@@ -260,6 +262,15 @@ _IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT"
     (["--kubernetes", "maybe"], {}, ["--kubernetes", "'maybe'", "boolean"]),
     ([], {"IPAMD_KUBERNETES": "maybe"}, ["IPAMD_KUBERNETES", "boolean"]),
     (["--kube-timeout", "0"], {}, ["--kube-timeout", "> 0"]),
+    # automatic node removal (docs/configuration.md "Kubernetes mode")
+    (["--kube-node-removal-grace", "-1"], {}, ["--kube-node-removal-grace", "0 (off)", "1 to 604800"]),
+    (["--kube-node-removal-grace", "0.5"], {}, ["--kube-node-removal-grace", "0 (off)"]),
+    (["--kube-node-removal-grace", "nan"], {}, ["--kube-node-removal-grace", "0 (off)"]),
+    (["--kube-node-removal-grace", "604801"], {}, ["--kube-node-removal-grace", "1 to 604800"]),
+    ([], {"IPAMD_KUBE_NODE_REMOVAL_GRACE": "soon"}, ["IPAMD_KUBE_NODE_REMOVAL_GRACE", "number"]),
+    (["--kube-node-removal-grace", "60"], {}, ["--kube-node-removal-grace", "needs --kubernetes"]),
+    ([], {"IPAMD_KUBE_NODE_REMOVAL_GRACE": "60"}, ["--kube-node-removal-grace", "IPAMD_KUBE_NODE_REMOVAL_GRACE",
+                                                  "needs --kubernetes"]),
     (["--kubernetes", "--node-name", "Node_1"], _IN_CLUSTER, ["--node-name", "'Node_1'", "Kubernetes node name"]),
     (["--kubernetes"], {**_IN_CLUSTER, "NODE_NAME": "UPPER"}, ["--node-name", "from NODE_NAME", "'UPPER'"]),
 ])

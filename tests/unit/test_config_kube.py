@@ -18,6 +18,14 @@ def test_kubernetes_is_off_by_default() -> None:
     cfg = load([], {})
     assert cfg.kubernetes is False and cfg.kubeconfig == "" and cfg.kube_pod_cidr_blocks is False
     assert cfg.kube_timeout == 10.0
+    assert cfg.kube_node_removal_grace == 300.0   # ignored without --kubernetes
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0.0), ("1", 1.0), ("300", 300.0), ("604800", 604800.0)])
+def test_node_removal_grace_range(value: str, expected: float) -> None:
+    # 0 turns automatic node removal off; otherwise from 1 s to a week
+    cfg = load(["--kubernetes", "--node-name", "n1", "--kube-node-removal-grace", value], IN_CLUSTER)
+    assert cfg.kube_node_removal_grace == expected
 
 
 @pytest.mark.parametrize("argv, expected", [
