@@ -40,9 +40,11 @@ PYTHON_HEADER = """#!/bin/sh
 # %(name)s: the ipamd CNI plugin, Python build, installed by `ipamd install-cni --plugin python`. Self-contained:
 # the plugin's byte code and source follow this header, so any symlink, hard link or copy of this file works.
 # The runtime's stdin moves to fd 3 and Python gets /dev/null: CPython refuses to start with a directory on
-# stdin, and the CNI contract wants error code 5 for that case.
+# stdin, and the CNI contract wants error code 5 for that case. A closed stdin stays closed (fd 3 closed too): the
+# plugin answers code 5 for it as the native one does, where "3<&0" would end this shell with an error (B40).
 [ -x '%(interpreter)s' ] || { printf '%%s' %(missing)s; exit 1; }
-exec '%(interpreter)s' -I -S -c '%(loader)s' "$0" %(layout)s "$@" 3<&0 0</dev/null
+i=0; [ -d /proc/self/fd ] && ! [ -e /proc/self/fd/0 ] && i=-
+exec '%(interpreter)s' -I -S -c '%(loader)s' "$0" %(layout)s "$@" 3<&$i 0</dev/null
 """
 
 LOADER = r'''import sys,marshal,posix
