@@ -22,7 +22,7 @@ from .domain.errors import IpamError
 from .domain.model import blocks_prefix, dumps, node_key
 from .health import DaemonStatus, PoolStatus, Readiness
 from .metrics import Metrics, PoolStats, package_version
-from .store.base import Put, StoreRefused, prefix_end
+from .store.base import Compare, Put, StoreRefused, prefix_end
 from .store.etcd import ALARMS, version_problem
 
 if TYPE_CHECKING:
@@ -276,9 +276,15 @@ def run(cfg: config_mod.DaemonConfig) -> int:
 
 def probe_etcd(store: EtcdStore, metrics: Metrics, cfg: config_mod.DaemonConfig) -> None:
     """One readiness probe (docs/operations.md "Health"): a linearizable read of this node's record (etcd has a
-    quorum and grants us read permission) and the cluster's alarms. Raises :class:`StoreUnavailable`, or
-    :class:`StoreRefused` for a missing permission or a raised alarm (B44, B45); sets ``ipamd_etcd_alarm``."""
+    quorum and grants us read permission) and the cluster's alarms; once etcd refused a write for permission, also
+    write permission, by a txn whose compare never holds (etcd checks the permission of both branches; nothing is
+    written), until it passes. Raises :class:`StoreUnavailable`, or :class:`StoreRefused` for a missing permission
+    or a raised alarm (B44, B45); sets ``ipamd_etcd_alarm``."""
     store.read(node_key(cfg.node_name), None, cfg.etcd_timeout)
+    if store.write_refused:  # read permission alone is not ready: every ADD would fail (B44, revoked live)
+        key = node_key(cfg.node_name)
+        store.txn([Compare(key, "mod", "<", 0)], [Put(key, b"")], [], cfg.etcd_timeout)
+        store.write_refused = False
     status = store.status(cfg.etcd_timeout)
     for alarm in ALARMS.values():
         metrics.etcd_alarm.labels(alarm).set(1 if alarm in status.alarms else 0)

@@ -40,9 +40,11 @@ PYTHON_HEADER = """#!/bin/sh
 # %(name)s: the ipamd CNI plugin, Python build, installed by `ipamd install-cni --plugin python`. Self-contained:
 # the plugin's byte code and source follow this header, so any symlink, hard link or copy of this file works.
 # The runtime's stdin moves to fd 3 and Python gets /dev/null: CPython refuses to start with a directory on
-# stdin, and the CNI contract wants error code 5 for that case.
+# stdin, and the CNI contract wants error code 5 for that case. A closed stdin stays closed (fd 3 closed too): the
+# plugin answers code 5 for it as the native one does, where "3<&0" would end this shell with an error (B40).
 [ -x '%(interpreter)s' ] || { printf '%%s' %(missing)s; exit 1; }
-exec '%(interpreter)s' -I -S -c '%(loader)s' "$0" %(layout)s "$@" 3<&0 0</dev/null
+i=0; [ -d /proc/self/fd ] && ! [ -e /proc/self/fd/0 ] && i=-
+exec '%(interpreter)s' -I -S -c '%(loader)s' "$0" %(layout)s "$@" 3<&$i 0</dev/null
 """
 
 LOADER = r'''import sys,marshal,posix
@@ -105,6 +107,23 @@ def python_plugin(interpreter: str, name: str = "ipamd-cni") -> tuple[bytes, str
     return header + code + source, warning
 
 
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents 0755 whatever the umask (field case B46: the runtime executes
+    what is in it as root, so no other user may write it). Each is made 0700 first, so it is never wider than
+    0755 at any moment; existing directories are left as they are."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, left as it is
+        os.chmod(d, 0o755)
+
+
 def _replace(target: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``target`` (mode 0755) and rename it over ``target``."""
     fd, tmp = tempfile.mkstemp(prefix="." + target.name + ".", dir=target.parent)
@@ -137,7 +156,7 @@ def install_plugin(directory: str, plugin: str | None = None, interpreter: str |
     if plugin not in PLUGINS:
         raise ValueError("unknown plugin %r (choose native or python)" % plugin)
     target = Path(directory).resolve() / name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(target.parent)
     if plugin == "native":
         if native is None:
             raise ValueError("no native plugin in this installation (%s is missing: the package was built "

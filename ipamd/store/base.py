@@ -166,6 +166,10 @@ def parse_endpoint(item: str) -> tuple[str, int, bool]:
     """One etcd client URL (``http://host:port``, ``https://host:port``, or ``host:port`` for http) ->
     ``(host, port, secure)``. Raises ``ValueError`` naming what is wrong."""
     url = urlsplit(item if "://" in item else "http://" + item)
+    if "@" in url.netloc:  # never used by the client, and it would be logged: refuse it without echoing it (B54)
+        raise ValueError("etcd endpoint %r: credentials in the URL are not used; give only scheme://host:port and "
+                         "the user with --etcd-user and --etcd-password-file"
+                         % url._replace(netloc="***@" + url.netloc.rpartition("@")[2]).geturl())
     if url.scheme not in ("http", "https"):
         raise ValueError("etcd endpoint %r: scheme must be http or https" % item)
     try:

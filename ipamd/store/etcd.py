@@ -195,6 +195,9 @@ class EtcdStore:
         self.on_error: Callable[[str], None] | None = None
         #: Optional hook ``(op, seconds)`` called for every call that etcd answered (ipamd_etcd_request_duration).
         self.on_latency: Callable[[str, float], None] | None = None
+        #: Set when etcd refused a write for permission (B44): the daemon's readiness probe then checks write
+        #: permission too, until a check passes (``probe_etcd`` in ipamd/__main__.py clears it).
+        self.write_refused = False
         if self.user and any(not ep.secure for ep in self._endpoints):
             log.warning("etcd authentication over http: the password and the token cross the network in clear "
                         "(%s); use https endpoints", ", ".join(ep.url for ep in self._endpoints if not ep.secure))
@@ -335,6 +338,8 @@ class EtcdStore:
             what = ("%s %s%s" % (op, self.prefix, key)).strip()
             if code == grpc.StatusCode.PERMISSION_DENIED:
                 self._count("refused")
+                if write:
+                    self.write_refused = True
                 return StoreRefused("etcd user %r lacks the permission to %s (etcd: %s); grant its role readwrite on "
                                     "the prefix %s" % (self.user or "", what, details, self.prefix), "permission")
             if "space exceeded" in details or "corrupt" in details.lower():

@@ -435,6 +435,32 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, argv, env, toml, names):
     assert not sock_dir.exists()
 
 
+@pytest.mark.parametrize("how", ["flag", "env", "toml"])
+def test_b54_credentials_in_an_etcd_endpoint_are_refused_without_echoing_them(tmp_path, how):
+    """Field case B54, another field: ``http://user:password@host:port`` was accepted, the credentials were never
+    used, and the startup line logged the password. Now one line naming the setting and the flags to use, exit 2,
+    and the password appears nowhere in the output."""
+    url = "http://ipamd:pw-s3cret@127.0.0.1:2379"
+    sock_dir = tmp_path / "run"
+    args = ["--cni-socket", str(sock_dir / "cni.sock"), "--grpc-socket", str(sock_dir / "g.sock"),
+            "--node-name", "b54"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPAMD_")}
+    if how == "flag":
+        args += ["--etcd-endpoints", url]
+    elif how == "env":
+        env["IPAMD_ETCD_ENDPOINTS"] = url
+    else:
+        (tmp_path / "ipamd.toml").write_text('etcd_endpoints = "%s"\n' % url)
+        args += ["--config", str(tmp_path / "ipamd.toml")]
+    proc = subprocess.run([sys.executable, "-m", "ipamd", *args], capture_output=True, text=True, timeout=30,
+                          env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--etcd-endpoints" in lines[0] and "--etcd-user" in lines[0], proc.stderr
+    assert "pw-s3cret" not in proc.stderr + proc.stdout
+    assert not sock_dir.exists()
+
+
 def test_daemon_reads_config_file_env_and_flags(daemons, workdir):
     """docs/configuration.md end to end: the daemon takes its metrics address from the environment over the TOML file,
     and its node name from the flag over both (the allocation records node A)."""

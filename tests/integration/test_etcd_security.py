@@ -287,6 +287,39 @@ def test_b44_permission_granted_after_start(clusters, prefix, workdir):
     assert invariants(cluster, prefix)["handles"] == 1
 
 
+def test_b44_write_permission_revoked_while_serving(clusters, prefix, workdir):
+    """B44 in the other order: the role loses its write permission while the daemon serves (a role edited live).
+    The readiness probe only read, so health stayed SERVING and STATUS answered success while every ADD failed
+    with a permission refusal. Now the first refused write makes the probe check write permission (a txn whose
+    compare never holds, so nothing is written): NOT_SERVING with reason etcd_permission, STATUS 50; ready again
+    within seconds of the grant, without a restart."""
+    cluster = started(clusters, EtcdCluster(1))
+    enable_auth(cluster, prefix, "ipamd", PASSWORD)
+    port = free_port()
+    d = Daemon(cluster.endpoints, prefix, "A", workdir,
+               extra_args=["--etcd-user", "ipamd", "--etcd-password-file", password_file(workdir),
+                           "--metrics-address", "127.0.0.1:%d" % port]).start()
+    conf = cni_config("sec", subnet="10.61.0.0/24")
+    try:
+        assert add(d, "c1").ips == ["10.61.0.2/24"]
+        cluster.etcdctl("role", "revoke-permission", "ipamd", "--prefix=true", prefix)
+        cluster.etcdctl("role", "grant-permission", "ipamd", "--prefix=true", "read", prefix)
+        out = add(d, "c2")
+        assert out.rc != 0 and out.code == 11 and "lacks the permission" in out.json["msg"], out
+        wait_for(lambda: 'ipamd_not_ready{reason="etcd_permission"} 1.0' in scrape(port), 10, "etcd_permission")
+        assert d.health() == "NOT_SERVING"
+        status = run_cni("STATUS", conf, socket=d.cni_socket)
+        assert status.rc != 0 and status.code == 50, status
+        grant_prefix(cluster, "ipamd", prefix)
+        d.wait_ready(15)
+        out = add(d, "c2")
+        assert out.rc == 0 and out.ips == ["10.61.0.3/24"], out
+        assert run_cni("STATUS", conf, socket=d.cni_socket).rc == 0
+    finally:
+        assert d.stop() == 0
+    assert invariants(cluster, prefix)["handles"] == 2
+
+
 # -- B45: out of space -------------------------------------------------------------------------------------------------
 
 

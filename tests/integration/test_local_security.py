@@ -20,7 +20,7 @@ import threading
 
 import grpc
 import pytest
-from harness import IPAMD, Daemon, cni_config, installed_shim, run_cni, snapshot_counts
+from harness import IPAMD, Daemon, cni_config, installed_shim, native_plugin, run_cni, snapshot_counts
 from tlsutil import Pki
 
 from ipamd.embedded import free_port
@@ -313,3 +313,28 @@ def test_stale_socket_file_is_not_taken_for_live(workdir):
         claim(path)
     assert "live" in str(info.value) and path in str(info.value)
     s.close()
+
+
+@pytest.mark.parametrize("plugin_kind", ["native", "python"])
+def test_b46_install_cni_under_umask_000_creates_no_writable_directory(workdir, plugin_kind):
+    """Field case B46, the other command that creates directories: ``ipamd install-cni DIR`` under ``umask 000``
+    created DIR (and its missing parents) 0777, so any local user could replace the plugin the runtime executes as
+    root. Directories it creates are 0755 whatever the umask (never wider at any moment); an existing directory is
+    left as it is; the plugin is 0755 and answers VERSION."""
+    if plugin_kind == "native" and native_plugin()[0] is None:
+        pytest.skip(str(native_plugin()[1]))
+    existing = os.path.join(workdir, "existing")
+    os.mkdir(existing, 0o750)
+    os.chmod(existing, 0o750)
+    target = os.path.join(existing, "opt", "cni", "bin")
+    proc = subprocess.run([*IPAMD, "install-cni", "--plugin", plugin_kind, target], capture_output=True, text=True,
+                          timeout=60, umask=0)
+    assert proc.returncode == 0, proc
+    assert mode(existing) == 0o750
+    for d in (os.path.join(existing, "opt"), os.path.join(existing, "opt", "cni"), target):
+        assert mode(d) == 0o755, (d, oct(mode(d)))
+    plugin_path = os.path.join(target, "ipamd-cni")
+    assert mode(plugin_path) == 0o755
+    out = subprocess.run([plugin_path], input=b'{"cniVersion":"1.1.0"}', capture_output=True, timeout=30,
+                         env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and json.loads(out.stdout)["cniVersion"] == "1.1.0", out

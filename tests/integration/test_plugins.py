@@ -164,3 +164,24 @@ def test_python_plugin_without_its_interpreter_answers_json(bindirs: Path) -> No
     err = json.loads(out.stdout)
     assert out.returncode == 1 and err["code"] == 999 and "cannot load the plugin" in err["msg"], out
     assert out.stderr == b""
+
+
+@pytest.mark.both_plugins
+def test_b40_closed_stdin_is_a_json_error_never_a_shell_error(daemons: Any, bindirs: Path, plugin: str) -> None:
+    """Field case B40's rule for both plugins alike ("any failure is one CNI JSON error on stdout; VERSION never
+    fails"), with the runtime's stdin closed instead of a pipe: the Python plugin's sh header died on ``3<&0``
+    (exit 2, empty stdout, "Bad file descriptor" from the shell) while the native one answered. Now VERSION succeeds
+    and ADD is code 5 (I/O error reading stdin) with nothing written, through the installed file and a symlink."""
+    d = daemons("A")
+    paths = links(bindirs, plugin)
+    for kind in ("installed", "symlink"):
+        e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IPAMD_CNI_SOCKET": d.cni_socket, **ENV}
+        version = subprocess.run([str(paths[kind])], stdin=None, capture_output=True, timeout=60,
+                                 env={**e, "CNI_COMMAND": "VERSION"}, preexec_fn=lambda: os.close(0))
+        assert version.returncode == 0, (kind, version)
+        assert "1.1.0" in json.loads(version.stdout)["supportedVersions"], (kind, version)
+        add = subprocess.run([str(paths[kind])], stdin=None, capture_output=True, timeout=60,
+                             env={**e, "CNI_COMMAND": "ADD"}, preexec_fn=lambda: os.close(0))
+        assert add.returncode != 0 and json.loads(add.stdout)["code"] == 5, (kind, add)
+    from harness import handle_ids
+    assert handle_ids(d) == set()
