@@ -1,7 +1,11 @@
 """``ipamctl``: the operator's CLI (docs/ipamctl.md).
 
 Commands:
-    ipamctl list [--network NET]                  allocations, via the node's ipamd gRPC API
+    ipamctl list [--network NET] [--node N] [--pool P] [--namespace NS] [--pod POD] [-o json]
+                                                  allocations, via the node's ipamd gRPC API
+    ipamctl pools [--network NET] [--pool P] [-o json]   pools: size, allocated, free, blocks, utilisation
+    ipamctl blocks [--pool P] [--node N] [-o json]       blocks: owner, used, free, borrowed
+    ipamctl usage [-o json] [--watch SECONDS]            utilisation per pool and per node
     ipamctl get NET CONTAINERID IFNAME
     ipamctl release NET CONTAINERID IFNAME        release one attachment (idempotent)
     ipamctl check [-o json] [--report FILE]       the invariants of the data model, read from etcd
@@ -30,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ipamd_client import IpamClient
 
+    from .domain.inventory import NodeUsage, PoolInfo
+
 _ETCD_FLAGS = ("etcd_endpoints", "etcd_prefix", "etcd_ca_cert", "etcd_cert", "etcd_key", "etcd_user",
                "etcd_password", "etcd_password_file")
 
@@ -42,8 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Operate ipamd: list, get and release allocations; check etcd; verify "
                                 "attachments inside their namespaces.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    ls = sub.add_parser("list", parents=[common], help="list allocations (prints one line per attachment)")
-    ls.add_argument("--network", default="", help="only this network")
+    _inventory_parsers(sub, common)
     for name in ("get", "release"):
         sp = sub.add_parser(name, parents=[common], help="%s one attachment" % name)
         sp.add_argument("network")
@@ -75,6 +80,140 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--dry-run", action="store_true", help="only show what would be released")
     _verify_parser(sub, common)
     return p
+
+
+def _inventory_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                       common: argparse.ArgumentParser) -> None:
+    """``list``, ``pools``, ``blocks``, ``usage`` (docs/ipamctl.md "Pools, blocks and usage")."""
+    pool_help = "only this pool: its id (net1/0a010200-24) or <network>/<CIDR> (net1/10.1.2.0/24)"
+    ls = sub.add_parser("list", parents=[common], help="list allocations (a table, one row per attachment)")
+    ls.add_argument("--network", default="", help="only this network")
+    ls.add_argument("--node", default="", help="only attachments allocated by this node's daemon")
+    ls.add_argument("--pool", default="", help="only attachments holding an address of this pool: " + pool_help[11:])
+    ls.add_argument("--namespace", default="", help="only pods of this Kubernetes namespace")
+    ls.add_argument("--pod", default="", help="only this Kubernetes pod name")
+    pl = sub.add_parser("pools", parents=[common], help="every pool with its size, allocated, free and blocks")
+    pl.add_argument("--network", default="", help="only this network")
+    pl.add_argument("--pool", default="", help=pool_help)
+    bl = sub.add_parser("blocks", parents=[common], help="every claimed block: owner, used, free, borrowed")
+    bl.add_argument("--pool", default="", help=pool_help)
+    bl.add_argument("--node", default="", help="only blocks this node owns")
+    us = sub.add_parser("usage", parents=[common], help="utilisation per pool and per node")
+    us.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="print again every SECONDS")
+    us.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N prints")
+    for sp in (ls, pl, bl, us):
+        sp.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns left-aligned to their widest cell, two spaces apart, no trailing spaces."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+
+
+def _allocation_json(a: Any) -> dict[str, Any]:
+    return {"network": a.network, "containerID": a.container_id, "ifName": a.if_name,
+            "addresses": [x.address for x in a.addresses], "pools": [x.pool for x in a.addresses], "node": a.node,
+            "netns": a.netns, "pod": dict(a.pod)}
+
+
+def _pool_rows(pools: Sequence[PoolInfo]) -> str:
+    from .domain.inventory import format_percent
+
+    return render_table(
+        ["POOL", "SUBNET", "RANGE", "BLOCK", "SIZE", "ALLOCATED", "FREE", "BLOCKS", "USED%"],
+        [[p.pool, p.subnet, "%s-%s" % (p.range_start, p.range_end), "/%d" % p.block_prefix, str(p.size),
+          str(p.allocated), str(p.free), str(p.blocks), format_percent(p.utilisation)] for p in pools])
+
+
+def _node_rows(nodes: Sequence[NodeUsage]) -> str:
+    from .domain.inventory import format_percent
+
+    return render_table(
+        ["NODE", "ALIVE", "BLOCKS", "CAPACITY", "USED", "FREE", "USED%", "BORROWED-IN", "ALLOCATED",
+         "BORROWED-ELSEWHERE"],
+        [[n.node, "yes" if n.alive else "no", str(n.blocks), str(n.capacity), str(n.used), str(n.free),
+          format_percent(n.utilisation), str(n.borrowed_in), str(n.allocated), str(n.borrowed_elsewhere)]
+         for n in nodes])
+
+
+def _inventory(args: argparse.Namespace, socket: str) -> int:
+    """``list``, ``pools``, ``blocks``, ``usage``: exit 0 with the answer; 2 for a usage error (argparse's, or the
+    daemon refusing a filter: code 7, e.g. a malformed or unknown pool); 1 when the daemon or etcd fails (the
+    message names the cause)."""
+    import time
+
+    from ipamd_client import IpamClient
+
+    from .domain.errors import IpamError
+
+    if args.cmd == "usage" and (args.watch < 0 or args.count < 0 or (args.count and not args.watch)):
+        print("ipamctl usage: --watch SECONDS must be > 0, --count N >= 0 and only with --watch", file=sys.stderr)
+        return 2
+    try:
+        with IpamClient(socket) as client:
+            if args.cmd == "list":
+                rev, allocs = client.list_allocations(args.network, node=args.node, pool=args.pool,
+                                                      namespace=args.namespace, pod=args.pod)
+                if args.output == "json":
+                    print(json.dumps({"revision": rev, "allocations": [_allocation_json(a) for a in allocs]},
+                                     indent=2))
+                elif allocs:
+                    print(render_table(["ATTACHMENT", "ADDRESSES", "NODE", "NAMESPACE", "POD"], [
+                        ["%s/%s/%s" % (a.network, a.container_id, a.if_name),
+                         ",".join(x.address for x in a.addresses), a.node or "-", a.pod.get("namespace") or "-",
+                         a.pod.get("name") or "-"] for a in allocs]))
+                print("%d attachment(s) at revision %d" % (len(allocs), rev), file=sys.stderr)
+            elif args.cmd == "pools":
+                rev, pools = client.pools(args.network, args.pool)
+                if args.output == "json":
+                    print(json.dumps({"revision": rev, "pools": [p.to_json() for p in pools]}, indent=2))
+                elif pools:
+                    print(_pool_rows(pools))
+                print("%d pool(s) at revision %d" % (len(pools), rev), file=sys.stderr)
+            elif args.cmd == "blocks":
+                rev, blocks, nodes = client.blocks(args.pool, args.node)
+                if args.output == "json":
+                    print(json.dumps({"revision": rev, "blocks": [b.to_json() for b in blocks],
+                                      "nodes": [n.to_json() for n in nodes]}, indent=2))
+                else:
+                    if blocks:
+                        print(render_table(
+                            ["BLOCK", "POOL", "NODE", "SIZE", "USED", "FREE", "BORROWED", "NODE-BORROWED-ELSEWHERE"],
+                            [[b.block, b.pool, b.node, str(b.size), str(b.used), str(b.free), str(b.borrowed),
+                              str(b.node_borrowed)] for b in blocks]))
+                    for n in nodes:
+                        if n.borrowed_elsewhere:
+                            print("node %s holds %d address(es) borrowed in other nodes' blocks"
+                                  % (n.node, n.borrowed_elsewhere))
+                print("%d block(s) at revision %d" % (len(blocks), rev), file=sys.stderr)
+            else:
+                shown = 0
+                while True:
+                    rev, pools, nodes = client.usage()
+                    if args.output == "json":
+                        doc = {"revision": rev, "pools": [p.to_json() for p in pools],
+                               "nodes": [n.to_json() for n in nodes]}
+                        print(json.dumps(doc, indent=None if args.watch else 2), flush=True)
+                    else:
+                        if args.watch:
+                            print("revision %d at %s" % (rev, time.strftime("%H:%M:%S")))
+                        print(_pool_rows(pools) if pools else "no pools yet")
+                        print()
+                        print(_node_rows(nodes) if nodes else "no nodes yet", flush=True)
+                    shown += 1
+                    if not args.watch or (args.count and shown >= args.count):
+                        break
+                    time.sleep(args.watch)
+                    if args.output != "json":
+                        print()
+    except IpamError as exc:
+        print("ipamctl: error %d: %s" % (exc.cni_code, exc.msg), file=sys.stderr)
+        return 2 if exc.cni_code == 7 else 1
+    except KeyboardInterrupt:  # the end of usage --watch
+        return 0
+    return 0
 
 
 def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -305,19 +444,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         if args.cmd == "verify":
             return _verify(args, socket)
+        if args.cmd in ("list", "pools", "blocks", "usage"):
+            return _inventory(args, socket)
 
         from ipamd_client import IpamClient
 
         with IpamClient(socket) as client:
             if args.cmd == "status":
                 return _status(client, args.output)
-            if args.cmd == "list":
-                allocations = client.list(args.network)
-                for a in allocations:
-                    print("%s/%s/%s\t%s\tnode=%s" % (a.network, a.container_id, a.if_name,
-                                                    ",".join(x.address for x in a.addresses), a.node))
-                print("%d attachment(s)" % len(allocations), file=sys.stderr)
-            elif args.cmd == "get":
+            if args.cmd == "get":
                 found = client.get(args.network, args.container_id, args.if_name)
                 if found is None:
                     print("not found", file=sys.stderr)

@@ -27,10 +27,12 @@ from .domain.cni import (
     validate_network_name,
 )
 from .domain.errors import GRPC_STATUS_BY_CODE, InvalidConfig, IpamError, TryAgainLater
+from .domain.inventory import BlockInfo, NodeUsage, PoolInfo
 from .domain.model import HandleRecord
 from .domain.netcheck import CHECK_ERRORS
 from .domain.netconf import parse_netconf
 from .domain.status import DaemonStatus
+from .inventory import AttachmentFilter
 from .service import IpamService
 from .sockets import Claim
 from .v1 import ipam_pb2, ipam_pb2_grpc
@@ -146,8 +148,32 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
 
     @_guard("ListAllocations")
     def ListAllocations(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return ipam_pb2.ListAllocationsResponse(
-            allocations=[_allocation_msg(r) for r in self.service.list_attachments(request.network)])
+        """Attachments matching every filter given (:class:`ipamd.inventory.AttachmentFilter`), at one revision."""
+        if request.network:
+            validate_network_name(request.network)
+        flt = AttachmentFilter(request.network, request.node, request.pool, request.namespace, request.pod)
+        revision, records = self.service.inventory.attachments(flt)
+        return ipam_pb2.ListAllocationsResponse(allocations=[_allocation_msg(r) for r in records],
+                                                revision=revision)
+
+    @_guard("ListPools")
+    def ListPools(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.network:
+            validate_network_name(request.network)
+        revision, pools = self.service.inventory.pools(request.network, request.pool)
+        return ipam_pb2.ListPoolsResponse(revision=revision, pools=[_pool_msg(p) for p in pools])
+
+    @_guard("ListBlocks")
+    def ListBlocks(self, request: Any, context: grpc.ServicerContext) -> Any:
+        revision, blocks, nodes = self.service.inventory.blocks(request.pool, request.node)
+        return ipam_pb2.ListBlocksResponse(revision=revision, blocks=[_block_msg(b) for b in blocks],
+                                           nodes=[_node_msg(n) for n in nodes])
+
+    @_guard("Usage")
+    def Usage(self, request: Any, context: grpc.ServicerContext) -> Any:
+        revision, pools, nodes = self.service.inventory.usage()
+        return ipam_pb2.UsageResponse(revision=revision, pools=[_pool_msg(p) for p in pools],
+                                      nodes=[_node_msg(n) for n in nodes])
 
     @_guard("Reconcile")
     def Reconcile(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -170,6 +196,23 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         reports = self.service.inspector.verify_all(records, probe_count=request.probe_count or 1,
                                                     probe_timeout=request.probe_timeout or 1.0)
         return ipam_pb2.VerifyResponse(node=self.service.node, reports=[_report_msg(r) for r in reports])
+
+
+def _pool_msg(p: PoolInfo) -> ipam_pb2.PoolInfo:
+    return ipam_pb2.PoolInfo(pool=p.pool, network=p.network, subnet=p.subnet, range_start=p.range_start,
+                             range_end=p.range_end, gateway=p.gateway, block_size=p.block_prefix, size=str(p.size),
+                             allocated=p.allocated, free=str(p.free), blocks=p.blocks, utilisation=p.utilisation)
+
+
+def _block_msg(b: BlockInfo) -> ipam_pb2.BlockInfo:
+    return ipam_pb2.BlockInfo(block=b.block, pool=b.pool, node=b.node, size=str(b.size), used=b.used,
+                              free=str(b.free), borrowed=b.borrowed, node_borrowed_elsewhere=b.node_borrowed)
+
+
+def _node_msg(n: NodeUsage) -> ipam_pb2.NodeUsage:
+    return ipam_pb2.NodeUsage(node=n.node, alive=n.alive, blocks=n.blocks, capacity=str(n.capacity), used=n.used,
+                              free=str(n.free), borrowed_in=n.borrowed_in, allocated=n.allocated,
+                              borrowed_elsewhere=n.borrowed_elsewhere, utilisation=n.utilisation)
 
 
 def _report_msg(report: Report) -> ipam_pb2.AttachmentReport:

@@ -46,6 +46,7 @@ from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
 from .failpoints import Failpoints
 from .gc import GarbageCollector
+from .inventory import Inventory
 from .metrics import Metrics
 from .reconciler import NetnsCheck, PassResult, Reconciler
 from .store.base import KV, Get, Store, StoreRefused, StoreUnavailable, TxnResult, prefix_end
@@ -101,6 +102,9 @@ class IpamService:
                                      metrics=self.metrics)
         self.gc_runner = GarbageCollector(store, self.cache, node, metrics=self.metrics, failpoints=self.failpoints,
                                           etcd_timeout=etcd_timeout, gc_timeout=gc_timeout)
+        #: pools, blocks, usage and filtered attachment lists, each read at one etcd revision (read-only; answers
+        #: while not ready too: an operator needs them most when something is wrong)
+        self.inventory = Inventory(store, request_timeout)
 
     def _sent(self, parts: int) -> None:
         self.metrics.etcd_round_trips.inc()

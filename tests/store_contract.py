@@ -127,11 +127,37 @@ def case_lease_revoke_deletes_keys(store: Store) -> None:
     assert store.read("nodes/n", None, T)[0] == ()
 
 
+def case_reads_at_a_revision(store: Store) -> None:
+    """Reads and count-only reads at a past revision see the range as it was then (one consistent snapshot over
+    several reads, docs/ipamctl.md "Pools, blocks and usage"): later puts, changes and deletes are invisible."""
+    put(store, "s/a", b"1")
+    r = put(store, "s/b", b"2")
+    put(store, "s/a", b"changed")
+    put(store, "s/c")
+    store.txn([], [Delete("s/b")], [], T)
+    kvs, _ = store.read("s/", prefix_end("s/"), T, revision=r)
+    assert [(kv.key, kv.value) for kv in kvs] == [("s/a", b"1"), ("s/b", b"2")]
+    assert store.count("s/", prefix_end("s/"), T, revision=r) == 2
+    assert store.count("s/", prefix_end("s/"), T) == 2  # now: s/a and s/c
+    assert [kv.value for kv in store.read("s/a", None, T, revision=r)[0]] == [b"1"]
+    assert store.read("s/c", None, T, revision=r)[0] == ()
+
+
+def case_read_at_a_compacted_revision_fails(store: Store, compact: Callable[[int], None]) -> None:
+    from ipamd.store.base import StoreCompacted
+
+    r1 = put(store, "d/a")
+    r2 = put(store, "d/a", b"w")
+    compact(r2)
+    with pytest.raises(StoreCompacted):
+        store.read("d/", prefix_end("d/"), T, revision=r1)
+
+
 CONTRACT: list[Callable[[Store], None]] = [
     case_put_versions, case_one_revision_per_writing_txn, case_compares, case_range_compares,
     case_failure_reads_in_order,
     case_range_half_open_and_count, case_too_many_ops_refused, case_duplicate_key_refused,
-    case_delete_and_recreate, case_lease_revoke_deletes_keys,
+    case_delete_and_recreate, case_lease_revoke_deletes_keys, case_reads_at_a_revision,
 ]
 
 
@@ -201,6 +227,7 @@ def case_watch_remove_and_progress(store: Store) -> None:
             assert time.monotonic() < deadline and (update is None or not update.events), update
     finally:
         watch.close()
+
 
 
 WATCH_CONTRACT: list[Callable[[Store], None]] = [

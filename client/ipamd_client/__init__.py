@@ -16,6 +16,9 @@ Talk to the node's daemon on its unix socket, or to a daemon's TLS TCP listener:
             raise
         print(client.get("net1", "c1", "eth0"))             # Allocation or None
         print([a.container_id for a in client.list("net1")])
+        print([a.container_id for a in client.list(node="node1", namespace="default")])
+        revision, pools = client.pools()                  # PoolInfo: size, allocated, free, blocks, utilisation
+        revision, blocks, nodes = client.blocks(pool="net1/10.1.2.0/24")   # BlockInfo, NodeUsage
         print(client.release("net1", "c1", "eth0"))        # 1 (addresses released; 0 when nothing was held)
         st = client.status()
         print(st.ready, st.not_ready_reason, st.etcd_version, [p.own_blocks for p in st.pools])
@@ -55,14 +58,16 @@ from ipamd.domain.errors import (
     UnsupportedField,
     error_for_code,
 )
+from ipamd.domain.inventory import BlockInfo, NodeUsage, PoolInfo
 from ipamd.domain.status import DaemonStatus as Status
 from ipamd.domain.status import PoolStatus
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
 
 __all__ = [
-    "Address", "AddressUnavailable", "Allocation", "AttachmentReport", "CheckMismatch", "CheckNoAllocation",
-    "DecodeFailure", "GatewayProbe", "IOFailure", "IncompatibleVersion", "InvalidConfig", "InvalidEnvironment",
-    "IpamClient", "IpamError", "NotAvailable", "PoolExhausted", "PoolStatus", "ReconcileItem", "Status",
+    "Address", "AddressUnavailable", "Allocation", "AttachmentReport", "BlockInfo", "CheckMismatch",
+    "CheckNoAllocation", "DecodeFailure", "GatewayProbe", "IOFailure", "IncompatibleVersion", "InvalidConfig",
+    "InvalidEnvironment", "IpamClient", "IpamError", "NodeUsage", "NotAvailable", "PoolExhausted", "PoolInfo",
+    "PoolStatus", "ReconcileItem", "Status",
     "TryAgainLater", "UnsupportedField", "VerifyFinding",
 ]
 
@@ -70,6 +75,11 @@ DEFAULT_SOCKET = "/run/ipamd/ipamd.sock"
 #: Trailing metadata key that carries the CNI code of an error (ipamd/grpcapi.py sends it).
 CODE_METADATA = "ipamd-cni-code"
 T = TypeVar("T")
+# IpamClient.list shadows the builtin inside the class body: its methods' annotations use these
+_Allocations = list["Allocation"]
+_Pools = list[PoolInfo]
+_Blocks = list[BlockInfo]
+_Nodes = list[NodeUsage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,20 @@ def _from_msg(msg: Any) -> Allocation:
     return Allocation(a.network, a.container_id, a.if_name,
                       tuple(Address(x.address, x.gateway, x.pool) for x in msg.addresses), msg.node, msg.netns,
                       dict(msg.pod))
+
+
+def _pool_from_msg(m: Any) -> PoolInfo:
+    return PoolInfo(m.pool, m.network, m.subnet, m.range_start, m.range_end, m.gateway, m.block_size, int(m.size),
+                    m.allocated, m.blocks)
+
+
+def _block_from_msg(m: Any) -> BlockInfo:
+    return BlockInfo(m.block, m.pool, m.node, int(m.size), m.used, m.borrowed, m.node_borrowed_elsewhere)
+
+
+def _node_from_msg(m: Any) -> NodeUsage:
+    return NodeUsage(m.node, m.alive, m.blocks, int(m.capacity), m.used, m.borrowed_in, m.allocated,
+                     m.borrowed_elsewhere)
 
 
 def _attachment(network: str, container_id: str, if_name: str) -> Any:
@@ -253,10 +277,44 @@ class IpamClient:
         return ([ReconcileItem(i.key, i.reason, i.wait) for i in resp.released],
                 [ReconcileItem(i.key, i.reason, i.wait) for i in resp.waiting])
 
-    def list(self, network: str = "") -> list[Allocation]:
-        """Every allocation, or those of one network, in key order (read from etcd)."""
-        resp = self._call(self._stub.ListAllocations, ipam_pb2.ListAllocationsRequest(network=network))
-        return [_from_msg(m) for m in resp.allocations]
+    def list(self, network: str = "", *, node: str = "", pool: str = "", namespace: str = "",
+             pod: str = "") -> list[Allocation]:
+        """Every allocation, or those matching every filter given, in key order (read from etcd). See
+        :meth:`list_allocations`, which also returns the revision."""
+        return self.list_allocations(network, node=node, pool=pool, namespace=namespace, pod=pod)[1]
+
+    def list_allocations(self, network: str = "", *, node: str = "", pool: str = "", namespace: str = "",
+                         pod: str = "") -> tuple[int, _Allocations]:
+        """``(revision, allocations)``: the attachments of ``network``, allocated by ``node``, holding an address of
+        ``pool`` (an id ``net1/0a010200-24`` or ``net1/10.1.2.0/24``), of Kubernetes ``namespace`` and ``pod`` name
+        ("" matches all), in handle key order, read from etcd at one revision. Raises :class:`InvalidConfig` for a
+        malformed network or pool, :class:`TryAgainLater` when etcd or the daemon cannot be reached."""
+        resp = self._call(self._stub.ListAllocations, ipam_pb2.ListAllocationsRequest(
+            network=network, node=node, pool=pool, namespace=namespace, pod=pod))
+        return int(resp.revision), [_from_msg(m) for m in resp.allocations]
+
+    def pools(self, network: str = "", pool: str = "") -> tuple[int, _Pools]:
+        """``(revision, pools)``: every pool record (of ``network``; only ``pool`` when given, an id or
+        ``<network>/<CIDR>``) with its size, allocated, free, claimed blocks and utilisation, read from etcd at one
+        revision (count-only reads; an IPv6 /64 costs what is allocated in it). Sizes are ints of any size. Raises
+        :class:`InvalidConfig` for a malformed pool or one that does not exist, :class:`TryAgainLater`."""
+        resp = self._call(self._stub.ListPools, ipam_pb2.ListPoolsRequest(network=network, pool=pool))
+        return int(resp.revision), [_pool_from_msg(m) for m in resp.pools]
+
+    def blocks(self, pool: str = "", node: str = "") -> tuple[int, _Blocks, _Nodes]:
+        """``(revision, blocks, nodes)``: every claimed block (of ``pool``, owned by ``node`` when given) with its
+        owner, size, used, free and borrowed addresses (held by other nodes' attachments) and the owner's addresses
+        borrowed elsewhere; and the nodes' figures over the same pools. One etcd revision; costs one range read of
+        the address records of each pool read. Raises :class:`InvalidConfig`, :class:`TryAgainLater`."""
+        resp = self._call(self._stub.ListBlocks, ipam_pb2.ListBlocksRequest(pool=pool, node=node))
+        return (int(resp.revision), [_block_from_msg(m) for m in resp.blocks],
+                [_node_from_msg(m) for m in resp.nodes])
+
+    def usage(self) -> tuple[int, _Pools, _Nodes]:
+        """``(revision, pools, nodes)``: per-pool and per-node utilisation at one etcd revision (nodes: every node
+        owning a block, holding an address, or alive). Raises :class:`TryAgainLater`."""
+        resp = self._call(self._stub.Usage, ipam_pb2.UsageRequest())
+        return int(resp.revision), [_pool_from_msg(m) for m in resp.pools], [_node_from_msg(m) for m in resp.nodes]
 
     def status(self) -> Status:
         """The daemon's health, its view of etcd and its pools (answers while the daemon is not ready, too)."""

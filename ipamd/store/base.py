@@ -203,12 +203,16 @@ class Store(Protocol):
         """One atomic transaction (etcd ``Txn``): at most 128 operations per branch (etcd's default limit)."""
         ...
 
-    def read(self, key: str, range_end: str | None, timeout: float) -> tuple[tuple[KV, ...], int]:
-        """Serializable-free (linearizable) read of a key or range: ``(kvs, revision)``."""
+    def read(self, key: str, range_end: str | None, timeout: float, *,
+             revision: int = 0) -> tuple[tuple[KV, ...], int]:
+        """Serializable-free (linearizable) read of a key or range: ``(kvs, revision)``. With ``revision`` > 0 the
+        range as it was at that revision (etcd ``RangeRequest.revision``), so several reads make one consistent
+        snapshot; raises :class:`StoreCompacted` when etcd has compacted that revision away."""
         ...
 
-    def count(self, key: str, range_end: str, timeout: float) -> int:
-        """Number of keys in ``[key, range_end)`` (etcd ``count_only``: nothing but the number is sent)."""
+    def count(self, key: str, range_end: str, timeout: float, *, revision: int = 0) -> int:
+        """Number of keys in ``[key, range_end)`` (etcd ``count_only``: nothing but the number is sent), at
+        ``revision`` when it is > 0 (as :meth:`read`)."""
         ...
 
     def grant_lease(self, ttl: int, timeout: float) -> int:

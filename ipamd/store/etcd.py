@@ -353,6 +353,11 @@ class EtcdStore:
                 self._count("auth")
                 return StoreRefused("etcd refused the credentials of user %r for %s: %s" % (self.user or "", what,
                                                                                            details), "auth")
+            if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
+                # a read at a revision etcd compacted away ("mvcc: required revision has been compacted"): the
+                # reader takes a new snapshot (docs/ipamctl.md "Pools, blocks and usage")
+                self._count("unavailable")
+                return StoreCompacted("etcd compacted revision of %s: %s" % (what, detail), 0)
             if code in _PERMANENT:
                 self._count("rejected")
                 return StoreRejected("etcd refused the request: %s" % detail)
@@ -428,16 +433,19 @@ class EtcdStore:
                 reads.append(tuple(self._kv(kv) for kv in r.response_range.kvs))
         return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(reads))
 
-    def read(self, key: str, range_end: str | None, timeout: float) -> tuple[tuple[KV, ...], int]:
+    def read(self, key: str, range_end: str | None, timeout: float, *,
+             revision: int = 0) -> tuple[tuple[KV, ...], int]:
         """See :meth:`ipamd.store.base.Store.read`."""
         req = self._range_request(key, range_end)
+        req.revision = revision
         resp = self._call("read", lambda ep, t, md: ep.kv.Range(req, timeout=t, metadata=md), timeout, False, key)
         return tuple(self._kv(kv) for kv in resp.kvs), int(resp.header.revision)
 
-    def count(self, key: str, range_end: str, timeout: float) -> int:
+    def count(self, key: str, range_end: str, timeout: float, *, revision: int = 0) -> int:
         """See :meth:`ipamd.store.base.Store.count`."""
         req = self._range_request(key, range_end)
         req.count_only = True
+        req.revision = revision
         resp = self._call("read", lambda ep, t, md: ep.kv.Range(req, timeout=t, metadata=md), timeout, False, key)
         return int(resp.count)
 

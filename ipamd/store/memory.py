@@ -251,19 +251,53 @@ class MemoryStore:
             raise StoreOutcomeUnknown("injected: etcd did not answer (the transaction committed: %s)" % ok)
         return result
 
-    def read(self, key: str, range_end: str | None, timeout: float) -> tuple[tuple[KV, ...], int]:
+    def read(self, key: str, range_end: str | None, timeout: float, *,
+             revision: int = 0) -> tuple[tuple[KV, ...], int]:
         """See :meth:`ipamd.store.base.Store.read`."""
         self._before("read", (key, range_end))
         with self._lock:
             self._expire()
-            return tuple(self._range(key, range_end)), self.revision
+            return tuple(self._range_at(key, range_end, revision)), self.revision
 
-    def count(self, key: str, range_end: str, timeout: float) -> int:
+    def count(self, key: str, range_end: str, timeout: float, *, revision: int = 0) -> int:
         """See :meth:`ipamd.store.base.Store.count`."""
         self._before("count", (key, range_end))
         with self._lock:
             self._expire()
-            return len(self._range(key, range_end))
+            return len(self._range_at(key, range_end, revision))
+
+    def _range_at(self, key: str, range_end: str | None, revision: int) -> list[KV]:
+        """The range as it was at ``revision`` (0 or the current one: as it is), rebuilt from the history kept for
+        watches: each key changed after ``revision`` takes its last event at or before it, or is absent when it was
+        created later. Raises :class:`StoreCompacted` as etcd does when that history is gone."""
+        now = self._range(key, range_end)
+        if revision <= 0 or revision >= self.revision:
+            return now
+        if revision < self.compacted:
+            raise StoreCompacted("mvcc: required revision %d has been compacted" % revision, self.compacted)
+
+        def inside(k: str) -> bool:
+            return k == key if range_end is None else key <= k and (range_end == "\0" or k < range_end)
+
+        before: dict[str, WatchEvent] = {}
+        after: dict[str, WatchEvent] = {}
+        for rev, ev in self._history:
+            if not inside(ev.kv.key):
+                continue
+            if rev <= revision:
+                before[ev.kv.key] = ev
+            else:
+                after.setdefault(ev.kv.key, ev)
+        out = {kv.key: kv for kv in now if kv.key not in after}
+        for k, first_after in after.items():
+            last = before.get(k)
+            if last is not None:
+                if not last.deleted:
+                    out[k] = last.kv
+            elif self.compacted and (first_after.deleted or first_after.kv.create_revision <= revision):
+                # it existed then, but the write that made it is compacted away
+                raise StoreCompacted("mvcc: required revision %d has been compacted" % revision, self.compacted)
+        return [out[k] for k in sorted(out)]
 
     def grant_lease(self, ttl: int, timeout: float) -> int:
         self._before("grant_lease", (ttl,))

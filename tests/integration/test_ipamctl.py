@@ -21,7 +21,8 @@ def test_list_get_release_through_the_daemon(daemons):
     assert run_cni("ADD", cni_config(), socket=d.cni_socket).ips == ["10.1.2.2/24"]
     out = ipamctl("list", "--socket", d.grpc_socket)  # --socket after the subcommand works too
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\t")[:2] == ["testnet/c1/eth0", "10.1.2.2/24"]
+    assert [line.split()[:3] for line in out.stdout.splitlines()] == [["ATTACHMENT", "ADDRESSES", "NODE"],
+                                                                   ["testnet/c1/eth0", "10.1.2.2/24", "A"]]
     got = ipamctl("--socket", d.grpc_socket, "get", "testnet", "c1", "eth0")
     assert got.returncode == 0 and '"10.1.2.2/24"' in got.stdout
     rel = ipamctl("--socket", d.grpc_socket, "release", "testnet", "c1", "eth0")

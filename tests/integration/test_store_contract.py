@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 from harness import EtcdCluster
-from store_contract import CONTRACT, WATCH_CONTRACT, case_watch_from_compacted_history_fails
+from store_contract import (
+    CONTRACT,
+    WATCH_CONTRACT,
+    case_read_at_a_compacted_revision_fails,
+    case_watch_from_compacted_history_fails,
+)
 
 from ipamd.store.etcd import EtcdStore
 
@@ -26,3 +31,7 @@ def test_contract(case, store: EtcdStore) -> None:  # type: ignore[no-untyped-de
 
 def test_watch_from_compacted_history(store: EtcdStore, etcd: EtcdCluster) -> None:
     case_watch_from_compacted_history_fails(store, lambda rev: etcd.etcdctl("compact", str(rev)))
+
+
+def test_read_at_a_compacted_revision(store: EtcdStore, etcd: EtcdCluster) -> None:
+    case_read_at_a_compacted_revision_fails(store, lambda rev: etcd.etcdctl("compact", str(rev)))

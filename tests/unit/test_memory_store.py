@@ -7,7 +7,13 @@ same test bodies, so the double cannot drift from the real thing (issue 6: "the 
 from __future__ import annotations
 
 import pytest
-from store_contract import CONTRACT, WATCH_CONTRACT, Clock, case_watch_from_compacted_history_fails
+from store_contract import (
+    CONTRACT,
+    WATCH_CONTRACT,
+    Clock,
+    case_read_at_a_compacted_revision_fails,
+    case_watch_from_compacted_history_fails,
+)
 
 from ipamd.store.base import StoreOutcomeUnknown, StoreRejected, StoreUnavailable
 from ipamd.store.memory import MemoryStore
@@ -88,3 +94,8 @@ def test_closed_store_is_unavailable() -> None:
     store.close()
     with pytest.raises(StoreUnavailable):
         store.read("k", None, 1)
+
+
+def test_read_at_a_compacted_revision() -> None:
+    store = MemoryStore()
+    case_read_at_a_compacted_revision_fails(store, store.compact)
