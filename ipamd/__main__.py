@@ -161,7 +161,9 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     grpc_server.start()
     log.info("ipamd node %s: CNI socket %s, gRPC socket %s%s, etcd %s prefix %s%s", cfg.node_name, cfg.cni_socket,
              cfg.grpc_socket, ", gRPC TLS on %s (port %d)" % (cfg.grpc_address, grpc_server.tcp_port) if tcp else "",
-             endpoints, cfg.etcd_prefix, ", metrics on %s" % cfg.metrics_address if cfg.metrics_address else "")
+             endpoints, cfg.etcd_prefix,
+             ", metrics on %s (port %d)" % (cfg.metrics_address, getattr(metrics_server, "server_port", 0))
+             if cfg.metrics_address else "")
 
     def readiness_changed(ready: bool, detail: str) -> None:
         grpc_server.set_serving(ready)

@@ -228,6 +228,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ipamd", description="ipamd: per-node IPAM daemon backed by etcd. "
                                 "Subcommand: 'ipamd install-cni DIR' installs the CNI plugin.")
     p.add_argument("--config", help="TOML file with the same keys as the flags (snake_case)")
+    from .metrics import package_version
+
+    p.add_argument("--version", action="version", version="ipamd " + package_version("ipamd"))
     for f in fields(DaemonConfig):
         if f.name in _BOOLS:  # "--kubernetes" alone is true; "--kubernetes false" is accepted too
             p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=_HELP.get(f.name),

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ipamctl", parents=[common],
                                 description="Operate ipamd: list, get and release allocations; check etcd; verify "
                                 "attachments inside their namespaces.")
+    from .metrics import package_version
+
+    p.add_argument("--version", action="version", version="ipamctl (ipamd %s)" % package_version("ipamd"))
     sub = p.add_subparsers(dest="cmd", required=True)
     _inventory_parsers(sub, common)
     for name in ("get", "release"):
@@ -267,6 +270,10 @@ def _verify(args: argparse.Namespace, socket: str) -> int:
     if not (args.all or args.network or args.container):
         print("ipamctl verify: say which attachments: --all, --network NET or --container ID", file=sys.stderr)
         return 2
+    if args.all and (args.network or args.container):
+        print("ipamctl verify: --all selects every attachment of the node; give it alone, or --network and/or "
+              "--container", file=sys.stderr)
+        return 2
     if not 0.01 <= args.probe_timeout <= 5:
         print("ipamctl verify: --probe-timeout must be 0.01 to 5 seconds", file=sys.stderr)
         return 2
@@ -282,7 +289,8 @@ def _verify(args: argparse.Namespace, socket: str) -> int:
             print(_verify_line(r))
     print("node %s: %d attachment(s) verified, %d failing" % (node, len(reports), failing), file=sys.stderr)
     if args.container and not reports:
-        print("ipamctl verify: container %s has no attachment on node %s" % (args.container, node), file=sys.stderr)
+        print("ipamctl verify: container %s has no attachment on node %s%s" % (
+            args.container, node, " in network %s" % args.network if args.network else ""), file=sys.stderr)
         return 1
     return 1 if failing else 0
 
@@ -381,6 +389,9 @@ def _node_remove(args: argparse.Namespace) -> int:
         for line in plan.describe():
             print(line)
         if args.dry_run:
+            if plan.alive and not args.force:
+                print("dry run: the real run would be refused: node %s still holds a live lease (--force overrides)"
+                      % args.node)
             return 0
         if plan.alive and not args.force:
             print("ipamctl: refused: node %s still holds a live lease; --force to remove it anyway" % args.node,
@@ -423,8 +434,8 @@ def _status(client: IpamClient, output: str) -> int:
     for p in st.pools:
         print("pool %s: %d of %d allocated, %d block(s) claimed, %d of them here: %s"
               % (p.pool, p.allocated, p.size, p.blocks, len(p.own_blocks), " ".join(p.own_blocks) or "-"))
-    if not st.pools:
-        print("no pools yet")
+    if not st.pools:  # empty because etcd could not be read is not "no pools"
+        print("pools: unknown (etcd could not be read)" if st.etcd_error else "no pools yet")
     return 0 if st.ready else 1
 
 

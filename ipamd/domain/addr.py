@@ -31,6 +31,7 @@ UNUSABLE_CLASSES: tuple[tuple[IPNetwork, str], ...] = tuple((ipaddress.ip_networ
     ("255.255.255.255/32", "the limited broadcast address (RFC 919)"),
     ("::ffff:0:0/96", "IPv4-mapped IPv6 (RFC 4291 2.5.5.2): use the IPv4 subnet itself"),
     ("::/96", "IPv4-compatible IPv6, the unspecified address and loopback (RFC 4291 2.5.2, 2.5.3, 2.5.5.1)"),
+    ("100::/64", "the discard-only prefix (RFC 6666): routers drop its traffic"),
     ("fe80::/10", "link-local (RFC 4291 2.5.6); a pool cannot be link-local, only a point-to-point gateway can"),
     ("ff00::/8", "multicast (RFC 4291 2.7)"),
 ))

@@ -425,8 +425,7 @@ class EtcdStore:
         self._add_ops(req.success, success)
         self._add_ops(req.failure, failure)
         first = success[0].key if success else (compares[0].key if compares else "")
-        resp = self._call("txn", lambda ep, t, md: ep.kv.Txn(req, timeout=t, metadata=md), timeout, True,
-                          "write" if success else first)
+        resp = self._call("txn", lambda ep, t, md: ep.kv.Txn(req, timeout=t, metadata=md), timeout, True, first)
         reads = []
         for r in resp.responses:
             if r.WhichOneof("response") == "response_range":

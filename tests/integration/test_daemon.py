@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -351,7 +352,18 @@ def test_metrics_endpoint_counts_adds(daemons):
     assert m[("ipamd_requests_total", (("code", "7"), ("outcome", "error"), ("verb", "ADD")))] >= 1
     assert m[("ipamd_add_duration_seconds_count", ())] >= 2
     assert m[("ipamd_ready", ())] == 1
+    # every round trip is in the batch histogram, a transaction sent alone as a batch of one
+    assert m[("ipamd_etcd_txn_batch_parts_count", ())] == m[("ipamd_etcd_txn_round_trips_total", ())] >= 1
 
+
+
+def test_metrics_port_0_logs_the_port_it_got(daemons):
+    """``--metrics-address 127.0.0.1:0`` picks a free port; the start-up line names it, and it serves /metrics."""
+    d = daemons("A", extra_args=["--metrics-address", "127.0.0.1:0"])
+    found = re.search(r"metrics on 127\.0\.0\.1:0 \(port (\d+)\)", Path(d.log_path).read_text())
+    assert found, d.log()
+    port = int(found.group(1))
+    assert port > 0 and _scrape(port)[("ipamd_ready", ())] == 1
 
 # -- configuration ------------------------------------------------------------------------------------------------
 

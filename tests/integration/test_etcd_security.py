@@ -306,6 +306,7 @@ def test_b44_write_permission_revoked_while_serving(clusters, prefix, workdir):
         cluster.etcdctl("role", "grant-permission", "ipamd", "--prefix=true", "read", prefix)
         out = add(d, "c2")
         assert out.rc != 0 and out.code == 11 and "lacks the permission" in out.json["msg"], out
+        assert "to txn %s" % prefix in out.json["msg"] and "/write" not in out.json["msg"], out  # names a real key
         wait_for(lambda: 'ipamd_not_ready{reason="etcd_permission"} 1.0' in scrape(port), 10, "etcd_permission")
         assert d.health() == "NOT_SERVING"
         status = run_cni("STATUS", conf, socket=d.cni_socket)

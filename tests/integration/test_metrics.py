@@ -196,6 +196,7 @@ def test_ipamctl_status_not_ready_daemon(workdir):
         assert out.returncode == 1, out
         assert "NOT READY (etcd_unavailable" in out.stdout or "NOT READY (first_sync" in out.stdout, out.stdout
         assert "unreachable" in out.stdout
+        assert "pools: unknown (etcd could not be read)" in out.stdout and "no pools yet" not in out.stdout
         assert d.health() == "NOT_SERVING"
     finally:
         assert d.stop() == 0

@@ -68,3 +68,23 @@ def test_verify_reports_a_namespace_that_is_gone(daemons):
                                 "message": "network namespace /var/run/netns/ipamd-gone does not exist"}]
     assert att["expectedRoutes"] == [] and att["gateways"] == []
     assert d.health() == "SERVING"
+
+
+def test_verify_filters_all_is_alone_and_the_empty_match_names_both_filters(daemons):
+    """``--all`` with a filter is a usage error (exit 2); ``--network`` and ``--container`` together match both, and
+    an empty match says so naming the network (a container that exists in another network is not 'missing')."""
+    d = daemons("A")
+    assert run_cni("ADD", cni_config("ver", subnet="10.79.0.0/24"), socket=d.cni_socket, container_id="v1",
+                   netns="/var/run/netns/ipamd-gone").rc == 0
+
+    def verify(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ipamd.ctl", "verify", "--socket", d.grpc_socket, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    both = verify("--all", "--network", "ver")
+    assert both.returncode == 2 and "--all selects every attachment" in both.stderr, both
+    elsewhere = verify("--network", "other", "--container", "v1")
+    assert elsewhere.returncode == 1 and "container v1 has no attachment on node A in network other" in \
+        elsewhere.stderr, elsewhere
+    here = verify("--network", "ver", "--container", "v1")
+    assert here.returncode == 1 and "netns_missing" in here.stdout, here  # found, and its namespace is gone

@@ -123,6 +123,8 @@ def test_node_remove_refused_while_alive_then_releases_everything(daemons) -> No
         assert run_cni("ADD", conf, socket=a.cni_socket, container_id="a%d" % i).rc == 0
     assert run_cni("ADD", conf, socket=b.cni_socket, container_id="b0").ips == ["10.53.0.16/24"]
     a.kill()
+    dry = ipamctl(a, "node", "remove", "A", "--dry-run")
+    assert dry.returncode == 0 and "the real run would be refused" in dry.stdout, dry
     refused = ipamctl(a, "node", "remove", "A", "--yes")
     assert refused.returncode == 1 and "live lease" in refused.stderr, refused
     assert "5 attachment(s)" in refused.stdout

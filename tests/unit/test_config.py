@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ipamd import config
 from ipamd.config import ConfigError, DaemonConfig, load
 
 
@@ -326,3 +327,18 @@ def test_etcd_binary_from_ipamd_etcd_bin(tmp_path, monkeypatch) -> None:  # type
         etcd_binary("etcdctl")
     monkeypatch.delenv("IPAMD_ETCD_BIN")
     assert etcd_binary() != str(tmp_path / "etcd")
+
+
+def test_version_flags_print_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``ipamd --version`` and ``ipamctl --version`` print the package's version and exit 0."""
+    from importlib import metadata
+
+    from ipamd import ctl
+
+    version = metadata.version("ipamd")
+    with pytest.raises(SystemExit) as info:
+        config.parser().parse_args(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == "ipamd " + version
+    with pytest.raises(SystemExit) as info:
+        ctl.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == "ipamctl (ipamd %s)" % version

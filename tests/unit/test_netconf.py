@@ -376,6 +376,7 @@ def test_socket_non_string_ignored() -> None:
     ([[{"subnet": "::/120"}]], "ipam.ranges[0][0]", "::/96"),
     ([[{"subnet": "::/0"}]], "ipam.ranges[0][0]", "::ffff:0:0/96"),
     ([[{"subnet": "fe80::/64"}]], "ipam.ranges[0][0]", "fe80::/10"),
+    ([[{"subnet": "100::/120"}]], "ipam.ranges[0][0]", "100::/64"),
     ([[{"subnet": "ff02::/120"}]], "ipam.ranges[0][0]", "ff00::/8"),
     ([[{"subnet": "224.1.0.0/24"}]], "ipam.ranges[0][0]", "224.0.0.0/4"),
     ([[{"subnet": "127.0.0.0/24"}]], "ipam.ranges[0][0]", "127.0.0.0/8"),
