@@ -39,13 +39,6 @@ WATCH = 1
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    f = FakeKube().start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
 def kubeconfig(fake: FakeKube, tmp_path: Path) -> str:
     return write_kubeconfig(str(tmp_path / "kubeconfig"), fake.url, fake.token)
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,13 +32,6 @@ from ipamd.store.etcd import EtcdStore
 GRACE = 2          # --kube-node-removal-grace, seconds
 LEASE_TTL = 2      # --node-lease-ttl, seconds (with --etcd-timeout 1)
 CONF = cni_config("nr", subnet="10.58.0.0/24", blockSize=28)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    f = FakeKube().start()
-    yield f
-    f.stop()
 
 
 @pytest.fixture

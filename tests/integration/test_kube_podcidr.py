@@ -100,13 +100,6 @@ def test_overlapping_pod_cidrs_one_owner_per_block(etcd: EtcdCluster, prefix: st
 
 # -- real daemons in Kubernetes mode -----------------------------------------------------------------------------------
 
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    f = FakeKube().start()
-    yield f
-    f.stop()
-
-
 def test_daemons_claim_their_pod_cidrs_and_allocate_from_them(daemons: Callable[..., object], etcd: EtcdCluster,
                                                               prefix: str, fake: FakeKube, workdir: str) -> None:
     fake.add_node("a", ("10.63.1.0/24",))

@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from fakekube import FakeKube, write_kubeconfig
 from harness import Daemon, cni_config, run_cni, wait_for
 from harness import daemon_ipamctl as ipamctl
 from harness import handle_ids as handles
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKube]:
-    f = FakeKube().start()
-    yield f
-    f.stop()
 
 
 def pod_args(name: str, uid: str) -> str:

@@ -1,0 +1,17 @@
+"""Integration-tier fixtures beside tests/conftest.py's: ``fake``, a kube-apiserver double on loopback
+(tests/fakekube.py) for the Kubernetes-mode tests, started per test and stopped after it. (test_plugin_faults.py
+has its own ``fake``, a fake daemon socket, which takes precedence in that module.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fakekube import FakeKube
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKube]:
+    f = FakeKube().start()
+    yield f
+    f.stop()
