@@ -6,15 +6,30 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterable
 
 from ..embedded import etcd_binary
 
+FUTURE = "required revision is a future revision"
 
-def member_hashes(endpoints: Iterable[str], revision: int) -> dict[str, str]:
+
+def member_hashes(endpoints: Iterable[str], revision: int, wait: float = 20.0) -> dict[str, str]:
     """endpoint -> the member's hash of the key space at ``revision`` (``etcdctl endpoint hashkv --rev``), or
-    ``"error: ..."`` with etcdctl's last line (e.g. a member whose own revision is behind: "required revision is a
-    future revision"). ``revision`` must not be compacted away."""
+    ``"error: ..."`` with etcdctl's last line. A member whose own revision is still behind ``revision`` ("required
+    revision is a future revision": a member restarted a moment ago is still catching up) is asked again for up to
+    ``wait`` seconds; a member that diverged never catches up, so it still answers that error. ``revision`` must not
+    be compacted away."""
+    endpoints = list(endpoints)
+    deadline = time.monotonic() + wait
+    out = _hashes(endpoints, revision)
+    while any(FUTURE in h for h in out.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        out.update(_hashes([e for e, h in out.items() if FUTURE in h], revision))
+    return out
+
+
+def _hashes(endpoints: Iterable[str], revision: int) -> dict[str, str]:
     out = {}
     for endpoint in endpoints:
         res = subprocess.run([etcd_binary("etcdctl"), "--endpoints", endpoint, "endpoint", "hashkv", "--rev",

@@ -3,6 +3,10 @@ retried ADD with another address, an acknowledged allocation missing from a snap
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from ipamd.testing.history import History, Op, Snapshot
 
 
@@ -76,3 +80,32 @@ def test_members_agree_only_when_every_member_answered_the_same_hash() -> None:
     assert not agree({"a": "7", "b": "8", "c": "7"})
     assert not agree({"a": "7", "b": "error: required revision is a future revision", "c": "7"})
     assert not agree({"a": "error: x", "b": "error: x"})
+
+
+FAKE_ETCDCTL = """#!/bin/sh
+# answers like `etcdctl endpoint hashkv --rev R -w json`: the member "lagging" is behind for its first 3 calls,
+# the member "diverged" always
+for a in "$@"; do case "$a" in http://*) ep="$a";; esac; done
+n=$(cat "$0.$(basename "$ep")" 2>/dev/null || echo 0); echo $((n + 1)) > "$0.$(basename "$ep")"
+future() { echo "Error: etcdserver: mvcc: required revision is a future revision" >&2; exit 1; }
+case "$ep" in
+  */lagging) if [ "$n" -lt 3 ]; then future; fi;;
+  */diverged) future;;
+esac
+echo '[{"Endpoint":"'"$ep"'","HashKV":{"hash":42}}]'
+"""
+
+
+def test_member_hashes_wait_for_a_member_that_is_catching_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member still behind the asked revision (restarted a moment ago) is asked again until it answers; one that
+    never catches up (diverged) still disagrees after the wait. etcdctl here is a script ($IPAMD_ETCD_BIN)."""
+    from ipamd.testing.members import agree, member_hashes
+
+    fake = tmp_path / "etcdctl"
+    fake.write_text(FAKE_ETCDCTL)
+    fake.chmod(0o755)
+    monkeypatch.setenv("IPAMD_ETCD_BIN", str(tmp_path))
+    caught_up = member_hashes(["http://m/a", "http://m/lagging"], 7, wait=10)
+    assert caught_up == {"http://m/a": "42", "http://m/lagging": "42"} and agree(caught_up)
+    diverged = member_hashes(["http://m/a", "http://m/diverged"], 7, wait=1)
+    assert not agree(diverged) and "future revision" in diverged["http://m/diverged"]
