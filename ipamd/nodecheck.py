@@ -88,6 +88,8 @@ class NodeCheck:
     def _verdicts(self, pools: list[tuple[str, Range]]) -> list[_Verdict]:
         """``(network, range, conflicts)`` for each pool not remembered as allowed; looks at most once."""
         out: list[_Verdict] = []
+        if all(self._allowed.get(_key(r), 0.0) > self.clock() for _, r in pools):
+            return out  # the common case, without waiting for a look another ADD is making
         with self._lock:
             now = self.clock()
             todo = [(n, r) for n, r in pools if self._allowed.get(_key(r), 0.0) <= now]
