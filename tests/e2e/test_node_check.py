@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import CniOutput, cni_config, run_cni
+from harness import CniOutput, cni_config, run_cni, wait_for
+
+from ipamd import netns
 
 pytestmark = [pytest.mark.e2e]
 
@@ -75,11 +77,33 @@ def test_add_into_a_pool_that_overlaps_the_node_is_refused_with_code_7(daemons, 
     assert ok.ips == ["10.99.200.2/24"]
 
 
-def test_the_node_check_off_lets_the_same_pool_through(daemons, node_netns):
-    """``ipam.checkNode: false`` opts a network out (routed set-ups); the daemon does not look."""
-    d = daemons("A", extra_args=["--node-check", "true", "--node-netns", node_netns])
+def test_the_node_check_off_lets_the_same_pool_through_and_start_up_warns(daemons, node_netns):
+    """``ipam.checkNode: false`` opts a network out (routed set-ups); the daemon does not look. A daemon started
+    later checks the pool records etcd holds and warns about the overlapping one."""
+    args = ["--node-check", "true", "--node-netns", node_netns]
+    d = daemons("A", extra_args=args)
     out = run_cni("ADD", cni_config("nodenet", subnet="10.77.5.0/24", checkNode=False), socket=d.cni_socket)
     assert out.rc == 0, out
+    d.stop()
+    d = daemons("A", extra_args=args)
+    wait_for(lambda: "ADD into it will be refused" in d.log(), "the start-up warning")
+    assert "ipam subnet 10.77.5.0/24 of network nodenet overlaps the node's address 10.77.5.10/24 on uplink0" \
+        in d.log()
+
+
+def test_a_failure_to_look_allows_the_add_with_a_warning(daemons):
+    """Never fail ADD for a failure to look: a --node-netns that does not exist is a look that fails; the pool is
+    allowed and the daemon logs why."""
+    d = daemons("A", extra_args=["--node-check", "true", "--node-netns", "/var/run/netns/ipamdtest-none"])
+    out = run_cni("ADD", cni_config("nodenet", subnet="10.99.201.0/24"), socket=d.cni_socket)
+    assert out.rc == 0, out
+    wait_for(lambda: "cannot read node A's addresses and routes" in d.log(), "the warning")
+
+
+def test_observe_node_reads_the_own_namespace_without_the_helper():
+    """The daemon's default (no --node-netns): its own namespace, the host's; loopback is always there."""
+    state = netns.observe_node()
+    assert any(str(a) == "address 127.0.0.1/8 on lo" for a in state.addresses)
 
 
 def bridge(netenv: Any, node_netns: str, command: str, conf: dict[str, Any], container_id: str,
