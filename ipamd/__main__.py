@@ -133,10 +133,18 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         return 1
     store.on_error = metrics.etcd_error
     store.on_latency = metrics.etcd_latency
+    node_check = None
+    if cfg.node_check:  # pools that overlap the node's own networks are refused (docs/namespace-checks.md)
+        from . import netns
+        from .nodecheck import NodeCheck
+
+        look_timeout = min(2.0, cfg.request_timeout / 4)
+        node_check = NodeCheck(cfg.node_name, lambda: netns.observe_node(cfg.node_netns, timeout=look_timeout),
+                               metrics=metrics)
     service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, etcd_timeout=cfg.etcd_timeout,
                           gc_timeout=cfg.gc_timeout, handle_limit=cfg.handle_cache_size, metrics=metrics,
                           failpoints=Failpoints.from_env(), reconcile_interval=cfg.reconcile_interval,
-                          reconcile_grace=cfg.reconcile_grace)
+                          reconcile_grace=cfg.reconcile_grace, node_check=node_check)
     metrics.watch_pools(lambda: pool_stats(service))
     tcp = TcpListener(cfg.grpc_address, cfg.grpc_tls_cert, cfg.grpc_tls_key, cfg.grpc_client_ca) \
         if cfg.grpc_address else None
@@ -188,6 +196,9 @@ def run(cfg: config_mod.DaemonConfig) -> int:
                 check_etcd_versions(store, metrics, cfg.etcd_timeout)
                 service.set_ready()
                 log.info("first sync with etcd done")
+                if service.node_check is not None:  # warn now about pools whose ADDs will be refused
+                    records = (service.cache.pool_record(p)[0] for p in service.cache.pool_ids())
+                    service.node_check.check_known((r.network, r.range) for r in records if r is not None)
             probe_etcd(store, metrics, cfg)
         except IpamError as exc:
             readiness.set(reason_of(exc), exc.msg)

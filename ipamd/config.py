@@ -61,12 +61,14 @@ class DaemonConfig:
     kube_timeout: float = 10.0
     kube_pod_cidr_blocks: bool = False
     kube_node_removal_grace: float = 300.0
+    node_check: bool = True
+    node_netns: str = ""
 
 
 _FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval",
            "kube_timeout", "kube_node_removal_grace"}
 _INTS = {"node_lease_ttl", "handle_cache_size", "health_max_per_round"}
-_BOOLS = {"kubernetes", "kube_pod_cidr_blocks"}
+_BOOLS = {"kubernetes", "kube_pod_cidr_blocks", "node_check"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -116,6 +118,10 @@ _HELP = {
     "kube_node_removal_grace": "with --kubernetes: seconds after a node's deletion from the API (seen by this daemon) "
                                "before its addresses and blocks are removed, once its lease has expired too; 0 turns "
                                "automatic node removal off (default 300)",
+    "node_check": "refuse ADD into a pool that overlaps the node's own addresses or routes (docs/namespace-checks.md "
+                  "\"Node check\"; default true)",
+    "node_netns": "network namespace (a path such as /var/run/netns/x) whose addresses and routes the node check "
+                  "reads instead of the daemon's own (tests; default: the daemon's own, the host's)",
 }
 
 
@@ -327,6 +333,8 @@ def validate(cfg: DaemonConfig, sources: Mapping[str, str] | None = None) -> Non
     if bool(cfg.grpc_tls_cert) != bool(cfg.grpc_tls_key):
         raise fail("grpc_tls_cert" if cfg.grpc_tls_key else "grpc_tls_key", "is required with --%s"
                    % ("grpc-tls-key" if cfg.grpc_tls_key else "grpc-tls-cert"))
+    if cfg.node_netns and not cfg.node_netns.startswith("/"):
+        raise fail("node_netns", "%r is not an absolute path" % cfg.node_netns)
     if cfg.grpc_client_ca and not cfg.grpc_address:
         raise fail("grpc_client_ca", "needs --grpc-address (client certificates apply to the TCP listener)")
     secure = any(s for _, _, s in parse_endpoints(cfg.etcd_endpoints))

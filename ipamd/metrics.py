@@ -126,6 +126,13 @@ class Metrics:
         self.attachments_unhealthy = Gauge("ipamd_attachments_unhealthy",
                                            "Attachments of this node whose last health check failed, by the first "
                                            "reason", ["reason"], registry=r)
+        # pools checked against the node's own addresses and routes (ipamd/nodecheck.py, docs/namespace-checks.md)
+        self.node_checks = Counter("ipamd_node_checks_total",
+                                   "Pools checked against the node's own addresses and routes, by result (ok, "
+                                   "conflict, unknown: the check could not look and the pool was allowed)",
+                                   ["result"], registry=r)
+        for result in ("ok", "conflict", "unknown"):
+            self.node_checks.labels(result)
 
     def child(self, metric: Counter | Gauge | Histogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: the lookup costs a few microseconds and runs on every request."""

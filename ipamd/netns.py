@@ -34,13 +34,17 @@ from pyroute2.netlink import NETLINK_ROUTE
 
 from .domain.addr import to_ip
 from .domain.netcheck import GatewayProbe, Nexthop, Observation, ObservedInterface, ObservedRoute, Prefix
+from .domain.nodecheck import NodeAddress, NodeRoute, NodeState
 from .nshelper import NamespaceSocketError, NamespaceSockets
 
-__all__ = ["NEIGHBOUR_STATES", "Observation", "close", "observe"]
+__all__ = ["NEIGHBOUR_STATES", "NodeUnobservable", "Observation", "close", "observe", "observe_node"]
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 RTN_UNICAST = 1
+#: Route types (``RTN_*``) the node check reads, by value (ipamd/domain/nodecheck.py ``ROUTE_TYPES``).
+NODE_ROUTE_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+RT_TABLE_MAIN = 254
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 #: linux ``NUD_*`` neighbour states by value.
 NEIGHBOUR_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY", 0x10: "PROBE",
@@ -117,6 +121,79 @@ def observe(netns_path: str, if_name: str, *, gateways: Sequence[tuple[int, int]
         return Observation(netns_path, if_name, not exc.missing, probed=probed, error=exc.why)
     finally:
         os.close(fd)
+
+
+class NodeUnobservable(Exception):
+    """The node's addresses and routes could not be read (``why``: cannot enter the namespace, netlink failed)."""
+
+
+def observe_node(netns_path: str = "", *, timeout: float = 2.0) -> NodeState:
+    """The node's own addresses and routes (docs/namespace-checks.md "Node check"): every address of every
+    interface (with the interface's name and kind, ``IFLA_INFO_KIND``) and the routes of the main table of the
+    network namespace at ``netns_path`` (``""``: the daemon's own, the host's; a path such as
+    ``/var/run/netns/x``: that namespace, entered by the helper process, as tests do). A multipath route gives one
+    :class:`NodeRoute` per next hop. Three netlink dumps (links, addresses, routes) on one socket.
+
+    Raises :class:`NodeUnobservable` when it cannot look (cannot enter the namespace, no answer from the helper
+    within ``timeout`` seconds, a netlink error). Read-only; thread-safe.
+    """
+    deadline = time.monotonic() + max(timeout, 0.1)
+    try:
+        if netns_path:
+            fd = _open_netns(netns_path)
+            try:
+                sock = _socket_in(fd, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE, deadline)
+            finally:
+                os.close(fd)
+        else:  # our own namespace: no need to enter anything, nor for CAP_SYS_ADMIN
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    except _Unobservable as exc:
+        raise NodeUnobservable("network namespace %s %s" % (netns_path, exc.why)) from None
+    except OSError as exc:
+        raise NodeUnobservable("netlink socket: %s" % (exc.strerror or exc)) from None
+    try:
+        ipr = IPRoute(use_socket=sock)
+    except Exception as exc:  # noqa: BLE001 - pyroute2's errors are translated at this boundary
+        sock.close()
+        raise NodeUnobservable("netlink: %s: %s" % (exc.__class__.__name__, exc)) from None
+    try:
+        with ipr:
+            links = {int(m["index"]): (str(m.get("ifname") or ""), str(m.get(("linkinfo", "kind")) or ""))
+                     for m in ipr.get_links()}
+            addresses = []
+            for m in ipr.get_addr():
+                if not m.get("address"):
+                    continue
+                name, kind = links.get(int(m["index"]), ("#%d" % int(m["index"]), ""))
+                addresses.append(NodeAddress(_prefix(m.get("address"), int(m["prefixlen"])), name, kind))
+            routes = [r for m in ipr.get_routes(family=socket.AF_UNSPEC, table=RT_TABLE_MAIN)
+                      for r in _node_routes(m, links)]
+    except Exception as exc:  # noqa: BLE001 - netlink errors of any kind are translated at this boundary
+        raise NodeUnobservable("netlink: %s: %s" % (exc.__class__.__name__, exc)) from None
+    return NodeState(tuple(sorted(addresses)), tuple(sorted(routes)))
+
+
+def _node_routes(msg: Any, links: dict[int, tuple[str, str]]) -> list[NodeRoute]:
+    kind = NODE_ROUTE_TYPES.get(int(msg["type"]))
+    if kind is None or msg["family"] not in (socket.AF_INET, socket.AF_INET6):
+        return []
+    if int(msg.get("table") or msg["table"]) != RT_TABLE_MAIN:
+        return []
+    family = 4 if msg["family"] == socket.AF_INET else 6
+    dst_text = msg.get("dst")
+    dst = _prefix(dst_text, int(msg["dst_len"])) if dst_text else Prefix(family, 0, 0)
+    hops: list[tuple[int | None, int | None]] = []
+    multipath = msg.get("multipath")
+    if multipath:
+        for hop in multipath:
+            hops.append((_address(dict(hop.get("attrs") or ()).get("RTA_GATEWAY")), hop.get("oif")))
+    else:
+        hops.append((_address(msg.get("gateway")), msg.get("oif")))
+    out = []
+    for gateway, oif in hops:
+        name, link_kind = links.get(int(oif), ("#%d" % int(oif), "")) if oif else ("", "")
+        out.append(NodeRoute(dst, gateway, name, link_kind, kind))
+    return out
 
 
 def close() -> None:

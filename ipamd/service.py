@@ -48,6 +48,7 @@ from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .inventory import Inventory
 from .metrics import Metrics
+from .nodecheck import NodeCheck
 from .reconciler import NetnsCheck, PassResult, Reconciler
 from .store.base import KV, Get, Store, StoreRefused, StoreUnavailable, TxnResult, prefix_end
 from .txns import AddTxn, DelTxn, PlannedAddress, PoolGuard
@@ -73,13 +74,16 @@ class IpamService:
     deadline in seconds of one request including its retries; ``etcd_timeout`` of one etcd call; ``gc_timeout`` the
     budget of one background GC release; ``handle_limit`` the handle cache's bound; ``reconcile_interval`` and
     ``reconcile_grace`` the reconciler's (ipamd.reconciler; interval 0: off); ``inspector`` looks into
-    namespaces for CHECK (:class:`ipamd.deepcheck.NamespaceInspector`; a double in tests).
+    namespaces for CHECK (:class:`ipamd.deepcheck.NamespaceInspector`; a double in tests); ``node_check`` refuses
+    pools that overlap the node's own addresses and routes at ADD (:class:`ipamd.nodecheck.NodeCheck`; ``None``:
+    no such check, as in the in-memory tests).
     """
 
     def __init__(self, store: Store, node: str, *, request_timeout: float = 8.0, etcd_timeout: float = 2.0,
                  gc_timeout: float = 300.0, handle_limit: int = 16384, metrics: Metrics | None = None,
                  failpoints: Failpoints | None = None, reconcile_interval: float = 0.0,
-                 reconcile_grace: float = 600.0, inspector: NamespaceInspector | None = None) -> None:
+                 reconcile_grace: float = 600.0, inspector: NamespaceInspector | None = None,
+                 node_check: NodeCheck | None = None) -> None:
         self.store = store
         self.node = node
         self.request_timeout = request_timeout
@@ -87,6 +91,7 @@ class IpamService:
         self.metrics = metrics or Metrics()
         self.failpoints = failpoints or Failpoints()
         self.inspector = inspector or NamespaceInspector(timeout=min(5.0, request_timeout))
+        self.node_check = node_check
         self.cache = NodeCache(node, handle_limit)
         self.ready = False
         #: why ADD cannot be served although the first sync is done ("" when it can); STATUS answers 50 with it
@@ -157,9 +162,13 @@ class IpamService:
         Idempotent: if the attachment already holds addresses they are returned unchanged and nothing is written
         (docs/conformance.md T42, field case B06). ``requested`` maps range-set index -> (pool, address) that must be
         honoured exactly. Raises :class:`PoolExhausted` (100), :class:`AddressUnavailable` (101),
-        :class:`TryAgainLater` (11: not ready, etcd unreachable, deadline passed).
+        :class:`TryAgainLater` (11: not ready, etcd unreachable, deadline passed),
+        :class:`~ipamd.domain.errors.InvalidConfig` (7) when a pool overlaps the node's own addresses or routes
+        (``node_check``; before anything is read or written).
         """
         self._require_ready()
+        if self.node_check is not None:
+            self.node_check.require(netconf)
         deadline = time.monotonic() + self.request_timeout
         wanted = requested or {}
         state = _AddState()

@@ -20,7 +20,7 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
-    "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns",
+    "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns", "checkNode",
 })
 ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 
@@ -56,7 +56,8 @@ class NetConf:
     """A parsed network configuration: ``range_sets`` is a tuple of range sets, each a tuple of :class:`Pool`.
 
     ``check_netns``: CHECK also looks inside the namespace when ``CNI_NETNS`` names one (``ipam.checkNetns``,
-    default true; docs/namespace-checks.md).
+    default true; docs/namespace-checks.md). ``check_node``: ADD refuses a pool that overlaps the node's own
+    addresses or routes (``ipam.checkNode``, default true; docs/namespace-checks.md "Node check").
     """
 
     name: str
@@ -66,6 +67,7 @@ class NetConf:
     socket: str | None = None
     warnings: tuple[str, ...] = ()
     check_netns: bool = True
+    check_node: bool = True
 
     def pool_for(self, value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, Pool] | None:
         """``(range set index, pool)`` whose subnet contains ``value``, or ``None``."""
@@ -194,7 +196,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     within or across range sets; bad ``blockSize``, ``exclude``, ``routes`` or ``dns``; a gateway that is not a
     host address of its subnet; a route ``dst`` that is not a prefix (host bits set, no length), a route ``gw``
     that is not a plain address of the route's family reachable on the link (pre-flight validation,
-    docs/namespace-checks.md); a ``checkNetns`` that is not true or false. Pure and deterministic.
+    docs/namespace-checks.md); a ``checkNetns`` or ``checkNode`` that is not true or false. Pure and deterministic.
     """
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
@@ -237,9 +239,13 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     check_netns = ipam.get("checkNetns", True)
     if not isinstance(check_netns, bool):
         raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))
+    check_node = ipam.get("checkNode", True)
+    if not isinstance(check_node, bool):
+        raise InvalidConfig("ipam.checkNode %r is not true or false" % (check_node,))
     socket = ipam.get("socket")
     return NetConf(name=name, range_sets=tuple(range_sets), routes=routes, dns=_dns(ipam),
-                   socket=socket if isinstance(socket, str) else None, warnings=warnings, check_netns=check_netns)
+                   socket=socket if isinstance(socket, str) else None, warnings=warnings, check_netns=check_netns,
+                   check_node=check_node)
 
 
 #: Parsed configurations by (network name, repr of the ``ipam`` object): a runtime sends the same network

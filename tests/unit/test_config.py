@@ -129,6 +129,8 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "kube_timeout": ("2.5", 2.5),
     "kube_pod_cidr_blocks": ("yes", True),
     "kube_node_removal_grace": ("90.5", 90.5),
+    "node_check": ("off", False),
+    "node_netns": ("/var/run/netns/host", "/var/run/netns/host"),
 }
 #: Settings that are only valid with others: the partners' samples are given too.
 PARTNERS: dict[str, tuple[str, ...]] = {
