@@ -216,7 +216,7 @@ def section_b04(args: argparse.Namespace, work: str) -> list[str]:
     daemons: list[Daemon] = []
     procs: list[Any] = []
     try:
-        daemons = [Daemon(etcd.endpoints, prefix, "n%02d" % i, work, log_level="WARNING")
+        daemons = [Daemon(etcd.endpoints, prefix, "n%02d" % i, work, log_level=args.log_level)
                    for i in range(args.daemons)]
         for d in daemons:
             d.wait_ready()
@@ -239,15 +239,19 @@ def section_b04(args: argparse.Namespace, work: str) -> list[str]:
         c0 = _counters(etcd, daemons)
         cpu0 = [d.cpu_seconds() for d in daemons]
         barrier.wait()
-        for _ in procs:
-            out.get(timeout=1800)
+        results: list[Any] = []  # without DELs a worker's results may come before another's "added"
+        added = 0
+        while added < len(procs):
+            msg = out.get(timeout=1800)
+            added += msg[0] == "added"
+            results += [] if msg[0] == "added" else [msg]
         c1 = _counters(etcd, daemons)
         cpu1 = [d.cpu_seconds() for d in daemons]
         in_etcd = handle_addresses(etcd.endpoints, prefix, "b04")
         rc, line = ipamctl_check(etcd.endpoints, prefix)
         if not args.no_del:
             barrier.wait()
-        results = [out.get(timeout=1800) for _ in procs]
+        results += [out.get(timeout=1800) for _ in range(len(procs) - len(results))]
         for p in procs:
             p.join()
         c2 = _counters(etcd, daemons)
@@ -400,6 +404,8 @@ def main() -> int:
     p.add_argument("--no-del", action="store_true", help="[1] without the DELs")
     p.add_argument("--v6-held", default="0,5000,20000", help="addresses held at each point of [2]")
     p.add_argument("--rounds", type=int, default=300, help="ADD+DEL probes per point of [2]")
+    p.add_argument("--log-level", default="WARNING", help="the daemons' in [1] (with IPAMD_BENCH_KEEP=1 the logs "
+                   "stay in the working directory)")
     p.add_argument("--inject", choices=["duplicate", "check"], action="append", default=[],
                    help="make [1]'s checks fail (the bench's own test): count an address twice, or write an address "
                    "record without its handle before the last ipamctl check; may be given twice")
@@ -417,6 +423,8 @@ def main() -> int:
     finally:
         if os.environ.get("IPAMD_BENCH_KEEP") != "1":
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("kept %s" % work)
     print("\n%.0f s; load average at the end: %s" % (time.monotonic() - t0, machine()["load"]))
     for line in problems:
         print("PROBLEM %s" % line)
