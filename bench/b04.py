@@ -397,7 +397,7 @@ def section_v6(args: argparse.Namespace, work: str) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="b04,v6", help="comma-separated sections: b04, v6")
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run (~30 s)")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run (~18 s on 2 cores)")
     p.add_argument("--daemons", type=int, default=16)
     p.add_argument("--attachments", type=int, default=2048, help="ADDs in [1] (4 interfaces per pod)")
     p.add_argument("--in-flight", type=int, default=32, help="pods in flight per daemon in [1]")
