@@ -123,6 +123,8 @@ def retry_until(deadline: float, what: str, body: Callable[[], T | None],
         retry=retry_if_result(lambda out: out is None) | retry_if_exception_type((StoreUnavailable, DeadlinePassed)),
         wait=wait_random_exponential(multiplier=BACKOFF_FIRST, max=BACKOFF_CAP),
         stop=stop, before_sleep=conflict, retry_error_callback=give_up)
+    if on_retry is not None:  # the first attempt ran outside Retrying: the next one is already a retry
+        on_retry()
     out = retrying(body)
     if out is None:  # retry_if_result never lets None through; guards the type for the caller
         raise TryAgainLater("%s did not complete" % what)

@@ -26,6 +26,18 @@ def test_conflicts_are_retried_and_counted() -> None:
     assert len(conflicts) == 2
 
 
+@pytest.mark.parametrize("outcomes", [[None, "done"], [None, None, "done"], [None, None, None, None, "done"]])
+def test_every_attempt_after_the_first_is_one_retry(outcomes: list[str | None]) -> None:
+    """``on_retry`` counts attempts after the first (ipamd_request_retries_total): one conflict then success is one
+    retry, as many retries as conflicts."""
+    it = iter(outcomes)
+    conflicts: list[int] = []
+    retries: list[int] = []
+    assert retry_until(time.monotonic() + 5, "ADD", lambda: next(it), lambda: conflicts.append(1),
+                       lambda: retries.append(1)) == "done"
+    assert len(retries) == len(conflicts) == len(outcomes) - 1
+
+
 def test_unavailable_until_the_deadline_is_11_naming_the_cause() -> None:
     attempts = []
 
