@@ -152,7 +152,9 @@ class GarbageCollector:
                 res = self.store.txn(txn.compares, txn.success, txn.failure, self.etcd_timeout)
                 break
             except StoreUnavailable as exc:
-                uncertain = uncertain or isinstance(exc, StoreOutcomeUnknown)
+                if lease_is_gone(exc):
+                    self.cooling.forget()  # etcd's NOT_FOUND for the lease: the put did not commit
+                uncertain = uncertain or (isinstance(exc, StoreOutcomeUnknown) and not lease_is_gone(exc))
                 if time.monotonic() + delay >= budget_end:
                     job.failures.extend("%s: %s" % (rec.handle, exc.msg) for _, rec in batch)
                     return

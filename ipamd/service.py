@@ -378,7 +378,9 @@ class IpamService:
                     self.failpoints.hit("del.before_commit")
                     try:
                         res = self._txn("DEL", txn, deadline, batch=revision != 0)
-                    except StoreRejected as exc:
+                    except (StoreRejected, StoreUnavailable) as exc:
+                        # etcd answers NOT_FOUND ("requested lease not found"), which the store reports as
+                        # unavailable (a write) or rejected (the memory store)
                         if not lease_is_gone(exc):
                             raise
                         self.cooling.forget()  # the lease ended before its window did (etcd restored?): new one

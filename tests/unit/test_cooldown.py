@@ -320,3 +320,18 @@ def test_check_reports_an_allocated_address_with_a_cooling_record(store: MemoryS
     assert len(found) == 1 and found[0].invariant == 6 and found[0].severity == "violation"
     store.txn([], [Put("cooling/n1/v4/zz", b"{}")], [], 1)
     assert any(f.kind == "undecodable" and f.key == "cooling/n1/v4/zz" for f in analyse(store.dump()))
+
+
+def test_a_lease_etcd_lost_is_replaced(store: MemoryStore, clock: Clock) -> None:
+    """A cooling lease that etcd no longer knows (revoked, or an etcd restored from a backup) makes the put fail
+    ("requested lease not found"); the DEL forgets its leases and succeeds with a new one."""
+    nc = netconf(releaseCooldownSeconds=30)
+    a = service(store, clock=clock)
+    addr(a, "c1", nc)
+    addr(a, "c2", nc)
+    a.delete(att("c1"))
+    lease = a.cooling.lease(30, 1)
+    store.revoke(lease, 1)  # its record goes with it
+    a.delete(att("c2"))
+    assert store.calls["grant_lease"] == 2 and list(cooling(store)) == ["10.45.0.3"]
+    assert_consistent(store)
