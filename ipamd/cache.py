@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,12 +20,15 @@ from typing import NamedTuple
 from .domain.addr import Block
 from .domain.model import (
     BLOCKS,
+    COOLING,
     IPS,
     POOLS,
     HandleRecord,
     PoolRecord,
+    cooling_key,
     decode_block_record,
     parse_block_key,
+    parse_cooling_key,
     parse_ip_key,
     pool_network,
 )
@@ -170,17 +173,22 @@ class NodeCache:
                 if ps is not None and st is not None and st.node == self.node:
                     ps.add_room(pick.block.first)  # it may have looked full only because of reservations
 
-    def loaded(self, pool: Pool, block: Block, kvs: Iterable[KV], revision: int) -> None:
+    def loaded(self, pool: Pool, block: Block, kvs: Iterable[KV], revision: int,
+               cooling: Iterable[KV] | None = None) -> None:
         """Address records of ``block`` read from etcd at ``revision`` (a :class:`~ipamd.domain.policy.Load`
-        answered)."""
+        answered), and its cooling records when they were read with them (``None``: not read, keep what is
+        known)."""
         taken = {parse_ip_key(kv.key)[2] for kv in kvs}
+        cool = _cooling_of(cooling)
         with self._lock:
             ps = self._pool(pool.id)
             st = ps.blocks.get(block.first)
             if st is None:
                 ps.unclaimed_taken[block.first] = taken
+                if cool is not None:
+                    ps.unclaimed_cooling[block.first] = cool
                 return
-            st.set_taken(taken, revision)
+            st.set_taken(taken, revision, cool)
             if st.node == self.node:
                 ps.add_room(block.first)
 
@@ -200,19 +208,25 @@ class NodeCache:
                 if pick.mode == "claim" or st is None:
                     foreign = ps.unclaimed_taken.pop(pick.block.first, set())
                     # a block we claimed was empty but for what other pools of the network hold (read with it)
-                    st = BlockState(pick.block, self.node, revision, set(foreign), read_revision=revision)
+                    cool = ps.unclaimed_cooling.pop(pick.block.first, {})
+                    st = BlockState(pick.block, self.node, revision, set(foreign), read_revision=revision,
+                                    cooling=cool)
                     ps.set_block(st, self.node)
                     self._note_owner(pool.id, pick.block, None, self.node, revision)
                 if st.taken is not None:
                     st.taken.add(pick.value)
+                st.cooled(pick.value)
                 self._wrote(key, revision)
+                if pick.cooling_revision:
+                    self._wrote(cooling_key(key), revision)
             self._put_handle(record.handle, CachedHandle(revision, record.ip_keys))
 
     def learned(self, pool: Pool, pick: Pick, blocks: Sequence[KV], ips: Sequence[KV], pool_kv: KV | None,
-                revision: int) -> set[int]:
+                revision: int, cooling: Sequence[KV] = ()) -> set[int]:
         """Refresh the view from a failed ADD's reads for one address, made at ``revision`` (see
         :class:`ipamd.txns.AddressReads`); returns the block's taken addresses as read."""
         taken = {parse_ip_key(kv.key)[2] for kv in ips}
+        cool = _cooling_of(cooling) or {}
         with self._lock:
             ps = self._pool(pool.id)
             self._set_record(ps, pool_kv)
@@ -226,7 +240,9 @@ class NodeCache:
                     node = ""
                 old = ps.blocks.get(pick.block.first)
                 keep = old.taken if old is not None and old.node == node else None
-                ps.set_block(BlockState(pick.block, node, blocks[0].mod_revision, keep), self.node)
+                ps.set_block(BlockState(pick.block, node, blocks[0].mod_revision, keep,
+                                        cooling=old.cooling if old is not None and keep is not None else {}),
+                             self.node)
                 self._note_owner(pool.id, pick.block, old.node if old is not None else None, node,
                                  blocks[0].mod_revision)
             else:
@@ -236,18 +252,23 @@ class NodeCache:
                     self._note_owner(pool.id, pick.block, old.node, None, 0)
             st = ps.blocks.get(pick.block.first)
             if st is not None:
-                st.set_taken(taken, revision)
+                st.set_taken(taken, revision, cool)
             else:
                 ps.unclaimed_taken[pick.block.first] = taken
+                ps.unclaimed_cooling[pick.block.first] = cool
         return taken
 
-    def released(self, handle: str, ip_keys: Sequence[str], revision: int) -> None:
+    def released(self, handle: str, ip_keys: Sequence[str], revision: int, cooling: Container[str] = ()) -> None:
         """The attachment's address records ``ip_keys`` were deleted at ``revision`` (DEL, GC): free them in our
-        view and forget the handle."""
+        view and forget the handle. ``cooling``: those of the keys whose cooling record the same transaction
+        wrote (B09)."""
         with self._lock:
             self._handles.pop(handle, None)
             for key in ip_keys:
                 self._wrote(key, revision)
+                cools = key in cooling
+                if cools:
+                    self._wrote(cooling_key(key), revision)
                 try:
                     network, family, value = parse_ip_key(key)
                 except ValueError:
@@ -256,11 +277,27 @@ class NodeCache:
                     st = ps.block_containing(value)
                     if st is not None:
                         st.release(value)
+                        if cools:
+                            st.cooling[value] = revision
                         if st.node == self.node:
                             ps.add_room(st.block.first)
                     else:
                         for taken in ps.unclaimed_taken.values():
                             taken.discard(value)
+
+    def cooldown_of(self, ip_key: str) -> tuple[str, int]:
+        """``(pool id, releaseCooldownSeconds)`` of the pool an address record key lies in, from the pool records
+        seen (``("", 0)``: no cooldown). Where widened subnets overlap, the longest cooldown wins."""
+        try:
+            network, family, value = parse_ip_key(ip_key)
+        except ValueError:
+            return "", 0
+        with self._lock:
+            best = ("", 0)
+            for ps in self._pools_of(network, family, value):
+                if ps.record is not None and ps.record.cooldown > best[1]:
+                    best = (ps.pool_id, ps.record.cooldown)
+            return best
 
     # -- the watch ------------------------------------------------------------------------------------------------
 
@@ -281,6 +318,8 @@ class NodeCache:
                 try:
                     if key.startswith(IPS):
                         self._apply_address(ev, key, rev)
+                    elif key.startswith(COOLING):
+                        self._apply_cooling(ev, key, rev)
                     elif key.startswith(BLOCKS):
                         self._apply_block(ev, key, rev)
                     elif key.startswith(POOLS):
@@ -307,6 +346,24 @@ class NodeCache:
             else:
                 st.taken.add(value)
 
+    def _apply_cooling(self, ev: WatchEvent, key: str, rev: int) -> None:
+        """A cooling record written by a release (its cooldown began at ``rev``) or gone (its lease expired, or an
+        ADD took the address)."""
+        local = self._local.get(key)
+        if local is not None and rev < local:
+            return
+        network, family, value = parse_cooling_key(key)
+        for ps in self._pools_of(network, family, value):
+            st = ps.block_containing(value)
+            if st is None or st.taken is None or rev <= st.read_revision:
+                continue
+            if ev.deleted:
+                st.cooled(value)
+                if st.node == self.node:
+                    ps.add_room(st.block.first)
+            else:
+                st.cooling[value] = rev
+
     def _apply_block(self, ev: WatchEvent, key: str, rev: int) -> None:
         pool_id, block = parse_block_key(key)
         ps = self._pool(pool_id)
@@ -323,7 +380,8 @@ class NodeCache:
         node = decode_block_record(ev.kv.value)
         keep = old.taken if old is not None and old.node == node else None
         ps.set_block(BlockState(block, node, rev, keep,
-                                read_revision=old.read_revision if old is not None and keep is not None else 0),
+                                read_revision=old.read_revision if old is not None and keep is not None else 0,
+                                cooling=old.cooling if old is not None and keep is not None else {}),
                      self.node)
         self._note_owner(pool_id, block, old.node if old is not None else None, node, rev)
 
@@ -391,7 +449,8 @@ class NodeCache:
             old = ps.blocks.get(block.first)
             keep = old.taken if old is not None and old.node == node else None
             ps.set_block(BlockState(block, node, kv.mod_revision, keep,
-                                    read_revision=old.read_revision if old is not None and keep is not None else 0),
+                                    read_revision=old.read_revision if old is not None and keep is not None else 0,
+                                    cooling=old.cooling if old is not None and keep is not None else {}),
                          self.node)
             self._note_owner(ps.pool_id, block, old.node if old is not None else None, node, kv.mod_revision)
         for first in [f for f in ps.blocks if f not in seen]:
@@ -432,3 +491,16 @@ class NodeCache:
     def handle_count(self) -> int:
         with self._lock:
             return len(self._handles)
+
+
+def _cooling_of(kvs: Iterable[KV] | None) -> dict[int, int] | None:
+    """Cooling records as ``{address: mod_revision}`` (``None`` for ``None``); malformed keys are skipped."""
+    if kvs is None:
+        return None
+    out: dict[int, int] = {}
+    for kv in kvs:
+        try:
+            out[parse_cooling_key(kv.key)[2]] = kv.mod_revision
+        except ValueError:
+            continue
+    return out

@@ -10,6 +10,10 @@ check``, ``ipamctl repair``, the daemon and every test scenario share one defini
 - **leak**: consistent, but held by something that is gone: the block of a node that no longer exists (no
   ``nodes/<node>`` record) and that holds no address. Repairable; the delete also compares that the node is still
   gone and the block still empty (invariant 5: a block with allocations is never taken from its owner).
+- The cooling records of released addresses (B09) must not coexist with an address record for the same address
+  (invariant 6): a release writes the cooling record in the transaction that deletes the address record, and an
+  ADD that takes a cooling address deletes the record in its own transaction. Not repairable by the check (the
+  record ends with its lease).
 - **warning**: listed, never repaired: an address that was usable when it was allocated but is not under the
   pool's current configuration (a range narrowed or an exclude added under live pods, B51: the address record is
   older than the pool record's last change). It stays its holder's until DEL.
@@ -29,18 +33,22 @@ from typing import Any
 from .domain.addr import BITS, Block, Range
 from .domain.model import (
     BLOCKS,
+    COOLING,
     HANDLES,
     IPS,
     NODES,
     POOLS,
+    CoolingRecord,
     HandleRecord,
     IpRecord,
     PoolRecord,
     decode_block_record,
     handle_key,
+    ip_key,
     ips_range,
     node_key,
     parse_block_key,
+    parse_cooling_key,
     parse_handle_key,
     parse_ip_key,
     pool_network,
@@ -134,6 +142,7 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
     blocks: dict[str, _Blocks] = {}
     ips: dict[str, tuple[IpRecord, KV]] = {}
     handles: dict[str, tuple[HandleRecord, KV]] = {}
+    cooling: list[tuple[str, KV]] = []
     nodes: set[str] = set()
     out: list[Finding] = []
     for kv in kvs:
@@ -153,6 +162,10 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
                 handles[parse_handle_key(kv.key)] = (HandleRecord.decode(kv.value), kv)
             elif kv.key.startswith(NODES):
                 nodes.add(kv.key[len(NODES):])
+            elif kv.key.startswith(COOLING):
+                network, family, value = parse_cooling_key(kv.key)
+                CoolingRecord.decode(kv.value)
+                cooling.append((ip_key(network, family, value), kv))
         except ValueError as exc:
             out.append(Finding(0, kv.key, "undecodable record: %s" % exc, kind="undecodable",
                                mod_revision=kv.mod_revision))
@@ -187,6 +200,10 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
         if not any(node for _, node, _ in holding):
             out.append(Finding(2, key, "address lies in no block of pool %r with an owner" % rec.pool,
                                kind="no-block-owner", mod_revision=kv.mod_revision))
+    for key, kv in cooling:
+        if key in ips:
+            out.append(Finding(6, kv.key, "address %s is allocated (to %r) and also has a cooling record"
+                               % (key, ips[key][0].handle), kind="allocated-and-cooling", mod_revision=kv.mod_revision))
     for handle, (hrec, kv) in handles.items():
         if hrec.handle != handle:
             out.append(Finding(1, HANDLES + handle, "record names attachment %r" % hrec.handle,
@@ -236,7 +253,7 @@ def read_snapshot(store: Store, timeout: float = 30.0) -> tuple[tuple[KV, ...], 
 
 
 def counts(kvs: Iterable[KV]) -> dict[str, int]:
-    """Records by kind (pools, blocks, ips, handles)."""
+    """Records by kind (pools, blocks, ips, handles; cooling records are transient and not counted)."""
     out = {"pools": 0, "blocks": 0, "ips": 0, "handles": 0}
     for kv in kvs:
         kind = kv.key.split("/", 1)[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from .cache import NodeCache
 from .concurrency import DeadlinePassed, KeyedLocks, remaining
+from .cooling import CoolingLeases, lease_is_gone
 from .domain.errors import IpamError, TryAgainLater
 from .domain.model import HandleRecord, handle_key
 from .failpoints import Failpoints
@@ -51,8 +52,9 @@ class GarbageCollector:
     """CNI GC for one daemon. ``gc_timeout`` is the budget in seconds of one background release job."""
 
     def __init__(self, store: Store, cache: NodeCache, node: str, *, metrics: Metrics, failpoints: Failpoints,
-                 etcd_timeout: float, gc_timeout: float) -> None:
+                 etcd_timeout: float, gc_timeout: float, cooling: CoolingLeases | None = None) -> None:
         self.store, self.cache, self.node = store, cache, node
+        self.cooling = cooling if cooling is not None else CoolingLeases(store)
         self.metrics, self.failpoints = metrics, failpoints
         self.etcd_timeout, self.gc_timeout = etcd_timeout, gc_timeout
         self._locks = KeyedLocks()
@@ -123,7 +125,8 @@ class GarbageCollector:
                     continue
                 items.append((kv, rec))
             by_key = {kv.key: rec for kv, rec in items}
-            for batch in batches([(kv, rec.ip_keys) for kv, rec in items]):
+            cooling = {k for _, rec in items for k in rec.ip_keys if self.cache.cooldown_of(k)[1] > 0}
+            for batch in batches([(kv, rec.ip_keys) for kv, rec in items], cooling=cooling):
                 self._release(job, [(kv, by_key[kv.key]) for kv, _ in batch], budget_end)
         except Exception as exc:
             log.exception("GC of network %s: unexpected error", job.network)
@@ -138,26 +141,36 @@ class GarbageCollector:
     def _release(self, job: GcJob, batch: list[tuple[KV, HandleRecord]], budget_end: float,
                  uncertain: bool = False) -> None:
         """``uncertain``: an earlier attempt of these deletes may have committed unseen (StoreOutcomeUnknown)."""
-        txn = ReleaseBatchTxn([(kv, rec.ip_keys) for kv, rec in batch])
         delay = 0.05
         while True:
             try:
+                # B09: cooling records of the released addresses, in the same transaction (leases from etcd)
+                cooling = self.cooling.puts([k for _, rec in batch for k in rec.ip_keys], self.cache.cooldown_of,
+                                            self.etcd_timeout)
+                txn = ReleaseBatchTxn([(kv, rec.ip_keys) for kv, rec in batch], cooling=cooling)
                 self.metrics.etcd_txns.labels("GC").inc()
                 res = self.store.txn(txn.compares, txn.success, txn.failure, self.etcd_timeout)
                 break
             except StoreUnavailable as exc:
-                uncertain = uncertain or isinstance(exc, StoreOutcomeUnknown)
+                if lease_is_gone(exc):
+                    self.cooling.forget()  # etcd's NOT_FOUND for the lease: the put did not commit
+                uncertain = uncertain or (isinstance(exc, StoreOutcomeUnknown) and not lease_is_gone(exc))
                 if time.monotonic() + delay >= budget_end:
                     job.failures.extend("%s: %s" % (rec.handle, exc.msg) for _, rec in batch)
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except IpamError as exc:  # refused by etcd (StoreRejected): report, never 999
+                if lease_is_gone(exc) and time.monotonic() + delay < budget_end:
+                    self.cooling.forget()  # a cooling lease ended early (etcd restored?): a new one next time
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
                 job.failures.extend("%s: %s" % (rec.handle, exc.msg) for _, rec in batch)
                 return
         if res.succeeded:
             for _, rec in batch:
-                self.cache.released(rec.handle, rec.ip_keys, res.revision)
+                self.cache.released(rec.handle, rec.ip_keys, res.revision, cooling)
             job.released += len(batch)
             return
         if len(batch) > 1:

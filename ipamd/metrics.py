@@ -71,6 +71,8 @@ class Metrics:
                                       ["pool"], registry=r)
         self.borrowed = Counter("ipamd_addresses_borrowed_total", "Addresses this node allocated in a block owned "
                                 "by another node", ["pool"], registry=r)
+        self.cooldown_bypass = Counter("ipamd_cooldown_bypass_total", "Addresses handed out while still in their "
+                                       "release cooldown because nothing else was free (B09)", ["pool"], registry=r)
         self.block_claims = Counter("ipamd_block_claims_total", "Blocks claimed by this node", registry=r)
         # etcd
         self.etcd_errors = Counter("ipamd_etcd_errors_total", "etcd calls that failed, by kind (unavailable, "

@@ -15,10 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .cooling import CoolingLeases
 from .domain.model import (
     BLOCKS,
     HANDLES,
+    POOLS,
     HandleRecord,
+    PoolRecord,
     decode_block_record,
     ips_range,
     node_key,
@@ -32,12 +35,19 @@ from .txns import ReleaseBatchTxn, batches
 @dataclass(slots=True)
 class NodeRemovalPlan:
     """What removing ``node`` would do, read from one snapshot: the attachments it allocated (handle KV and record),
-    its blocks, and whether the node record is still alive."""
+    its blocks, and whether the node record is still alive; ``cooldowns``: each pool's ``releaseCooldownSeconds``
+    from its record (the released addresses cool, B09)."""
 
     node: str
     alive: bool
     attachments: list[tuple[KV, HandleRecord]] = field(default_factory=list)
     blocks: list[KV] = field(default_factory=list)
+    cooldowns: dict[str, int] = field(default_factory=dict)
+
+    def cooldown_by_key(self) -> dict[str, tuple[str, int]]:
+        """``{address key: (pool id, seconds)}`` for the plan's attachments' addresses in pools with a cooldown."""
+        return {a.ip_key: (a.pool_id, self.cooldowns[a.pool_id]) for _, rec in self.attachments
+                for a in rec.allocations if self.cooldowns.get(a.pool_id)}
 
     def describe(self) -> list[str]:
         """One line per attachment and block, for ``ipamctl node remove`` to show before it acts."""
@@ -63,6 +73,10 @@ def plan_removal(kvs: Iterable[KV], node: str) -> NodeRemovalPlan:
                     plan.attachments.append((kv, rec))
             elif kv.key.startswith(BLOCKS) and decode_block_record(kv.value) == node:
                 plan.blocks.append(kv)
+            elif kv.key.startswith(POOLS):
+                cooldown = PoolRecord.decode(kv.value).cooldown
+                if cooldown:
+                    plan.cooldowns[kv.key[len(POOLS):]] = cooldown
         except ValueError:
             continue
     return plan
@@ -81,17 +95,22 @@ class RemovalResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def remove_node(store: Store, plan: NodeRemovalPlan, *, force: bool = False, timeout: float = 10.0) -> RemovalResult:
+def remove_node(store: Store, plan: NodeRemovalPlan, *, force: bool = False, timeout: float = 10.0,
+                cooling: CoolingLeases | None = None) -> RemovalResult:
     """Carry out a plan. Raises ``ValueError`` when the node's lease is alive and ``force`` is not set; the store's
     errors otherwise. ``timeout`` (seconds) bounds each etcd call. Idempotent, and safe to run from several
     processes at once: every delete compares what it read, so each attachment and block is removed by exactly one
-    of them and the others count it as skipped."""
+    of them and the others count it as skipped. Released addresses of pools with a cooldown get their cooling
+    records in the same transactions (B09; leases from ``cooling``, or new ones)."""
     if plan.alive and not force:
         raise ValueError("node %s still holds a live lease (nodes/%s): it may only be paused; stop it for good, wait "
                          "for its lease to expire, or force" % (plan.node, plan.node))
     out = RemovalResult()
     records = {kv.key: rec for kv, rec in plan.attachments}
     absent = [] if force else [Compare(node_key(plan.node), "version", "==", 0)]
+    leases = cooling if cooling is not None else CoolingLeases(store)
+    cooldowns = plan.cooldown_by_key()
+    puts = leases.puts(list(cooldowns), lambda k: cooldowns.get(k, ("", 0)), timeout)
 
     def released(kv: KV) -> None:
         rec = records[kv.key]
@@ -99,14 +118,14 @@ def remove_node(store: Store, plan: NodeRemovalPlan, *, force: bool = False, tim
         out.released_handles.append("%s=%s" % (rec.handle, ",".join(a.cidr for a in rec.allocations)))
 
     # a batch stays within etcd's per-request limit of compares too: one per handle plus the node record's
-    for batch in batches([(kv, rec.ip_keys) for kv, rec in plan.attachments]):
-        txn = ReleaseBatchTxn(batch, absent)
+    for batch in batches([(kv, rec.ip_keys) for kv, rec in plan.attachments], cooling=puts):
+        txn = ReleaseBatchTxn(batch, absent, puts)
         if store.txn(txn.compares, txn.success, txn.failure, timeout).succeeded:
             for kv, _ in batch:
                 released(kv)
             continue
         for kv, keys in batch:  # one of them changed since the plan (or the node came back): each on its own
-            one = ReleaseBatchTxn([(kv, keys)], absent)
+            one = ReleaseBatchTxn([(kv, keys)], absent, puts)
             if store.txn(one.compares, one.success, one.failure, timeout).succeeded:
                 released(kv)
             else:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from .cache import NodeCache
+from .cooling import CoolingLeases, lease_is_gone
 from .domain.addr import to_ip
 from .domain.errors import IpamError
 from .domain.model import HandleRecord, IpRecord, handle_key, ips_range, pool_network
@@ -191,11 +192,12 @@ class Reconciler:
     stay gone before it is released; ``checks`` judge owners (the first that says ALIVE or GONE decides)."""
 
     def __init__(self, store: Store, cache: NodeCache, node: str, *, checks: Sequence[OwnerCheck], interval: float,
-                 grace: float, etcd_timeout: float, metrics: Metrics) -> None:
+                 grace: float, etcd_timeout: float, metrics: Metrics, cooling: CoolingLeases | None = None) -> None:
         self.store, self.cache, self.node = store, cache, node
         self.checks = list(checks)
         self.interval, self.grace, self.etcd_timeout = interval, grace, etcd_timeout
         self.metrics = metrics
+        self.cooling = cooling if cooling is not None else CoolingLeases(store)
         self._suspects: dict[str, Suspect] = {}
         self._last = 0.0
 
@@ -308,12 +310,14 @@ class Reconciler:
         return out
 
     def _repair(self, kv: KV, rec: IpRecord) -> bool:
-        """Delete an address record whose handle does not exist, comparing both (B52)."""
+        """Delete an address record whose handle does not exist, comparing both (B52); the address cools like any
+        released one (B09)."""
+        cooling = self.cooling.puts([kv.key], self.cache.cooldown_of, self.etcd_timeout)
         res = self.store.txn([Compare(kv.key, "mod", "==", kv.mod_revision),
-                              Compare(handle_key(rec.handle), "version", "==", 0)], [Delete(kv.key)], [],
-                             self.etcd_timeout)
+                              Compare(handle_key(rec.handle), "version", "==", 0)],
+                             [Delete(kv.key), *cooling.values()], [], self.etcd_timeout)
         if res.succeeded:
-            self.cache.released(rec.handle, (kv.key,), res.revision)
+            self.cache.released(rec.handle, (kv.key,), res.revision, cooling)
             log.warning("reconciler: removed address record %s whose handle %s does not exist", kv.key, rec.handle)
         return res.succeeded
 
@@ -321,14 +325,23 @@ class Reconciler:
         """Release attachments in batches (one transaction per batch, each handle comparing the revision read; a
         batch that fails is retried one by one, and one that changed since it was read is left alone)."""
         by_key = {g.kv.key: g for g in due}
-        for batch in batches([(g.kv, g.handle.ip_keys) for g in due if g.handle is not None]):
+        items = [(g.kv, g.handle.ip_keys) for g in due if g.handle is not None]
+        try:  # B09: the released addresses of pools with a cooldown get their cooling records in the same txn
+            cooling = self.cooling.puts([k for _, keys in items for k in keys], self.cache.cooldown_of,
+                                        self.etcd_timeout)
+        except IpamError as exc:
+            out.errors.append(str(exc))
+            return
+        for batch in batches(items, cooling=cooling):
             groups = [batch]
             while groups:
                 group = groups.pop()
-                txn = ReleaseBatchTxn(group)
+                txn = ReleaseBatchTxn(group, cooling=cooling)
                 try:
                     res = self.store.txn(txn.compares, txn.success, txn.failure, self.etcd_timeout)
                 except IpamError as exc:
+                    if lease_is_gone(exc):
+                        self.cooling.forget()
                     out.errors.append(str(exc))
                     continue
                 if not res.succeeded:
@@ -340,7 +353,7 @@ class Reconciler:
                     rec = g.handle
                     if rec is None:
                         continue
-                    self.cache.released(rec.handle, rec.ip_keys, res.revision)
+                    self.cache.released(rec.handle, rec.ip_keys, res.revision, cooling)
                     out.released[kv.key] = g.reason
                     self._suspects.pop(kv.key, None)
                     self.metrics.child(self.metrics.reconcile_released, g.kind).inc()

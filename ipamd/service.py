@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from .batching import GroupCommit
 from .cache import CachedHandle, NodeCache, Wait
 from .concurrency import DeadlinePassed, KeyedLocks, remaining, retry_until
+from .cooling import CoolingLeases, lease_is_gone
 from .deepcheck import NamespaceInspector
 from .domain.addr import Block, to_ip
 from .domain.cni import Attachment
@@ -38,6 +39,7 @@ from .domain.model import (
     Allocation,
     HandleRecord,
     PoolRecord,
+    cooling_range,
     handle_key,
     ips_range,
     pool_network,
@@ -50,7 +52,7 @@ from .inventory import Inventory
 from .metrics import Metrics
 from .nodecheck import NodeCheck
 from .reconciler import NetnsCheck, PassResult, Reconciler
-from .store.base import KV, Get, Store, StoreRefused, StoreUnavailable, TxnResult, prefix_end
+from .store.base import KV, Get, Store, StoreRefused, StoreRejected, StoreUnavailable, TxnResult, prefix_end
 from .txns import AddTxn, DelTxn, PlannedAddress, PoolGuard
 from .watcher import ViewWatcher
 
@@ -98,15 +100,17 @@ class IpamService:
         self.unhealthy = ""
         self.revision = 0
         self._locks = KeyedLocks()
-        self._specs: dict[tuple[str, object, int], bytes] = {}
+        self._specs: dict[tuple[str, object, int, int], bytes] = {}
         self.group = GroupCommit(store, on_send=self._sent)
+        #: the leases of the cooling records this daemon's releases write (B09; ipamd.cooling)
+        self.cooling = CoolingLeases(store)
         self.watcher = ViewWatcher(store, self.cache, self.sync)
         # the netns check looks inside each namespace once per pass (docs/namespace-checks.md "Reconciler")
         self.reconciler = Reconciler(store, self.cache, node, checks=[NetnsCheck(look=self.inspector.presence)],
                                      interval=reconcile_interval, grace=reconcile_grace, etcd_timeout=etcd_timeout,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, cooling=self.cooling)
         self.gc_runner = GarbageCollector(store, self.cache, node, metrics=self.metrics, failpoints=self.failpoints,
-                                          etcd_timeout=etcd_timeout, gc_timeout=gc_timeout)
+                                          etcd_timeout=etcd_timeout, gc_timeout=gc_timeout, cooling=self.cooling)
         #: pools, blocks, usage and filtered attachment lists, each read at one etcd revision (read-only; answers
         #: while not ready too: an operator needs them most when something is wrong)
         self.inventory = Inventory(store, request_timeout)
@@ -227,7 +231,16 @@ class IpamService:
 
     def _load(self, pool: Pool, blocks: tuple[Block, ...], deadline: float) -> None:
         """Read the address records of ``blocks`` into the cache: one range read each, or one over the pool's
-        subnet when there are many (only on the way to exhaustion: our full blocks, other nodes' blocks)."""
+        subnet when there are many (only on the way to exhaustion: our full blocks, other nodes' blocks). In a pool
+        with a cooldown the block's cooling records come with its address records, in the same round trip."""
+        if pool.cooldown > 0:
+            for block in blocks:
+                start, end = ips_range(pool.network, block)
+                cstart, cend = cooling_range(pool.network, block)
+                res = self.store.txn([], [Get(start, end), Get(cstart, cend)], [],
+                                     min(remaining(deadline), self.etcd_timeout))
+                self.cache.loaded(pool, block, res.reads[0], res.revision, res.reads[1])
+            return
         if len(blocks) <= LOAD_ONE_BY_ONE:
             for block in blocks:
                 start, end = ips_range(pool.network, block)
@@ -276,12 +289,13 @@ class IpamService:
         return PoolGuard(("mod", revision) if pick.mode == "claim" else None, None)
 
     def _spec(self, pool: Pool, prefix: int) -> bytes:
-        key = (pool.id, pool.range, prefix)
+        """The pool record this configuration asks for (its cooldown included, so every release path can read it)."""
+        key = (pool.id, pool.range, prefix, pool.cooldown)
         spec = self._specs.get(key)
         if spec is None:
             if len(self._specs) > 1024:
                 self._specs.clear()
-            spec = self._specs[key] = PoolRecord(pool.network, pool.range, prefix).encode()
+            spec = self._specs[key] = PoolRecord(pool.network, pool.range, prefix, pool.cooldown).encode()
         return spec
 
     def _commit_add(self, att: Attachment, planned: list[PlannedAddress], netns: str, pod: dict[str, str],
@@ -304,6 +318,12 @@ class IpamService:
                     self.metrics.block_claims.inc()
                 elif p.pick.mode == "borrow":
                     self.metrics.child(self.metrics.borrowed, p.pool.id).inc()
+                if p.pick.bypass:
+                    self.metrics.child(self.metrics.cooldown_bypass, p.pool.id).inc()
+                    log.info("ADD: only addresses in their cooldown were left in pool %s; gave %s, whose cooldown "
+                             "began earliest (revision %d)", p.pool.id, to_ip(p.pool.range.family, p.pick.value),
+                             p.pick.cooling_revision, extra={"container_id": att.container_id,
+                                                             "if_name": att.if_name, "network": att.network})
             self.failpoints.hit("add.after_commit")
             return list(allocations)
         failure = txn.decode_failure(res)
@@ -313,7 +333,8 @@ class IpamService:
             return self._existing(existing, {p.index: (p.pool, p.pick.value) for p in planned if p.requested})
         for p in planned:
             reads = failure.addresses[p.index]
-            taken = self.cache.learned(p.pool, p.pick, reads.blocks, reads.ips, reads.pool, res.revision)
+            taken = self.cache.learned(p.pool, p.pick, reads.blocks, reads.ips, reads.pool, res.revision,
+                                       reads.cooling)
             if p.requested and p.pick.value in taken:
                 # a requested address someone else holds is final: 101, not a retry
                 raise AddressUnavailable("requested address %s is already allocated"
@@ -345,8 +366,10 @@ class IpamService:
         """Release everything the attachment holds (by key, never by what a prevResult lists).
 
         Idempotent: an unknown or already released attachment succeeds and writes nothing (docs/cni-contract.md
-        §2.2, field cases B10-B12). One transaction when the handle is cached, two otherwise. Returns the number of
-        addresses released. Raises :class:`TryAgainLater` (11) when the release could not be recorded.
+        §2.2, field cases B10-B12). One transaction when the handle is cached, two otherwise. An address whose pool
+        has a cooldown gets its cooling record in the same transaction (B09; a lease grant first, once per lease
+        window: ipamd.cooling). Returns the number of addresses released. Raises :class:`TryAgainLater` (11) when the
+        release could not be recorded.
         """
         self._require_ready()
         deadline = time.monotonic() + self.request_timeout
@@ -358,11 +381,21 @@ class IpamService:
             def once() -> int | None:
                 for _ in range(2):  # a failure that teaches us the record is retried at once, not after a backoff
                     revision, keys = known[0]
-                    txn = DelTxn(handle, revision, keys)
+                    cooling = self.cooling.puts(keys, self.cache.cooldown_of,
+                                                min(remaining(deadline), self.etcd_timeout)) if revision else {}
+                    txn = DelTxn(handle, revision, keys, tuple(cooling.values()))
                     self.failpoints.hit("del.before_commit")
-                    res = self._txn("DEL", txn, deadline, batch=revision != 0)
+                    try:
+                        res = self._txn("DEL", txn, deadline, batch=revision != 0)
+                    except (StoreRejected, StoreUnavailable) as exc:
+                        # etcd answers NOT_FOUND ("requested lease not found"), which the store reports as
+                        # unavailable (a write) or rejected (the memory store)
+                        if not lease_is_gone(exc):
+                            raise
+                        self.cooling.forget()  # the lease ended before its window did (etcd restored?): new one
+                        continue
                     if res.succeeded:
-                        self.cache.released(handle, keys, res.revision)
+                        self.cache.released(handle, keys, res.revision, cooling)
                         return len(keys)
                     kv = txn.decode_failure(res)
                     known[0] = CachedHandle(kv.mod_revision, self._keys_to_release(kv)) if kv is not None \

@@ -7,7 +7,7 @@ decoded result (``AddTxn.failure(result)`` -> :class:`AddFailure`). Pure: nothin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .domain.addr import Block
@@ -15,6 +15,8 @@ from .domain.model import (
     IpRecord,
     block_key,
     blocks_prefix,
+    cooling_key,
+    cooling_range,
     encode_block_record,
     handle_key,
     ip_key,
@@ -75,11 +77,13 @@ class AddressReads:
 
     ``blocks``: for a claim, every block record of the pool (who won what); otherwise the block record itself
     (empty when the block is gone). ``ips``: the address records of the block. ``pool``: the pool record, or None.
+    ``cooling``: the cooling records of the block (B09).
     """
 
     blocks: tuple[KV, ...]
     ips: tuple[KV, ...]
     pool: KV | None
+    cooling: tuple[KV, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +96,12 @@ class AddFailure:
 
 
 class AddTxn:
-    """ADD (docs/etcd-layout.md "Transactions"): ``IF handle.version == 0 AND ip.version == 0 AND block guard AND pool
-    guard (per address) THEN put handle, ips (and claimed blocks, pool records) ELSE get handle, and per address the
-    block (or the pool's block list for a claim), the block's address records and the pool record``.
+    """ADD (docs/etcd-layout.md "Transactions"): ``IF handle.version == 0 AND ip.version == 0 AND cooling guard AND
+    block guard AND pool guard (per address) THEN put handle, ips (and claimed blocks, pool records; delete the
+    cooling records overridden) ELSE get handle, and per address the block (or the pool's block list for a claim),
+    the block's address records, its cooling records and the pool record``. The cooling guard is
+    ``cooling.version == 0`` (the address is not cooling), or, for an address handed out in its cooldown (decision
+    1) or in a pool without one, ``cooling.mod_revision == R`` and a delete of that record (B09).
 
     ``handle`` is the handle id, ``record`` the encoded :class:`~ipamd.domain.model.HandleRecord`, ``node`` this
     daemon's node. One round trip, all or nothing: a dual-stack ADD carries every address.
@@ -112,8 +119,14 @@ class AddTxn:
             pick = p.pick
             ikey = ip_key(network, pick.block.family, pick.value)
             bkey = block_key(p.pool.id, pick.block)
+            ckey = cooling_key(ikey)
             self.compares.append(Compare(ikey, "version", "==", 0))
             self.success.append(Put(ikey, IpRecord(handle, node, p.pool.id).encode()))
+            if pick.cooling_revision:
+                self.compares.append(Compare(ckey, "mod", "==", pick.cooling_revision))
+                self.success.append(Delete(ckey))
+            else:
+                self.compares.append(Compare(ckey, "version", "==", 0))
             if pick.mode == "claim":
                 self.compares.append(Compare(bkey, "version", "==", 0))
                 self.success.append(Put(bkey, encode_block_record(node)))
@@ -124,6 +137,8 @@ class AddTxn:
                 self._reads.add("blocks:%d" % p.index, Get(bkey))
             start, end = ips_range(network, pick.block)
             self._reads.add("ips:%d" % p.index, Get(start, end))
+            cstart, cend = cooling_range(network, pick.block)
+            self._reads.add("cooling:%d" % p.index, Get(cstart, cend))
             pkey = pool_key(p.pool.id)
             if p.guard.compare is not None:
                 self.compares.append(Compare(pkey, p.guard.compare[0], "==", p.guard.compare[1]))
@@ -142,7 +157,8 @@ class AddTxn:
         out = AddFailure(handle[0] if handle else None)
         for i in self._indexes:
             pool = reads["pool:%d" % i]
-            out.addresses[i] = AddressReads(reads["blocks:%d" % i], reads["ips:%d" % i], pool[0] if pool else None)
+            out.addresses[i] = AddressReads(reads["blocks:%d" % i], reads["ips:%d" % i], pool[0] if pool else None,
+                                            reads["cooling:%d" % i])
         return out
 
 
@@ -169,40 +185,47 @@ class DelTxn(_OneKeyTxn):
     ELSE get handle``; :meth:`decode_failure` gives the handle's current record.
 
     ``revision`` 0 with no keys is the "I know of no record" form: it succeeds exactly when the handle is absent
-    (nothing to release) and otherwise returns the record in the same round trip.
+    (nothing to release) and otherwise returns the record in the same round trip. ``cooling``: the cooling record
+    puts of the released addresses whose pool has a cooldown (B09, :mod:`ipamd.cooling`), written in the same
+    transaction.
     """
 
-    def __init__(self, handle: str, revision: int, ip_keys: Sequence[str]) -> None:
+    def __init__(self, handle: str, revision: int, ip_keys: Sequence[str], cooling: Sequence[Put] = ()) -> None:
         hkey = handle_key(handle)
         super().__init__(hkey)
         self.compares = [Compare(hkey, "mod", "==", revision)]
-        self.success: list[Op] = [*(Delete(k) for k in ip_keys), Delete(hkey)] if revision else []
+        self.success: list[Op] = [*(Delete(k) for k in ip_keys), *cooling, Delete(hkey)] if revision else []
 
 
 class ReleaseBatchTxn:
     """Release several attachments at once (GC, repair): ``IF every handle.mod_revision == R_read THEN delete their
     ip keys and handles``. ``items`` are ``(handle KV as read, its ip keys)``; built to fit :data:`MAX_TXN_OPS`
     (use :func:`batches`). ``also`` are further compares every release needs (node removal: the node record is still
-    absent). No failure reads: on a failed compare the caller retries the items one by one."""
+    absent). ``cooling`` maps address keys to the cooling record put their release writes (B09). No failure reads:
+    on a failed compare the caller retries the items one by one."""
 
-    def __init__(self, items: Sequence[tuple[KV, Sequence[str]]], also: Sequence[Compare] = ()) -> None:
+    def __init__(self, items: Sequence[tuple[KV, Sequence[str]]], also: Sequence[Compare] = (),
+                 cooling: Mapping[str, Put] | None = None) -> None:
         self.items = list(items)
         self.compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in items] + list(also)
         self.success: list[Op] = []
+        cooling = cooling or {}
         for kv, keys in items:
             self.success.extend(Delete(k) for k in keys)
+            self.success.extend(cooling[k] for k in keys if k in cooling)
             self.success.append(Delete(kv.key))
         self.failure: list[Op] = []
 
 
-def batches(items: Sequence[tuple[KV, Sequence[str]]],
-            limit: int = MAX_TXN_OPS) -> list[list[tuple[KV, Sequence[str]]]]:
-    """Split release items into groups whose delete list stays within ``limit`` operations (B24). An item larger
-    than the limit on its own gets a group of its own (etcd will refuse it: never silently dropped)."""
+def batches(items: Sequence[tuple[KV, Sequence[str]]], limit: int = MAX_TXN_OPS,
+            cooling: Container[str] = ()) -> list[list[tuple[KV, Sequence[str]]]]:
+    """Split release items into groups whose delete list stays within ``limit`` operations (B24); each address key
+    in ``cooling`` costs one more (its cooling record put). An item larger than the limit on its own gets a group of
+    its own (etcd will refuse it: never silently dropped)."""
     out: list[list[tuple[KV, Sequence[str]]]] = []
     ops = 0
     for item in items:
-        need = len(item[1]) + 1
+        need = len(item[1]) + 1 + sum(1 for k in item[1] if k in cooling)
         if not out or ops + need > limit:
             out.append([])
             ops = 0

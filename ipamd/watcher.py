@@ -1,11 +1,11 @@
 """The watch that keeps the node's view fresh (docs/architecture.md "Watch").
 
 From the revision of the view's last full read, one etcd watch stream follows ``pools/``, ``blocks/`` and the
-address range of each block this node owns (ranges come and go with the node's blocks). Each update is applied to
-the cache (:meth:`ipamd.cache.NodeCache.apply`, which skips what it already knows better). When etcd has compacted
-the history the watch needs, the view is read again in full and a new watch starts from that read: never a stale
-view. Any other failure closes the watch; the next round (after the supervisor's backoff) opens a new one from the
-last revision applied, so nothing is missed.
+address range and the cooling-record range (B09) of each block this node owns (ranges come and go with the node's
+blocks). Each update is applied to the cache (:meth:`ipamd.cache.NodeCache.apply`, which skips what it already knows
+better). When etcd has compacted the history the watch needs, the view is read again in full and a new watch starts
+from that read: never a stale view. Any other failure closes the watch; the next round (after the supervisor's
+backoff) opens a new one from the last revision applied, so nothing is missed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from .cache import NodeCache
-from .domain.model import BLOCKS, POOLS, ips_range, pool_network
+from .domain.model import BLOCKS, POOLS, cooling_range, ips_range, pool_network
 from .store.base import Store, StoreCompacted, Watch, prefix_end
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,12 @@ class ViewWatcher:
             if watch is None:  # _start sets it or raises
                 return 0.0
             for gained, pool_id, block, revision in self.cache.own_block_changes():
-                start, end = ips_range(pool_network(pool_id), block)
-                if gained:
-                    watch.add(start, end, revision + 1)
-                else:
-                    watch.remove(start)
+                for start, end in (ips_range(pool_network(pool_id), block),
+                                   cooling_range(pool_network(pool_id), block)):
+                    if gained:
+                        watch.add(start, end, revision + 1)
+                    else:
+                        watch.remove(start)
             update = watch.next(IDLE_SECONDS)
             if update is None:
                 watch.progress()
@@ -71,8 +72,8 @@ class ViewWatcher:
         watch.add(POOLS, prefix_end(POOLS), revision)
         watch.add(BLOCKS, prefix_end(BLOCKS), revision)
         for pool_id, block in self.cache.own_blocks():
-            start, end = ips_range(pool_network(pool_id), block)
-            watch.add(start, end, revision)
+            for start, end in (ips_range(pool_network(pool_id), block), cooling_range(pool_network(pool_id), block)):
+                watch.add(start, end, revision)
         log.debug("watching pools, blocks and %d block(s) of ours from revision %d",
                   len(self.cache.own_blocks()), revision)
 

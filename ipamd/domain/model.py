@@ -7,6 +7,7 @@ relative to the configured prefix, default ``/ipamd/v1/``)::
     blocks/<network>/<subnet key>/<block key>     BlockRecord {"node"} (create-if-absent claim)
     ips/<network>/v4|v6/<address hex>             IpRecord {"handle","node","pool"}  (ADD, with the handle)
     handles/<network>/<containerID>/<ifName>      HandleRecord         (ADD, with the addresses)
+    cooling/<network>/v4|v6/<address hex>         CoolingRecord {"pool","seconds"} on a lease (release, B09)
     nodes/<node>                                  liveness, on a lease
 
 A pool id is ``<network>/<subnet key>``; subnet and block keys are ``<fixed-width hex>-<prefix>``, address keys
@@ -32,6 +33,7 @@ BLOCKS = "blocks/"
 IPS = "ips/"
 HANDLES = "handles/"
 NODES = "nodes/"
+COOLING = "cooling/"
 
 
 # -- keys ------------------------------------------------------------------------------------------------------------
@@ -70,6 +72,27 @@ def ips_range(network: str, block: Block) -> tuple[str, str]:
     if end >= 1 << BITS[block.family]:
         return first, "%s%s/v%d0" % (IPS, network, block.family)  # '0' sorts right after '/'
     return first, ip_key(network, block.family, end)
+
+
+def cooling_key(ip_key_: str) -> str:
+    """The cooling record of an address record key: ``ips/<network>/v4/<hex>`` -> ``cooling/<network>/v4/<hex>``
+    (same layout, so one block's cooling records are one contiguous key range too). Raises ``ValueError``."""
+    if not ip_key_.startswith(IPS):
+        raise ValueError("not an address key: %r" % ip_key_)
+    return COOLING + ip_key_[len(IPS):]
+
+
+def cooling_range(network: str, block: Block) -> tuple[str, str]:
+    """``[start, end)`` key range holding exactly the cooling records of ``block`` in ``network``."""
+    start, end = ips_range(network, block)
+    return COOLING + start[len(IPS):], COOLING + end[len(IPS):]
+
+
+def parse_cooling_key(key: str) -> tuple[str, int, int]:
+    """``cooling/<network>/v4|v6/<hex>`` -> ``(network, family, address)``. Raises ``ValueError``."""
+    if not key.startswith(COOLING):
+        raise ValueError("not a cooling key: %r" % key)
+    return parse_ip_key(IPS + key[len(COOLING):])
 
 
 def handle_key(handle: str) -> str:
@@ -132,21 +155,28 @@ class PoolRecord:
     """The value at ``pools/<pool id>``: the range the pool was last allocated from and its fixed block size.
 
     ``range`` is a :class:`Range` (subnet, start, end, gateway, excludes); ``block_prefix`` the prefix length of
-    every block of the pool, fixed by the first claim so blocks never overlap (docs/etcd-layout.md).
+    every block of the pool, fixed by the first claim so blocks never overlap (docs/etcd-layout.md);
+    ``cooldown`` the configuration's ``releaseCooldownSeconds`` (field case B09): every release path reads it here,
+    also those that see no network configuration (GC, reconciler, ipamctl). Stored only when > 0, so a record
+    without a cooldown is byte for byte what it was before cooldowns existed.
     """
 
     network: str
     range: Range
     block_prefix: int
+    cooldown: int = 0
 
     def encode(self) -> bytes:
         rng = self.range
-        return dumps({"network": self.network, "subnet": str(rng.subnet),
-                      "rangeStart": str(to_ip(rng.family, rng.start)), "rangeEnd": str(to_ip(rng.family, rng.end)),
-                      "gateway": str(to_ip(rng.family, rng.gateway)) if rng.gateway is not None else None,
-                      "blockSize": self.block_prefix,
-                      "exclude": ["%s-%s" % (to_ip(rng.family, lo), to_ip(rng.family, hi))
-                                  for lo, hi in rng.excludes]})
+        obj: dict[str, Any] = {
+            "network": self.network, "subnet": str(rng.subnet),
+            "rangeStart": str(to_ip(rng.family, rng.start)), "rangeEnd": str(to_ip(rng.family, rng.end)),
+            "gateway": str(to_ip(rng.family, rng.gateway)) if rng.gateway is not None else None,
+            "blockSize": self.block_prefix,
+            "exclude": ["%s-%s" % (to_ip(rng.family, lo), to_ip(rng.family, hi)) for lo, hi in rng.excludes]}
+        if self.cooldown:
+            obj["releaseCooldownSeconds"] = self.cooldown
+        return dumps(obj)
 
     @classmethod
     def decode(cls, raw: bytes) -> PoolRecord:
@@ -165,7 +195,10 @@ class PoolRecord:
             prefix = obj["blockSize"]
             if isinstance(prefix, bool) or not isinstance(prefix, int):
                 raise ValueError("blockSize %r is not an integer" % (prefix,))
-            return cls(str(obj.get("network", "")), rng, prefix)
+            cooldown = obj.get("releaseCooldownSeconds", 0)
+            if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
+                raise ValueError("releaseCooldownSeconds %r is not a non-negative integer" % (cooldown,))
+            return cls(str(obj.get("network", "")), rng, prefix, cooldown)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError("malformed pool record: %s" % exc) from None
 
@@ -203,6 +236,28 @@ class IpRecord:
         if not all(isinstance(p, str) for p in parts):
             raise ValueError("malformed address record %r" % (obj,))
         return cls(*parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CoolingRecord:
+    """The value at ``cooling/<network>/v4|v6/<addr>``: a released address in its cooldown (field case B09). It is
+    written by the release's own transaction, on an etcd lease whose TTL covers ``seconds`` (so etcd, not a local
+    clock, ends it, and it survives any daemon restart); the cooldown began at the key's ``mod_revision``."""
+
+    pool: str
+    seconds: int
+
+    def encode(self) -> bytes:
+        return dumps({"pool": self.pool, "seconds": self.seconds})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CoolingRecord:
+        """Raises ``ValueError`` for a malformed record."""
+        obj = decode(raw)
+        pool, seconds = obj.get("pool", ""), obj.get("seconds", 0)
+        if not isinstance(pool, str) or isinstance(seconds, bool) or not isinstance(seconds, int):
+            raise ValueError("malformed cooling record %r" % (obj,))
+        return cls(pool, seconds)
 
 
 def encode_ip_record(handle: str, node: str, pool_id: str) -> bytes:

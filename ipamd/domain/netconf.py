@@ -21,7 +21,10 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
     "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns", "checkNode",
+    "releaseCooldownSeconds",
 })
+#: Upper bound of ``releaseCooldownSeconds`` (one day): a cooling record's lease TTL, etcd time.
+MAX_COOLDOWN = 86400
 ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 
 
@@ -32,7 +35,8 @@ class Pool:
     ``id`` is ``<network>/<subnet key>`` (e.g. ``net1/0a0a0000-24``): pools of different networks are independent
     (docs/conformance.md T38), and two ranges of one network never share a subnet.
     ``block_prefix`` is the prefix length of its blocks. ``strict_affinity``: never borrow an address from a
-    block another node owns (Calico's strictAffinity; field case B34).
+    block another node owns (Calico's strictAffinity; field case B34). ``cooldown``: seconds a released address
+    is not handed out again (``releaseCooldownSeconds``, field case B09; 0: off).
     """
 
     id: str
@@ -40,6 +44,7 @@ class Pool:
     range: Range
     block_prefix: int
     strict_affinity: bool = False
+    cooldown: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +201,8 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     within or across range sets; bad ``blockSize``, ``exclude``, ``routes`` or ``dns``; a gateway that is not a
     host address of its subnet; a route ``dst`` that is not a prefix (host bits set, no length), a route ``gw``
     that is not a plain address of the route's family reachable on the link (pre-flight validation,
-    docs/namespace-checks.md); a ``checkNetns`` or ``checkNode`` that is not true or false. Pure and deterministic.
+    docs/namespace-checks.md); a ``checkNetns`` or ``checkNode`` that is not true or false; a
+    ``releaseCooldownSeconds`` that is not an integer from 0 to :data:`MAX_COOLDOWN`. Pure and deterministic.
     """
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
@@ -216,6 +222,12 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     strict = ipam.get("strictAffinity", False)
     if not isinstance(strict, bool):
         raise InvalidConfig("ipam.strictAffinity %r is not true or false" % (strict,))
+    cooldown = ipam.get("releaseCooldownSeconds", 0)
+    if cooldown is None:
+        cooldown = 0
+    if isinstance(cooldown, bool) or not isinstance(cooldown, int) or not 0 <= cooldown <= MAX_COOLDOWN:
+        raise InvalidConfig("ipam.releaseCooldownSeconds %r is not an integer from 0 to %d"
+                            % (cooldown, MAX_COOLDOWN))
     range_sets: list[tuple[Pool, ...]] = []
     seen: list[Range] = []
     for i, raw_set in enumerate(raw_sets):
@@ -232,7 +244,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
                 raise InvalidConfig("%s subnet %s mixes address families in one range set" % (where, rng.subnet))
             seen.append(rng)
             pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng),
-                              strict))
+                              strict, cooldown))
         range_sets.append(tuple(pools))
     routes = _routes(ipam)
     _check_route_gateways(routes, range_sets)

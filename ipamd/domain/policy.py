@@ -12,6 +12,12 @@ daemon have reserved, :func:`choose` answers one of
   sets ``strictAffinity``;
 - :class:`Exhausted`: nothing is free for this node.
 
+Release cooldown (field case B09, decision 1): in a pool with ``cooldown`` > 0 an address with a cooling record
+(:attr:`BlockState.cooling`) is passed over like a taken one. When nothing else is free for this node, the cooling
+address whose cooldown began earliest (lowest ``mod_revision`` of its record) is handed out instead of answering
+:class:`Exhausted`: a :class:`Pick` with ``bypass`` set. A pick of a cooling address (a bypass, or any address of a
+pool without a cooldown) carries the record's revision, which the ADD compares and deletes.
+
 This is Calico's split (``ipam_block.go`` beside its reader/writer, docs/architecture.md): the arithmetic here, the
 datastore in the transactions, the locking in the cache. Cost per call is bounded by the size of one block plus the
 blocks it has to pass over, never by what the node or the cluster holds: full blocks leave :attr:`PoolState.room`
@@ -36,7 +42,9 @@ class BlockState:
     """What this daemon knows of one claimed block: owner ``node``, the block key's ``mod_revision``, and (when
     loaded) ``taken``, the addresses that have a record in it. ``hint``: every address of the block below it is taken
     or not usable (0: nothing known), so a pick starts at the frontier instead of walking the whole block; whoever
-    replaces ``taken`` or removes from it lowers the hint (:meth:`set_taken`, :meth:`release`)."""
+    replaces ``taken`` or removes from it lowers the hint (:meth:`set_taken`, :meth:`release`). ``cooling``: the
+    addresses of the block with a cooling record, each with the record's ``mod_revision`` (when its cooldown began;
+    known with ``taken``)."""
 
     block: Block
     node: str
@@ -44,12 +52,21 @@ class BlockState:
     taken: set[int] | None = None
     hint: int = 0
     read_revision: int = 0
+    cooling: dict[int, int] = field(default_factory=dict)
 
-    def set_taken(self, taken: set[int] | None, revision: int = 0) -> None:
-        """Replace the address set with one read at ``revision`` (changes up to it are in the set)."""
+    def set_taken(self, taken: set[int] | None, revision: int = 0, cooling: dict[int, int] | None = None) -> None:
+        """Replace the address set (and the cooling records, when given) with one read at ``revision`` (changes up
+        to it are in the set)."""
         self.taken = taken
         self.hint = 0
         self.read_revision = revision
+        if cooling is not None:
+            self.cooling = cooling
+
+    def cooled(self, value: int) -> None:
+        """The cooling record of ``value`` is gone (expired, or deleted by an ADD)."""
+        if self.cooling.pop(value, None) is not None:
+            self.hint = min(self.hint, value)
 
     def release(self, value: int) -> None:
         if self.taken is not None:
@@ -66,7 +83,7 @@ class PoolState:
     - ``room``: sorted first addresses of this node's blocks not known to be full under ``room_range``;
     - ``claim_floor``: no unclaimed block lies below it (the claim walk starts there);
     - ``unclaimed_taken``: addresses known taken in blocks nobody owns (held through an overlapping pool of the
-      same network, e.g. after the subnet was widened);
+      same network, e.g. after the subnet was widened); ``unclaimed_cooling`` the cooling records known there;
     - ``blocks_revision``: the revision of the last full read of the block list (changes up to it are in it);
     - ``subnet``: the pool's subnet as a :class:`Block`, from the pool id (``ValueError`` if malformed).
     """
@@ -80,6 +97,7 @@ class PoolState:
     room_range: Range | None = None
     claim_floor: int = 0
     unclaimed_taken: dict[int, set[int]] = field(default_factory=dict)
+    unclaimed_cooling: dict[int, dict[int, int]] = field(default_factory=dict)
     blocks_revision: int = 0
     subnet: Block = field(init=False)
 
@@ -139,12 +157,17 @@ class PoolState:
 @dataclass(frozen=True, slots=True)
 class Pick:
     """One planned allocation: ``value`` in ``block``; ``mode`` is ``own``, ``claim`` or ``borrow``;
-    ``block_revision`` the block key's mod_revision the transaction compares (0 for a claim)."""
+    ``block_revision`` the block key's mod_revision the transaction compares (0 for a claim);
+    ``cooling_revision`` the mod_revision of the address's cooling record, which the transaction compares and
+    deletes (0: none known, the transaction compares that there is none); ``bypass``: the address is still in its
+    pool's cooldown and was handed out because nothing else was free (B09, decision 1)."""
 
     block: Block
     value: int
     mode: str
     block_revision: int = 0
+    cooling_revision: int = 0
+    bypass: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,16 +191,17 @@ Decision = Pick | Load | Exhausted
 
 
 class Busy:
-    """``value in busy``: taken in the block, or reserved by a concurrent ADD of this daemon (same network and
-    family), so concurrent ADDs pick different addresses instead of colliding on the lowest free one (B04)."""
+    """``value in busy``: taken in the block, reserved by a concurrent ADD of this daemon (same network and
+    family), so concurrent ADDs pick different addresses instead of colliding on the lowest free one (B04), or in
+    its cooldown (``cooling``; B09)."""
 
-    __slots__ = ("reserved", "taken")
+    __slots__ = ("cooling", "reserved", "taken")
 
-    def __init__(self, taken: Container[int], reserved: Container[int]) -> None:
-        self.taken, self.reserved = taken, reserved
+    def __init__(self, taken: Container[int], reserved: Container[int], cooling: Container[int] = ()) -> None:
+        self.taken, self.reserved, self.cooling = taken, reserved, cooling
 
     def __contains__(self, value: object) -> bool:
-        return value in self.taken or value in self.reserved
+        return value in self.taken or value in self.reserved or value in self.cooling
 
 
 def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved: Container[int], *,
@@ -191,6 +215,7 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
     Deterministic.
     """
     rng = pool.range
+    cooling_on = pool.cooldown > 0
     if state.room_range != rng:
         state.reset_room(node, rng)
     # 1. the lowest free address in this node's blocks, lowest block first
@@ -201,17 +226,19 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
             continue
         if st.taken is None:
             return Load((st.block,))
-        value = _first_free_own(rng, st, reserved)
+        value = _first_free_own(rng, st, reserved, cooling_on)
         if value is not None:
-            return Pick(st.block, value, "own", st.mod_revision)
+            return Pick(st.block, value, "own", st.mod_revision, st.cooling.get(value, 0))
         state.drop_room(first)  # full (or full of reservations: the cache puts it back when they settle)
     # 2. claim the lowest unclaimed block with a free address
     for n, blk in enumerate(candidate_blocks(rng, block_prefix, state.blocks, state.claim_floor)):
         if n == 0:  # every block the walk passed over to get here is claimed: start here next time
             state.claim_floor = max(state.claim_floor, blk.first)
-        value = rng.first_free(blk.first, blk.last, Busy(state.unclaimed_taken.get(blk.first, ()), reserved))
+        cool = state.unclaimed_cooling.get(blk.first, {})
+        value = rng.first_free(blk.first, blk.last, Busy(state.unclaimed_taken.get(blk.first, ()), reserved,
+                                                          cool if cooling_on else ()))
         if value is not None:
-            return Pick(blk, value, "claim")
+            return Pick(blk, value, "claim", 0, cool.get(value, 0))
     # 3. our full blocks: re-read once per request before giving up on them (another actor may have released)
     ours = [st for st in state.blocks.values() if st.node == node]
     stale = tuple(st.block for st in ours if st.block.first not in fresh)
@@ -229,31 +256,66 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
             free_elsewhere += rng.usable_count(st.block.first, st.block.last) - sum(
                 1 for v in taken if rng.usable(v) and st.block.first <= v <= st.block.last)
             continue
-        value = rng.first_free(st.block.first, st.block.last, Busy(taken, reserved))
+        value = rng.first_free(st.block.first, st.block.last, Busy(taken, reserved,
+                                                                   st.cooling if cooling_on else ()))
         if value is not None:
-            return Pick(st.block, value, "borrow", st.mod_revision)
+            return Pick(st.block, value, "borrow", st.mod_revision, st.cooling.get(value, 0))
+    if cooling_on:
+        bypass = _earliest_cooling(pool, block_prefix, node, state, reserved)
+        if bypass is not None:
+            return bypass
     allocated = sum(len(st.taken or ()) for st in state.blocks.values())
     return Exhausted(len(ours), allocated, free_elsewhere)
 
 
-def _first_free_own(rng: Range, st: BlockState, reserved: Container[int]) -> int | None:
+def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState,
+                      reserved: Container[int]) -> Pick | None:
+    """Decision 1 (B09): nothing is free but addresses in their cooldown; the one whose cooldown began earliest
+    (lowest record revision, then lowest address), in our blocks, unclaimed blocks, or (unless strictAffinity) other
+    nodes' blocks. Cost: the cooling records known in the pool's blocks, only on the way to exhaustion."""
+    rng = pool.range
+    best: tuple[int, int, Pick] | None = None
+    for st in state.blocks.values():
+        if st.node != node and pool.strict_affinity:
+            continue
+        taken = st.taken or set()
+        for value, rev in st.cooling.items():
+            if st.block.first <= value <= st.block.last and rng.usable(value) and value not in taken \
+                    and value not in reserved and (best is None or (rev, value) < best[:2]):
+                best = (rev, value, Pick(st.block, value, "own" if st.node == node else "borrow", st.mod_revision,
+                                         rev, True))
+    for first, cool in state.unclaimed_cooling.items():
+        if first in state.blocks:
+            continue
+        taken = state.unclaimed_taken.get(first, set())
+        for value, rev in cool.items():
+            if rng.usable(value) and value not in taken and value not in reserved \
+                    and (best is None or (rev, value) < best[:2]):
+                best = (rev, value, Pick(block_of(rng, block_prefix, value), value, "claim", 0, rev, True))
+    return best[2] if best is not None else None
+
+
+def _first_free_own(rng: Range, st: BlockState, reserved: Container[int], cooling_on: bool = False) -> int | None:
     """The lowest free address of one of our blocks, starting at its hint (then moving the hint up to the first
-    address not taken): amortised, each address is walked over once per fill of the block."""
+    address not taken or cooling): amortised, each address is walked over once per fill of the block."""
     taken = st.taken if st.taken is not None else set()
-    value = rng.first_free(max(st.hint, st.block.first), st.block.last, taken)
+    cooling: Container[int] = st.cooling if cooling_on else ()
+    busy: Container[int] = Busy(taken, (), cooling) if cooling_on and st.cooling else taken
+    value = rng.first_free(max(st.hint, st.block.first), st.block.last, busy)
     if value is None:
         st.hint = st.block.last + 1
         return None
     st.hint = value
     if value not in reserved:
         return value
-    return rng.first_free(value + 1, st.block.last, Busy(taken, reserved))
+    return rng.first_free(value + 1, st.block.last, Busy(taken, reserved, cooling))
 
 
 def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick:
     """The pick for a requested address (docs/cni-contract.md §5.3): in our block, in another node's block
     (borrowed), or claiming the unclaimed block that holds it (so every address lies in an owned block,
     invariant 2). Whether it is free is for the transaction's compare to decide (a cached "taken" may be stale).
+    A requested address in its cooldown is given (the caller named it; docs/decisions.md "Release cooldown").
 
     Raises :class:`AddressUnavailable` (101) when the address is not allocatable in the pool (gateway, network,
     IPv4 broadcast, excluded, outside the range).
@@ -266,5 +328,5 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     block = block_of(rng, block_prefix, value)
     st = state.blocks.get(block.first)
     if st is None:
-        return Pick(block, value, "claim")
-    return Pick(st.block, value, "own" if st.node == node else "borrow", st.mod_revision)
+        return Pick(block, value, "claim", 0, state.unclaimed_cooling.get(block.first, {}).get(value, 0))
+    return Pick(st.block, value, "own" if st.node == node else "borrow", st.mod_revision, st.cooling.get(value, 0))
