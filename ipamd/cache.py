@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -330,33 +330,35 @@ class NodeCache:
                 self.watch_revision = update.revision
                 self._local = {k: r for k, r in self._local.items() if r > update.revision}
 
-    def _apply_address(self, ev: WatchEvent, key: str, rev: int) -> None:
+    def _stale_blocks(self, key: str, rev: int,
+                      parsed: tuple[str, int, int]) -> Iterator[tuple[PoolState, BlockState, set[int]]]:
+        """``(pool state, block state, its taken set)`` of every loaded block holding the address ``parsed``
+        (network, family, value) whose view is older than ``rev``; nothing when this daemon's own write of ``key``
+        is newer."""
         local = self._local.get(key)
         if local is not None and rev < local:
             return
-        network, family, value = parse_ip_key(key)
+        network, family, value = parsed
         for ps in self._pools_of(network, family, value):
             st = ps.block_containing(value)
-            if st is None or st.taken is None or rev <= st.read_revision:
-                continue
+            if st is not None and st.taken is not None and rev > st.read_revision:
+                yield ps, st, st.taken
+
+    def _apply_address(self, ev: WatchEvent, key: str, rev: int) -> None:
+        value = (parsed := parse_ip_key(key))[2]
+        for ps, st, taken in self._stale_blocks(key, rev, parsed):
             if ev.deleted:
                 st.release(value)
                 if st.node == self.node:
                     ps.add_room(st.block.first)
             else:
-                st.taken.add(value)
+                taken.add(value)
 
     def _apply_cooling(self, ev: WatchEvent, key: str, rev: int) -> None:
         """A cooling record written by a release (its cooldown began at ``rev``) or gone (its lease expired, or an
         ADD took the address)."""
-        local = self._local.get(key)
-        if local is not None and rev < local:
-            return
-        network, family, value = parse_cooling_key(key)
-        for ps in self._pools_of(network, family, value):
-            st = ps.block_containing(value)
-            if st is None or st.taken is None or rev <= st.read_revision:
-                continue
+        value = (parsed := parse_cooling_key(key))[2]
+        for ps, st, _taken in self._stale_blocks(key, rev, parsed):
             if ev.deleted:
                 st.cooled(value)
                 if st.node == self.node:
