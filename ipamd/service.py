@@ -265,16 +265,22 @@ class IpamService:
         subnets = ", ".join(str(p.range.subnet) for p, _ in found)
         owned = sum(e.owned for _, e in found)
         self.metrics.pool_exhausted.labels(pool.id).inc()
+        limits = [e.limit for _, e in found if e.limit]
+        # at maxBlocksPerNode the unclaimed blocks were not looked at: say why instead of counting them
+        unclaimed = ("maxBlocksPerNode %d reached, so no further block is claimed (unclaimed blocks may remain)"
+                     % limits[0]) if limits else "0 unclaimed blocks"
         if any(p.strict_affinity for p, _ in found):
-            return PoolExhausted("no free address for node %s in pool %s (strictAffinity)" % (self.node, subnets),
-                                 "network %s: node %s owns %d block(s), all full; 0 unclaimed blocks; %d free "
+            reason = "maxBlocksPerNode, strictAffinity" if limits else "strictAffinity"
+            return PoolExhausted("no free address for node %s in pool %s (%s)" % (self.node, subnets, reason),
+                                 "network %s: node %s owns %d block(s), all full; %s; %d free "
                                  "address(es) in blocks owned by other nodes, not borrowed because of "
-                                 "strictAffinity" % (pool.network, self.node, owned,
+                                 "strictAffinity" % (pool.network, self.node, owned, unclaimed,
                                                      sum(e.free_elsewhere for _, e in found)))
         usable = sum(p.range.usable_count() for p, _ in found)
         return PoolExhausted("no free address in pool %s" % subnets,
-                             "network %s: %d of %d usable addresses allocated; node %s owns %d block(s); 0 unclaimed "
-                             "blocks" % (pool.network, sum(e.allocated for _, e in found), usable, self.node, owned))
+                             "network %s: %d of %d usable addresses allocated; node %s owns %d block(s); %s"
+                             % (pool.network, sum(e.allocated for _, e in found), usable, self.node, owned,
+                                unclaimed))
 
     def _guard(self, pool: Pool, pick: Pick) -> PoolGuard:
         """The pool record part of an ADD: created by the first claim (fixing the block size), rewritten only when

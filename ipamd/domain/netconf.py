@@ -21,10 +21,12 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
     "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns", "checkNode",
-    "releaseCooldownSeconds",
+    "releaseCooldownSeconds", "maxBlocksPerNode",
 })
 #: Upper bound of ``releaseCooldownSeconds`` (one day): a cooling record's lease TTL, etcd time.
 MAX_COOLDOWN = 86400
+#: Upper bound of ``maxBlocksPerNode`` (a sanity bound on a typo, far above any real limit).
+MAX_BLOCKS_PER_NODE = 1 << 20
 ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 
 
@@ -36,7 +38,9 @@ class Pool:
     (docs/conformance.md T38), and two ranges of one network never share a subnet.
     ``block_prefix`` is the prefix length of its blocks. ``strict_affinity``: never borrow an address from a
     block another node owns (Calico's strictAffinity; field case B34). ``cooldown``: seconds a released address
-    is not handed out again (``releaseCooldownSeconds``, field case B09; 0: off).
+    is not handed out again (``releaseCooldownSeconds``, field case B09; 0: off). ``max_blocks``: the most blocks
+    one node may own in the pool (``maxBlocksPerNode``; 0: no limit); a node at the limit borrows instead of
+    claiming, or fails with code 100 under ``strictAffinity`` (docs/decisions.md "Block lifecycle").
     """
 
     id: str
@@ -45,6 +49,7 @@ class Pool:
     block_prefix: int
     strict_affinity: bool = False
     cooldown: int = 0
+    max_blocks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +207,8 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     host address of its subnet; a route ``dst`` that is not a prefix (host bits set, no length), a route ``gw``
     that is not a plain address of the route's family reachable on the link (pre-flight validation,
     docs/namespace-checks.md); a ``checkNetns`` or ``checkNode`` that is not true or false; a
-    ``releaseCooldownSeconds`` that is not an integer from 0 to :data:`MAX_COOLDOWN`. Pure and deterministic.
+    ``releaseCooldownSeconds`` that is not an integer from 0 to :data:`MAX_COOLDOWN`; a ``maxBlocksPerNode`` that is
+    not an integer from 0 to :data:`MAX_BLOCKS_PER_NODE`. Pure and deterministic.
     """
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
@@ -228,6 +234,12 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     if isinstance(cooldown, bool) or not isinstance(cooldown, int) or not 0 <= cooldown <= MAX_COOLDOWN:
         raise InvalidConfig("ipam.releaseCooldownSeconds %r is not an integer from 0 to %d"
                             % (cooldown, MAX_COOLDOWN))
+    max_blocks = ipam.get("maxBlocksPerNode", 0)
+    if max_blocks is None:
+        max_blocks = 0
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or not 0 <= max_blocks <= MAX_BLOCKS_PER_NODE:
+        raise InvalidConfig("ipam.maxBlocksPerNode %r is not an integer from 0 (no limit) to %d"
+                            % (max_blocks, MAX_BLOCKS_PER_NODE))
     range_sets: list[tuple[Pool, ...]] = []
     seen: list[Range] = []
     for i, raw_set in enumerate(raw_sets):
@@ -244,7 +256,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
                 raise InvalidConfig("%s subnet %s mixes address families in one range set" % (where, rng.subnet))
             seen.append(rng)
             pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng),
-                              strict, cooldown))
+                              strict, cooldown, max_blocks=max_blocks))
         range_sets.append(tuple(pools))
     routes = _routes(ipam)
     _check_route_gateways(routes, range_sets)

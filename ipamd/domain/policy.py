@@ -4,12 +4,16 @@ Given a pool, this node's view of the pool's blocks (:class:`PoolState`) and the
 daemon have reserved, :func:`choose` answers one of
 
 - :class:`Pick` ``own``: the lowest free address of this node's lowest block with room;
-- :class:`Pick` ``claim``: the lowest free address of the lowest unclaimed block (so a fresh pool fills like
-  host-local, and eight nodes starting at once own the eight lowest blocks: field case B02);
+- :class:`Pick` ``claim``: the lowest free address of the lowest unclaimed block that holds an allocatable address
+  (a block wholly excluded, outside ``rangeStart``..``rangeEnd`` or holding only the gateway is passed over, never
+  claimed), so a fresh pool fills like host-local, and eight nodes starting at once own the eight lowest blocks
+  (field case B02);
 - :class:`Load`: the caller must read the address records of these blocks first, then ask again (a block of ours
   not loaded yet; our full blocks before giving up on them; other nodes' blocks before borrowing);
 - :class:`Pick` ``borrow``: a free address in another node's block (field case B34, decision 5), unless the pool
   sets ``strictAffinity``;
+- a node that owns ``maxBlocksPerNode`` blocks of the pool (:attr:`Pool.max_blocks`) claims no more: it borrows,
+  or (strictAffinity) is :class:`Exhausted` with ``limit`` set (docs/decisions.md "Block lifecycle");
 - :class:`Exhausted`: nothing is free for this node.
 
 Release cooldown (field case B09, decision 1): in a pool with ``cooldown`` > 0 an address with a cooling record
@@ -180,11 +184,14 @@ class Load:
 @dataclass(frozen=True, slots=True)
 class Exhausted:
     """No address for this node: ``owned`` blocks of ours (all full), ``allocated`` addresses seen in the pool's
-    blocks, ``free_elsewhere`` free addresses in other nodes' blocks that ``strictAffinity`` forbids borrowing."""
+    blocks, ``free_elsewhere`` free addresses in other nodes' blocks that ``strictAffinity`` forbids borrowing;
+    ``limit``: the pool's ``maxBlocksPerNode`` when the node owns that many blocks, so it claimed no more (0: no
+    limit reached)."""
 
     owned: int
     allocated: int
     free_elsewhere: int
+    limit: int = 0
 
 
 Decision = Pick | Load | Exhausted
@@ -230,8 +237,10 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
         if value is not None:
             return Pick(st.block, value, "own", st.mod_revision, st.cooling.get(value, 0))
         state.drop_room(first)  # full (or full of reservations: the cache puts it back when they settle)
-    # 2. claim the lowest unclaimed block with a free address
-    for n, blk in enumerate(candidate_blocks(rng, block_prefix, state.blocks, state.claim_floor)):
+    # 2. claim the lowest unclaimed block with a free address, unless the node owns maxBlocksPerNode blocks
+    limit = pool.max_blocks if pool.max_blocks and at_block_limit(pool, node, state) else 0
+    for n, blk in enumerate(() if limit else
+                            candidate_blocks(rng, block_prefix, state.blocks, state.claim_floor)):
         if n == 0:  # every block the walk passed over to get here is claimed: start here next time
             state.claim_floor = max(state.claim_floor, blk.first)
         cool = state.unclaimed_cooling.get(blk.first, {})
@@ -261,18 +270,27 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
         if value is not None:
             return Pick(st.block, value, "borrow", st.mod_revision, st.cooling.get(value, 0))
     if cooling_on:
-        bypass = _earliest_cooling(pool, block_prefix, node, state, reserved)
+        bypass = _earliest_cooling(pool, block_prefix, node, state, reserved, claim=not limit)
         if bypass is not None:
             return bypass
     allocated = sum(len(st.taken or ()) for st in state.blocks.values())
-    return Exhausted(len(ours), allocated, free_elsewhere)
+    return Exhausted(len(ours), allocated, free_elsewhere, limit)
+
+
+def at_block_limit(pool: Pool, node: str, state: PoolState) -> bool:
+    """True when ``node`` owns at least ``pool.max_blocks`` blocks of the pool (never with ``max_blocks`` 0).
+    Cost: one pass over the pool's claimed blocks, only when the node's own blocks are full."""
+    if not pool.max_blocks:
+        return False
+    return sum(1 for st in state.blocks.values() if st.node == node) >= pool.max_blocks
 
 
 def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState,
-                      reserved: Container[int]) -> Pick | None:
+                      reserved: Container[int], claim: bool = True) -> Pick | None:
     """Decision 1 (B09): nothing is free but addresses in their cooldown; the one whose cooldown began earliest
-    (lowest record revision, then lowest address), in our blocks, unclaimed blocks, or (unless strictAffinity) other
-    nodes' blocks. Cost: the cooling records known in the pool's blocks, only on the way to exhaustion."""
+    (lowest record revision, then lowest address), in our blocks, unclaimed blocks (only with ``claim``: not at
+    ``maxBlocksPerNode``), or (unless strictAffinity) other nodes' blocks. Cost: the cooling records known in the
+    pool's blocks, only on the way to exhaustion."""
     rng = pool.range
     best: tuple[int, int, Pick] | None = None
     for st in state.blocks.values():
@@ -284,7 +302,7 @@ def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState
                     and value not in reserved and (best is None or (rev, value) < best[:2]):
                 best = (rev, value, Pick(st.block, value, "own" if st.node == node else "borrow", st.mod_revision,
                                          rev, True))
-    for first, cool in state.unclaimed_cooling.items():
+    for first, cool in state.unclaimed_cooling.items() if claim else ():
         if first in state.blocks:
             continue
         taken = state.unclaimed_taken.get(first, set())
@@ -318,7 +336,8 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     A requested address in its cooldown is given (the caller named it; docs/decisions.md "Release cooldown").
 
     Raises :class:`AddressUnavailable` (101) when the address is not allocatable in the pool (gateway, network,
-    IPv4 broadcast, excluded, outside the range).
+    IPv4 broadcast, excluded, outside the range), or lies in an unclaimed block while the node already owns
+    ``maxBlocksPerNode`` blocks of the pool (docs/decisions.md "Block lifecycle").
     """
     rng = pool.range
     if not rng.usable(value):
@@ -328,5 +347,9 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     block = block_of(rng, block_prefix, value)
     st = state.blocks.get(block.first)
     if st is None:
+        if at_block_limit(pool, node, state):
+            raise AddressUnavailable("requested address %s lies in an unclaimed block of pool %s and node %s already "
+                                     "owns maxBlocksPerNode %d block(s)" % (to_ip(rng.family, value), rng.subnet,
+                                                                            node, pool.max_blocks))
         return Pick(block, value, "claim", 0, state.unclaimed_cooling.get(block.first, {}).get(value, 0))
     return Pick(st.block, value, "own" if st.node == node else "borrow", st.mod_revision, st.cooling.get(value, 0))
