@@ -226,6 +226,19 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             return 1.0
         return service.reconciler.round()
 
+    from .blockrelease import BlockReleaser
+
+    # podCIDR blocks (Kubernetes mode) are the node's by the API's say: never released (docs/decisions.md)
+    release_after = 0.0 if cfg.kubernetes and cfg.kube_pod_cidr_blocks else cfg.empty_block_release_seconds
+    releaser = BlockReleaser(store, service.cache, cfg.node_name, after=release_after, etcd_timeout=cfg.etcd_timeout,
+                             metrics=metrics)
+
+    def block_release_round() -> float:
+        """Give back this node's blocks that stayed empty (ipamd.blockrelease), once ready."""
+        if not service.ready:
+            return 1.0
+        return releaser.round()
+
     loops = [
         threading.Thread(target=supervise, name="sync", daemon=True,
                          args=("sync", sync_round, stop, metrics.loop_errors.labels("sync").inc, 0.1, 5.0)),
@@ -234,6 +247,9 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         threading.Thread(target=supervise, name="reconcile", daemon=True,
                          args=("reconcile", reconcile_round, stop, metrics.loop_errors.labels("reconcile").inc, 1.0,
                                60.0)),
+        threading.Thread(target=supervise, name="blockrelease", daemon=True,
+                         args=("block release", block_release_round, stop,
+                               metrics.loop_errors.labels("blockrelease").inc, 1.0, 60.0)),
         threading.Thread(target=supervise, name="lease", daemon=True,
                          args=("node lease", lease_round, stop, metrics.loop_errors.labels("lease").inc, 0.2,
                                max(0.5, min(5.0, cfg.node_lease_ttl / 3)))),

@@ -114,6 +114,24 @@ class NodeCache:
             return [(pid, st.block) for pid, ps in self._pools.items() for st in ps.blocks.values()
                     if st.node == self.node]
 
+    def own_block_revisions(self) -> list[tuple[str, Block, int]]:
+        """(pool id, block, the block key's mod_revision as last seen) of every block this node owns."""
+        with self._lock:
+            return [(pid, st.block, st.mod_revision) for pid, ps in self._pools.items() for st in ps.blocks.values()
+                    if st.node == self.node]
+
+    def block_released(self, pool_id: str, block: Block, revision: int) -> None:
+        """This node deleted its (empty) block at ``revision`` (:mod:`ipamd.blockrelease`): forget it now, as the
+        watch would (the watch loop stops watching its address range). Idempotent; a block that is no longer ours
+        in the view is left alone."""
+        with self._lock:
+            ps = self._pools.get(pool_id)
+            st = ps.blocks.get(block.first) if ps is not None else None
+            if ps is None or st is None or st.node != self.node or st.mod_revision > revision:
+                return
+            ps.remove_block(block.first)
+            self._note_owner(pool_id, block, self.node, None, revision)
+
     def pool_ids(self) -> list[str]:
         with self._lock:
             return list(self._pools)

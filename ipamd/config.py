@@ -50,6 +50,7 @@ class DaemonConfig:
     gc_timeout: float = 300.0
     reconcile_interval: float = 300.0
     reconcile_grace: float = 600.0
+    empty_block_release_seconds: float = 600.0
     node_lease_ttl: int = 30
     handle_cache_size: int = 16384
     log_level: str = "INFO"
@@ -66,7 +67,7 @@ class DaemonConfig:
 
 
 _FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval",
-           "kube_timeout", "kube_node_removal_grace"}
+           "kube_timeout", "kube_node_removal_grace", "empty_block_release_seconds"}
 _INTS = {"node_lease_ttl", "handle_cache_size", "health_max_per_round"}
 _BOOLS = {"kubernetes", "kube_pod_cidr_blocks", "node_check"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -103,6 +104,9 @@ _HELP = {
     "gc_timeout": "budget of one background GC release, seconds (default 300)",
     "reconcile_interval": "seconds between reconciler passes; 0 turns the reconciler off (default 300)",
     "reconcile_grace": "seconds an attachment must stay gone before the reconciler releases it (default 600)",
+    "empty_block_release_seconds": "seconds a block this node owns must stay empty (no address, no cooling record) "
+                                   "before the node releases it, keeping at least one block per pool; 0: never "
+                                   "(default 600)",
     "node_lease_ttl": "TTL of the node liveness lease, whole seconds >= 2 (default 30)",
     "handle_cache_size": "handles kept in memory for one-transaction DELs (default 16384)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -215,6 +219,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "gc_timeout": _positive,
     "reconcile_interval": lambda v: None if math.isfinite(v) and v >= 0 else "must be seconds >= 0 (0: off)",
     "reconcile_grace": lambda v: None if math.isfinite(v) and v >= 0 else "must be seconds >= 0",
+    "empty_block_release_seconds": lambda v: None if math.isfinite(v) and v >= 0 else "must be seconds >= 0 (0: never)",
     "node_lease_ttl": lambda v: None if 2 <= v <= 86400 else "must be whole seconds from 2 to 86400",
     "handle_cache_size": lambda v: None if 0 <= v <= 10_000_000 else "must be 0 to 10000000",
     "log_level": lambda v: None if v.upper() in LOG_LEVELS else "must be one of %s" % ", ".join(LOG_LEVELS),

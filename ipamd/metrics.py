@@ -74,6 +74,8 @@ class Metrics:
         self.cooldown_bypass = Counter("ipamd_cooldown_bypass_total", "Addresses handed out while still in their "
                                        "release cooldown because nothing else was free (B09)", ["pool"], registry=r)
         self.block_claims = Counter("ipamd_block_claims_total", "Blocks claimed by this node", registry=r)
+        self.blocks_released = Counter("ipamd_blocks_released_total", "Empty blocks this node released after they "
+                                       "stayed empty for --empty-block-release-seconds", ["pool"], registry=r)
         # etcd
         self.etcd_errors = Counter("ipamd_etcd_errors_total", "etcd calls that failed, by kind (unavailable, "
                                    "timeout, refused, auth, rejected)", ["kind"], registry=r)

@@ -244,3 +244,26 @@ class ClaimBlockTxn(_OneKeyTxn):
         self.record = encode_block_record(node)
         self.compares = [Compare(self.key, "version", "==", 0)]
         self.success: list[Op] = [Put(self.key, self.record)]
+
+
+class ReleaseBlockTxn(_OneKeyTxn):
+    """Release an empty block (docs/etcd-layout.md "Transactions", docs/decisions.md "Block lifecycle"):
+    ``IF blocks/<b>.mod_revision == R AND every key of ips/<network>/<family>/[first, last] has version 0 (the
+    range is empty) AND every key of the block's cooling range has version 0 THEN delete blocks/<b> ELSE get
+    blocks/<b>``.
+
+    The emptiness compares are etcd range compares (``Compare.range_end``: an empty range compares as one missing
+    key). Race-free against an ADD into the block: the ADD compares ``block.mod_revision``, so if the release
+    commits first the ADD's compare fails (the block is gone) and it retries with a fresh plan (claiming a block
+    again); if the ADD commits first its address record makes this range compare fail. Either way no address
+    record is ever left in a block without an owner (invariant 2, field case B02 "extra"). A block with cooling
+    records (B09) is not released. :meth:`decode_failure` gives the block record now (None when gone).
+    """
+
+    def __init__(self, pool_id: str, network: str, block: Block, revision: int) -> None:
+        super().__init__(block_key(pool_id, block))
+        start, end = ips_range(network, block)
+        cstart, cend = cooling_range(network, block)
+        self.compares = [Compare(self.key, "mod", "==", revision), Compare(start, "version", "==", 0, end),
+                         Compare(cstart, "version", "==", 0, cend)]
+        self.success: list[Op] = [Delete(self.key)]
