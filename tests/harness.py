@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -307,6 +308,9 @@ _NATIVE = ROOT / "ipamd" / "_bin" / "ipamd-cni"
 _current: list[str] = []
 _native_state: dict[str, str | None] = {}
 _INSTALLED: dict[str, str] = {}
+#: one install at a time: threads that run their first CNI call together (a barrier) would otherwise each install,
+#: and one's exec of its copy can meet another's copy still open for writing (ETXTBSY, "Text file busy")
+_INSTALL_LOCK = threading.Lock()
 
 
 def _native_build() -> Any:
@@ -380,17 +384,18 @@ def installed_shim(plugin: str | None = None) -> str:
     """The plugin as operators install it (``ipamd install-cni --plugin P``), once per test process and plugin, in a
     temporary CNI bin directory; ``plugin`` defaults to :func:`current_plugin`."""
     plugin = plugin or current_plugin()
-    if plugin not in _INSTALLED:
-        from ipamd.install import install_plugin
+    with _INSTALL_LOCK:
+        if plugin not in _INSTALLED:
+            from ipamd.install import install_plugin
 
-        if plugin == "native":
-            path, why = native_plugin()
-            if path is None:
-                raise RuntimeError(why)
-        bindir = _tmpdir("ipamd-cni-bin-")
-        atexit.register(shutil.rmtree, bindir, True)
-        _INSTALLED[plugin] = str(install_plugin(bindir, plugin)[0])
-    return _INSTALLED[plugin]
+            if plugin == "native":
+                path, why = native_plugin()
+                if path is None:
+                    raise RuntimeError(why)
+            bindir = _tmpdir("ipamd-cni-bin-")
+            atexit.register(shutil.rmtree, bindir, True)
+            _INSTALLED[plugin] = str(install_plugin(bindir, plugin)[0])
+        return _INSTALLED[plugin]
 
 
 def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | None = "c1",
