@@ -231,7 +231,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     # podCIDR blocks (Kubernetes mode) are the node's by the API's say: never released (docs/decisions.md)
     release_after = 0.0 if cfg.kubernetes and cfg.kube_pod_cidr_blocks else cfg.empty_block_release_seconds
     releaser = BlockReleaser(store, service.cache, cfg.node_name, after=release_after, etcd_timeout=cfg.etcd_timeout,
-                             metrics=metrics)
+                             metrics=metrics, failpoints=service.failpoints)
 
     def block_release_round() -> float:
         """Give back this node's blocks that stayed empty (ipamd.blockrelease), once ready."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from .cache import NodeCache
 from .domain.addr import Block
 from .domain.model import block_key, cooling_range, decode_block_record, ips_range, pool_network
+from .failpoints import Failpoints
 from .metrics import Metrics
 from .store.base import Get, Store
 from .txns import ReleaseBlockTxn
@@ -76,12 +77,16 @@ def release_block(store: Store, pool_id: str, block: Block, revision: int, timeo
 
 class BlockReleaser:
     """The empty-block release loop of one daemon (see the module docstring). ``after``: seconds a block must stay
-    empty (``--empty-block-release-seconds``; 0: never release); ``clock``: monotonic seconds (tests)."""
+    empty (``--empty-block-release-seconds``; 0: never release); ``clock``: monotonic seconds (tests);
+    ``failpoints``: ``blockrelease.read`` (before a pass reads) and ``blockrelease.before_release`` (before each
+    release transaction), for the loop tests (B53)."""
 
     def __init__(self, store: Store, cache: NodeCache, node: str, *, after: float, etcd_timeout: float,
-                 metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 failpoints: Failpoints | None = None) -> None:
         self.store, self.cache, self.node = store, cache, node
         self.after, self.etcd_timeout, self.metrics, self.clock = after, etcd_timeout, metrics, clock
+        self.failpoints = failpoints or Failpoints()
         self._empty: dict[tuple[str, int], _Empty] = {}
 
     @property
@@ -112,6 +117,7 @@ class BlockReleaser:
                 network = pool_network(pool_id)
                 ops += [Get(block_key(pool_id, block)), Get(*ips_range(network, block)),
                         Get(*cooling_range(network, block))]
+            self.failpoints.hit("blockrelease.read")
             res = self.store.txn([], ops, [], self.etcd_timeout)
             for n, (pool_id, block, _) in enumerate(chunk):
                 bkv, ips, cooling = res.reads[3 * n:3 * n + 3]
@@ -145,6 +151,7 @@ class BlockReleaser:
 
     def _release(self, pool_id: str, block: Block, revision: int, now: float, out: ReleasePass) -> None:
         key = block_key(pool_id, block)
+        self.failpoints.hit("blockrelease.before_release")
         released, at = release_block(self.store, pool_id, block, revision, self.etcd_timeout)
         self._empty.pop((pool_id, block.first), None)
         if not released:

@@ -11,10 +11,16 @@ import ipaddress
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from harness import assert_invariants, cni_config, run_cni, wait_for
+import pytest
+from harness import Daemon, EtcdCluster, assert_invariants, cni_config, run_cni, wait_for
 from test_field_concurrency import block_owners, read_kind
+
+from ipamd.embedded import free_port
 
 RELEASE_FAST = ["--empty-block-release-seconds", "1"]
 
@@ -193,3 +199,53 @@ def read_handles(endpoints: str, prefix: str) -> dict[str, list[str]]:
         rec = json.loads(value)
         out[rec["containerID"]] = [ip["address"] for ip in rec["ips"]]
     return out
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[EtcdCluster]:
+    """A single member this test may kill and restart (the session etcd is shared with other tests)."""
+    cluster = EtcdCluster(1).start()
+    yield cluster
+    cluster.stop()
+
+
+def metric(port: int, name: str, label: str) -> float:
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and label in line)
+
+
+@pytest.mark.parametrize("failpoint", ["blockrelease.before_release=pause:2:1", "blockrelease.read=error:3"])
+def test_block_release_loop_survives_etcd_killed_and_unexpected_errors(own_etcd, prefix, workdir, failpoint):
+    """B53 for the ``blockrelease`` loop: etcd SIGKILLed while the loop is paused just before its release
+    transaction (the release meets a dead etcd), or a non-etcd error raised in its read three times. The loop
+    logs, counts (``ipamd_background_errors_total{loop="blockrelease"}``) and goes on: the empty block is released
+    afterwards (``ipamd_blocks_released_total`` 1) and the invariants hold."""
+    port = free_port()
+    d = Daemon(own_etcd.endpoints, prefix, "A", workdir, env={"IPAMD_FAILPOINTS": failpoint},
+               extra_args=[*RELEASE_FAST, "--metrics-address", "127.0.0.1:%d" % port, "--etcd-timeout", "0.5",
+                           "--request-timeout", "3"])
+    d.start()
+    try:
+        conf = cni_config("net1", subnet="10.34.0.0/24", blockSize=28)
+        for i in range(15):  # .0/28 full, one address in .16/28
+            assert add(conf, d, "c%d" % i).rc == 0
+        assert delete(conf, d, "c14").rc == 0  # .16/28 is empty now; .0/28 keeps the node's one block anyway
+        if failpoint.startswith("blockrelease.before_release"):
+            wait_for(lambda: "failpoint blockrelease.before_release: pause" in d.log(), "the release pause",
+                     timeout=30)
+            member = own_etcd.members[0]
+            member.kill()
+            time.sleep(2.5)  # the paused release now runs against a dead etcd, fails, backs off, retries
+            member.start(new=False)
+            own_etcd.wait_healthy()
+        wait_for(lambda: metric(port, "ipamd_blocks_released_total", "pool=") == 1, "the release", timeout=40)
+        assert metric(port, "ipamd_background_errors_total", 'loop="blockrelease"') > 0
+        assert block_owners(own_etcd.endpoints, prefix) == {net("10.34.0.0/28"): "A"}
+        assert d.proc is not None and d.proc.poll() is None
+        out = add(conf, d, "c-after")
+        assert out.rc == 0 and out.ips == ["10.34.0.16/24"], out  # claims the released block again
+    finally:
+        assert d.stop() == 0
+    assert_invariants(own_etcd.endpoints, prefix)
