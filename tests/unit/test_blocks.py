@@ -1,7 +1,7 @@
 """Block lifecycle on the fast tier (docs/decisions.md "Block lifecycle"): blocks without an allocatable address are
 never claimed (IPv4 and IPv6), ``maxBlocksPerNode`` (borrow, or 100 under strictAffinity), and the release of
 empty blocks on the in-memory store, including the race with an ADD (field case B02 "extra"). The real-etcd proofs
-are tests/integration/test_blocks.py and tests/integration/test_field_concurrency.py.
+are tests/integration/test_block_lifecycle.py and tests/integration/test_field_concurrency.py.
 """
 
 from __future__ import annotations
