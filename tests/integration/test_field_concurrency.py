@@ -9,6 +9,8 @@ After each scenario the invariants of docs/etcd-layout.md are checked (``daemons
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -292,3 +294,7 @@ def test_b02_release_races_add(etcd, daemons):
     assert owners == block_owners(d3.endpoints, d3.prefix)
     counts = assert_invariants(d3.endpoints, d3.prefix)
     assert (counts["blocks"], counts["ips"], counts["handles"]) == (1, 1, 1)
+    check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", d3.endpoints,
+                            "--etcd-prefix", d3.prefix], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert check.returncode == 0 and "OK: all invariants hold" in check.stdout, check.stdout + check.stderr
