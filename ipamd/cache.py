@@ -132,6 +132,14 @@ class NodeCache:
             ps.remove_block(block.first)
             self._note_owner(pool_id, block, self.node, None, revision)
 
+    def blocks_read(self, pool_id: str, kvs: Sequence[KV], revision: int) -> None:
+        """The pool's whole block list read at ``revision`` (``blocks/<pool>/``): replaces the view's list, keeping
+        the loaded addresses of blocks whose owner did not change."""
+        with self._lock:
+            ps = self._pool(pool_id)
+            self._refresh_blocks(ps, kvs)
+            ps.blocks_revision = max(ps.blocks_revision, revision)
+
     def pool_ids(self) -> list[str]:
         with self._lock:
             return list(self._pools)

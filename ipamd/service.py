@@ -39,6 +39,7 @@ from .domain.model import (
     Allocation,
     HandleRecord,
     PoolRecord,
+    blocks_prefix,
     cooling_range,
     handle_key,
     ips_range,
@@ -67,6 +68,8 @@ class _AddState:
     """What one ADD carries from attempt to attempt: the blocks whose addresses it read, per pool."""
 
     fresh: dict[str, set[int]] = field(default_factory=dict)
+    #: pools whose block list this ADD read again (at maxBlocksPerNode, before answering 100)
+    blocks_read: set[str] = field(default_factory=set)
 
 
 class IpamService:
@@ -224,6 +227,15 @@ class IpamService:
                 if isinstance(decision, Load):
                     self._load(pool, decision.blocks, deadline)
                     fresh.update(b.first for b in decision.blocks)
+                    continue
+                if decision.limit and pool.id not in state.blocks_read:
+                    # at maxBlocksPerNode no claim teaches us the block list: read it once before answering 100,
+                    # so a block the watch has not delivered yet can still be borrowed from
+                    state.blocks_read.add(pool.id)
+                    prefix = blocks_prefix(pool.id)
+                    kvs, revision = self.store.read(prefix, prefix_end(prefix),
+                                                    min(remaining(deadline), self.etcd_timeout))
+                    self.cache.blocks_read(pool.id, kvs, revision)
                     continue
                 exhausted.append((pool, decision))
                 break

@@ -160,8 +160,7 @@ def test_max_blocks_strict_affinity_is_100_whose_details_name_the_limit() -> Non
     nc = netconf("10.1.2.0/26", maxBlocksPerNode=1, strictAffinity=True)
     for i in range(14):
         a.add(att("a%d" % i), nc)
-    b.add(att("b0"), nc)
-    a.sync()  # what the watch does in a daemon: A learns B's block
+    b.add(att("b0"), nc)  # A's view does not know this block (no watch runs here): the ADD at the limit reads
     with pytest.raises(PoolExhausted) as exc:
         a.add(att("a-more"), nc)
     assert exc.value.cni_code == 100
