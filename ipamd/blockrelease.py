@@ -5,9 +5,12 @@ Who: only the owner releases its own blocks, so "empty for how long" is local bo
 the block: each pass reads, for every block this node owns, the block record, its address records and its cooling
 records in one consistent read (up to :data:`BLOCKS_PER_READ` blocks per round trip). A block seen empty (no address
 record, no cooling record) at the same block ``mod_revision`` in every pass for at least ``after`` seconds is due;
-a pass that sees it hold anything, or at another revision, starts its clock again. Passes run every
-``min(after / 4, 30 s)`` (at least 0.5 s), so an address allocated and released between two passes can go unseen:
-that costs nothing but a block claimed again later, because the release itself is the proof.
+a pass that sees it hold anything, or at another revision, starts its clock again. Between passes (every
+``min(after / 4, 30 s)``, at least 0.5 s) the etcd-side evidence of use is the revision of the last change to an
+address or cooling record of the block that this daemon saw (its own ADDs and DELs, and the watch on its blocks'
+ranges, which also delivers other nodes' borrows: :attr:`ipamd.domain.policy.BlockState.changed`): when it moved,
+the clock starts again, so an address allocated and released between two passes counts as use. Nothing of this is
+needed for safety: the release itself is the proof.
 
 The proof is :class:`ipamd.txns.ReleaseBlockTxn`: it deletes the block record only if its ``mod_revision`` is the
 one read AND etcd's range compares find no address record and no cooling record in the block's key ranges. An ADD
@@ -45,10 +48,12 @@ MAX_PASS_INTERVAL = 30.0
 
 @dataclass(slots=True)
 class _Empty:
-    """A block seen empty: since when (monotonic seconds) and at which block ``mod_revision``."""
+    """A block seen empty: since when (monotonic seconds), at which block ``mod_revision``, and the last change to
+    its records seen then (:attr:`ipamd.domain.policy.BlockState.changed`)."""
 
     since: float
     mod_revision: int
+    changed: int
 
 
 @dataclass(slots=True)
@@ -113,13 +118,13 @@ class BlockReleaser:
         for i in range(0, len(owned), BLOCKS_PER_READ):
             chunk = owned[i:i + BLOCKS_PER_READ]
             ops: list[Get] = []
-            for pool_id, block, _ in chunk:
+            for pool_id, block, _, _ in chunk:
                 network = pool_network(pool_id)
                 ops += [Get(block_key(pool_id, block)), Get(*ips_range(network, block)),
                         Get(*cooling_range(network, block))]
             self.failpoints.hit("blockrelease.read")
             res = self.store.txn([], ops, [], self.etcd_timeout)
-            for n, (pool_id, block, _) in enumerate(chunk):
+            for n, (pool_id, block, _, changed) in enumerate(chunk):
                 bkv, ips, cooling = res.reads[3 * n:3 * n + 3]
                 try:
                     ours = bool(bkv) and decode_block_record(bkv[0].value) == self.node
@@ -133,8 +138,8 @@ class BlockReleaser:
                 if empty:
                     out.empty += 1
                     known = self._empty.get(key)
-                    seen[key] = known if known is not None and known.mod_revision == revision else \
-                        _Empty(now, revision)
+                    same = known is not None and (known.mod_revision, known.changed) == (revision, changed)
+                    seen[key] = known if same and known is not None else _Empty(now, revision, changed)
                 by_pool.setdefault(pool_id, []).append((block, revision, empty))
         self._empty = seen
         for pool_id, blocks in by_pool.items():

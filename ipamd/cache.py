@@ -114,11 +114,12 @@ class NodeCache:
             return [(pid, st.block) for pid, ps in self._pools.items() for st in ps.blocks.values()
                     if st.node == self.node]
 
-    def own_block_revisions(self) -> list[tuple[str, Block, int]]:
-        """(pool id, block, the block key's mod_revision as last seen) of every block this node owns."""
+    def own_block_revisions(self) -> list[tuple[str, Block, int, int]]:
+        """(pool id, block, the block key's mod_revision as last seen, the revision of the last change to an address
+        or cooling record of the block seen: :attr:`BlockState.changed`) of every block this node owns."""
         with self._lock:
-            return [(pid, st.block, st.mod_revision) for pid, ps in self._pools.items() for st in ps.blocks.values()
-                    if st.node == self.node]
+            return [(pid, st.block, st.mod_revision, st.changed) for pid, ps in self._pools.items()
+                    for st in ps.blocks.values() if st.node == self.node]
 
     def block_released(self, pool_id: str, block: Block, revision: int) -> None:
         """This node deleted its (empty) block at ``revision`` (:mod:`ipamd.blockrelease`): forget it now, as the
@@ -241,6 +242,7 @@ class NodeCache:
                     self._note_owner(pool.id, pick.block, None, self.node, revision)
                 if st.taken is not None:
                     st.taken.add(pick.value)
+                st.changed = max(st.changed, revision)
                 st.cooled(pick.value)
                 self._wrote(key, revision)
                 if pick.cooling_revision:
@@ -302,6 +304,7 @@ class NodeCache:
                 for ps in self._pools_of(network, family, value):
                     st = ps.block_containing(value)
                     if st is not None:
+                        st.changed = max(st.changed, revision)
                         st.release(value)
                         if cools:
                             st.cooling[value] = revision
@@ -360,14 +363,18 @@ class NodeCache:
                       parsed: tuple[str, int, int]) -> Iterator[tuple[PoolState, BlockState, set[int]]]:
         """``(pool state, block state, its taken set)`` of every loaded block holding the address ``parsed``
         (network, family, value) whose view is older than ``rev``; nothing when this daemon's own write of ``key``
-        is newer."""
+        is newer. Marks every block holding it (loaded or not) as changed at ``rev``."""
         local = self._local.get(key)
         if local is not None and rev < local:
             return
         network, family, value = parsed
         for ps in self._pools_of(network, family, value):
             st = ps.block_containing(value)
-            if st is not None and st.taken is not None and rev > st.read_revision:
+            if st is None:
+                continue
+            if rev > st.changed:  # loaded or not: the empty-block release's evidence of use (ipamd.blockrelease)
+                st.changed = rev
+            if st.taken is not None and rev > st.read_revision:
                 yield ps, st, st.taken
 
     def _apply_address(self, ev: WatchEvent, key: str, rev: int) -> None:

@@ -48,7 +48,9 @@ class BlockState:
     or not usable (0: nothing known), so a pick starts at the frontier instead of walking the whole block; whoever
     replaces ``taken`` or removes from it lowers the hint (:meth:`set_taken`, :meth:`release`). ``cooling``: the
     addresses of the block with a cooling record, each with the record's ``mod_revision`` (when its cooldown began;
-    known with ``taken``)."""
+    known with ``taken``). ``changed``: the etcd revision of the last change to an address or cooling record of
+    the block this daemon saw (its own writes, the watch), loaded or not: the empty-block release restarts its clock
+    when it moves (docs/decisions.md "Block lifecycle")."""
 
     block: Block
     node: str
@@ -57,6 +59,7 @@ class BlockState:
     hint: int = 0
     read_revision: int = 0
     cooling: dict[int, int] = field(default_factory=dict)
+    changed: int = 0
 
     def set_taken(self, taken: set[int] | None, revision: int = 0, cooling: dict[int, int] | None = None) -> None:
         """Replace the address set (and the cooling records, when given) with one read at ``revision`` (changes up

@@ -21,7 +21,7 @@ from ipamd.domain.model import IPS, block_key, cooling_key, decode_block_record,
 from ipamd.domain.netconf import NetConf, Pool, parse_netconf
 from ipamd.domain.policy import BlockState, Exhausted, Pick, PoolState, choose, choose_requested
 from ipamd.service import IpamService
-from ipamd.store.base import Delete, Put, prefix_end
+from ipamd.store.base import KV, Delete, Put, WatchEvent, WatchUpdate, prefix_end
 from ipamd.store.memory import MemoryStore
 
 
@@ -266,7 +266,7 @@ def test_release_racing_an_add_release_first_the_add_retries_into_an_owned_block
     nc = netconf()
     a.add(att("c0"), nc)
     a.delete(att("c0"))
-    (pool_id, block, revision), = a.cache.own_block_revisions()
+    (pool_id, block, revision, _), = a.cache.own_block_revisions()
     fired: list[bool] = []
 
     def release() -> None:
@@ -288,7 +288,7 @@ def test_release_racing_an_add_add_first_the_release_fails() -> None:
     nc = netconf()
     a.add(att("c0"), nc)
     a.delete(att("c0"))
-    (pool_id, block, revision), = a.cache.own_block_revisions()
+    (pool_id, block, revision, _), = a.cache.own_block_revisions()
     a.add(att("c1"), nc)  # lands in the block; the block key's revision does not change
     assert a.cache.own_block_revisions()[0][2] == revision
     assert release_block(store, pool_id, block, revision, 1.0)[0] is False
@@ -308,10 +308,40 @@ def test_release_compares_the_whole_block_range() -> None:
     a = service(store, "A")
     a.add(att("c0"), netconf())
     a.delete(att("c0"))
-    (pool_id, block, revision), = a.cache.own_block_revisions()
+    (pool_id, block, revision, _), = a.cache.own_block_revisions()
     inside, past = ip_key("n1", 4, ip("10.1.2.15")), ip_key("n1", 4, ip("10.1.2.16"))
     store.txn([], [Put(inside, b'{"handle":"x","node":"B","pool":"p"}')], [], 1)
     assert release_block(store, pool_id, block, revision, 1.0)[0] is False
     store.txn([], [Delete(inside), Put(past, b'{"handle":"x","node":"B","pool":"p"}')], [], 1)
     assert release_block(store, pool_id, block, revision, 1.0)[0] is True
     assert block_key(pool_id, block) not in {kv.key for kv in store.dump()}
+
+
+def test_use_between_two_passes_restarts_the_clock() -> None:
+    """An ADD and its DEL between two passes (each pass sees the block empty) is use: the clock starts again. The
+    evidence is the revision of the last change seen, from this daemon's own writes or from the watch (another
+    node borrowing from the block)."""
+    store = MemoryStore()
+    a = service(store, "A")
+    nc = netconf()
+    for i in range(15):
+        a.add(att("c%d" % i), nc)
+    a.delete(att("c14"))  # .16/28 empty, .0/28 full
+    clock = Clock()
+    rel = releaser(store, a, 60, clock)
+    rel.run()
+    clock.now += 50
+    a.add(att("x"), nc)
+    a.delete(att("x"))  # unseen by any pass
+    assert rel.run().released == []  # the change moved: empty since now
+    clock.now += 20
+    assert rel.run().released == []  # 70 s after the first pass, only 20 s after the use
+    # a borrow by another node, seen by the watch only
+    rev = store.revision + 1  # the revision of another node's borrow and release, as the watch reports it
+    kv = KV(ip_key("n1", 4, ip("10.1.2.20")), b"", rev, rev, 0)
+    a.cache.apply(WatchUpdate((WatchEvent(True, kv),), rev))
+    clock.now += 45
+    assert rel.run().released == []  # 65 s after the DEL of x, but the watch saw a change 45 s ago
+    clock.now += 60
+    assert rel.run().released == ["blocks/n1/0a010200-24/0a010210-28"]
+    assert_consistent(store)
