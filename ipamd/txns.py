@@ -278,23 +278,28 @@ def send_in_batches(items: Sequence[Item], send: Callable[[list[Item]], None], l
     """Call ``send(batch)`` for consecutive batches of ``items`` that fit ``limit`` (:func:`batches`), in order.
 
     When ``send`` raises :class:`StoreRejected` for too many operations (:func:`too_many_ops`) and the batch holds
-    more than one item, the limit is lowered below the refused size and that batch is split again and sent in
-    smaller parts; nothing is dropped and no item is sent twice after a refusal (a refused transaction applied
+    more than one item, the limit is lowered below the refused size and the rest (that batch included) is sent in
+    batches of the new size; nothing is dropped and no item is sent twice after a refusal (a refused transaction applied
     nothing). A single item refused as too large, and every other error, propagates to the caller. ``cooling``:
     address keys whose release also puts a cooling record (one more operation each)."""
-    pending = batches(items, limit.value, cooling)
-    pending.reverse()
-    while pending:
-        batch = pending.pop()
+    start = 0
+    while start < len(items):
+        end, ops = start, 0
+        while end < len(items):  # the next batch at the current limit (as batches() groups)
+            need = ops_of(items[end:end + 1], cooling)
+            if end > start and ops + need > limit.value:
+                break
+            ops += need
+            end += 1
+        batch = list(items[start:end])
         try:
             send(batch)
         except StoreRejected as exc:
             if len(batch) < 2 or not too_many_ops(exc):
                 raise
-            parts = batches(batch, limit.lower(ops_of(batch, cooling)), cooling)
-            if len(parts) < 2:
-                parts = [batch[:len(batch) // 2], batch[len(batch) // 2:]]
-            pending.extend(reversed(parts))
+            limit.lower(ops)  # at most half of what was refused: the next batch is smaller, down to one item
+            continue
+        start = end
 
 
 class ClaimBlockTxn(_OneKeyTxn):

@@ -175,8 +175,6 @@ def test_b05_values_stay_small_and_add_cost_stays_flat_with_4000_held(small_requ
     assert {k: v for k, v in everything.items() if k.startswith(("pools/", "blocks/"))} == pool_and_blocks_at_100
     # the same from etcdctl, as the case reads it
     dump = json.loads(small_requests_etcd.etcdctl("get", "--prefix", d.prefix, "-w", "json"))
-    import base64
-
     assert len(dump["kvs"]) == len(everything)
     assert max(len(base64.b64decode(kv["value"])) for kv in dump["kvs"]) == largest
 
