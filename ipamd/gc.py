@@ -179,6 +179,7 @@ class GarbageCollector:
             for _, rec in batch:
                 self.cache.released(rec.handle, rec.ip_keys, res.revision, cooling)
             job.released += len(batch)
+            self.failpoints.hit("gc.after_batch")  # tests: a daemon killed between two committed batches (B24)
             return
         if len(batch) > 1:
             for item in batch:  # someone changed one of them since the snapshot: find which, one by one

@@ -253,3 +253,29 @@ def test_b24_node_removal_releases_300_attachments_and_every_block(daemons, requ
     assert_check_clean(a)
     b = daemons("B", endpoints_=etcd.endpoints)
     assert added(add(b, conf, "b1")) == "10.61.0.2/22"
+
+
+def test_b24_gc_killed_between_batches_keeps_the_invariants_and_a_rerun_finishes(daemons):
+    """B24: "INV holds even if the daemon is killed mid-way; a re-run finishes the job". 300 containers on node A
+    (subnet 10.61.0.0/22); ``GC net1 valid []`` with the failpoint ``gc.after_batch=crash``: the daemon dies right
+    after its first release batch committed (60 attachments: 120 operations). The GC answers 11 (the plugin lost
+    the daemon), never success; ``ipamctl check`` is clean on what is left (every released address went with its
+    handle; 240 attachments remain, whole). A restarted daemon's GC finishes: ok-empty, its
+    ``ipamd_gc_released_total`` = 240, nothing left, check clean."""
+    conf = cni_config("net1", subnet="10.61.0.0/22")
+    a = daemons("A", env={"IPAMD_FAILPOINTS": "gc.after_batch=crash"})
+    add_300(a, conf)
+    out = gc(a, conf, [])
+    assert out.rc != 0 and out.code == 11, out
+    assert a.proc is not None and a.proc.wait(10) == 137
+    counts = snapshot_counts(a.endpoints, a.prefix)
+    assert counts["handles"] == counts["ips"] == 240, counts
+    assert_check_clean(a)
+
+    port = free_port()
+    again = daemons("A", extra_args=["--metrics-address", "127.0.0.1:%d" % port])
+    assert_ok_empty(gc(again, conf, []))
+    counts = snapshot_counts(again.endpoints, again.prefix)
+    assert counts["handles"] == counts["ips"] == 0, counts
+    assert scrape(port, "ipamd_gc_released_total") == 240
+    assert_check_clean(again)
