@@ -207,10 +207,11 @@ def _apply_mode(rng: Range, mode: str, raw_range: dict[str, Any], block_prefix: 
     return dataclasses.replace(rng, gateway=None, mode=mode, block_prefix=block_prefix)
 
 
-def _default_routes(routes: tuple[Route, ...], range_sets: list[tuple[Pool, ...]]) -> tuple[Route, ...]:
+def _default_routes(routes: tuple[Route, ...], configured: bool,
+                    range_sets: list[tuple[Pool, ...]]) -> tuple[Route, ...]:
     """``pointToPoint`` ranges give their pods a default route via the link-local gateway, one per family, unless
-    the configuration has routes of its own (then those are the routes, as configured)."""
-    if routes:
+    the configuration has a ``routes`` key (then those are the routes, as configured: ``[]`` means none)."""
+    if configured:
         return routes
     families = sorted({p.range.family for rset in range_sets for p in rset if p.gateway_mode == "pointToPoint"})
     return tuple(Route("0.0.0.0/0" if fam == 4 else "::/0", str(to_ip(fam, LINK_LOCAL_GATEWAY[fam])))
@@ -250,7 +251,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     or per range overriding it) that is not ``subnet``, ``block`` or ``pointToPoint``, a ``gateway`` with a mode
     other than ``subnet``, ``block`` mode with blocks smaller than 4 addresses or with ``strictAffinity`` false
     (docs/configuration.md "Gateway modes"). ``pointToPoint`` ranges add a default route via their link-local
-    gateway when the configuration has no ``routes``. Pure and deterministic.
+    gateway when the configuration has no ``routes`` key. Pure and deterministic.
     """
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
@@ -307,7 +308,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
         range_sets.append(tuple(pools))
     routes = _routes(ipam)
     _check_route_gateways(routes, range_sets)
-    routes = _default_routes(routes, range_sets)
+    routes = _default_routes(routes, ipam.get("routes") is not None, range_sets)
     check_netns = ipam.get("checkNetns", True)
     if not isinstance(check_netns, bool):
         raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))
