@@ -95,6 +95,17 @@ def ipamctl_check(d: Any) -> subprocess.CompletedProcess[str]:
                            "--etcd-prefix", d.prefix], capture_output=True, text=True, timeout=60)
 
 
+def assert_verified(d: Any, cid: str, gateways: list[str]) -> None:
+    """``ipamctl verify`` (the daemon's own look into the namespace, with an echo to each gateway and its ARP/NDP
+    entry) finds the attachment healthy and every gateway answering."""
+    p = subprocess.run([sys.executable, "-m", "ipamd.ctl", "--socket", d.grpc_socket, "verify", "-o", "json",
+                        "--probe-timeout", "1", "--container", cid], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (attachment,) = json.loads(p.stdout)["attachments"]
+    assert attachment["findings"] == [], attachment
+    assert [(g["gateway"], g["received"] > 0) for g in attachment["gateways"]] == [(gw, True) for gw in gateways]
+
+
 def keys(etcd: Any, prefix: str, kind: str) -> list[str]:
     out = etcd.etcdctl("get", "--prefix", prefix + kind + "/", "--keys-only")
     return [line for line in out.splitlines() if line]
@@ -114,6 +125,7 @@ def add_check_del(netenv: Any, d: Any, etcd: Any, prefix: str, kind: str, conf: 
     check_inside(add.json)
     check = netenv.plugin(kind, "CHECK", with_prev(conf, add.json), cid)
     assert (check.rc, check.stdout) == (0, ""), check
+    assert_verified(d, cid, [ip["gateway"] for ip in add.json["ips"]])
     ok = ipamctl_check(d)
     assert ok.returncode == 0 and "OK: all invariants hold" in ok.stdout, ok.stdout + ok.stderr
     rm = netenv.plugin(kind, "DEL", with_prev(conf, add.json), cid)
@@ -288,6 +300,7 @@ def test_point_to_point_mode_ipv4_in_a_routed_namespace(netenv, daemons, etcd, p
         stdin = with_prev(conf, add.json)
         check = run_cni("CHECK", conf, stdin=stdin, socket=d.cni_socket, container_id=cid, netns=netenv.netns_path)
         assert (check.rc, check.stdout) == (0, ""), check
+        assert_verified(d, cid, ["169.254.1.1"])
         subprocess.run(["ip", "-n", netenv.netns, "route", "del", "default"], check=True, timeout=30)
         broken = run_cni("CHECK", conf, stdin=stdin, socket=d.cni_socket, container_id=cid,
                          netns=netenv.netns_path)
