@@ -1,8 +1,8 @@
 """Gateway modes (``ipam.gatewayMode``; docs/configuration.md "Gateway modes", docs/decisions.md "Gateway modes"):
 parsing and validation (code 7), which addresses each mode reserves, the prefix and gateway a pod gets, the result
 shapes (IPv4 and IPv6), the pool record, the policy (block mode never borrows), the invariant check and the node
-check. The service runs on the in-memory store here; the real-etcd proofs are tests/integration/test_gateway_modes_etcd.py
-and tests/e2e/test_gateway_modes.py.
+check. The service runs on the in-memory store here; the real-etcd proofs are
+tests/integration/test_gateway_modes_etcd.py and tests/e2e/test_gateway_modes.py.
 """
 
 from __future__ import annotations
