@@ -182,8 +182,8 @@ class Range:
             return False
         if self.family == 4 and value == self.last:
             return False
-        if self.per_block and (value - self.network) % (1 << (self.bits - self.block_prefix)) \
-                in self._block_specials():
+        if self.block_prefix and self.mode == "block" \
+                and (value - self.network) % (1 << (self.bits - self.block_prefix)) in self._block_specials():
             return False
         return all(not lo <= value <= hi for lo, hi in self.excludes)
 
