@@ -42,13 +42,15 @@ def summary_ms(samples_s: list[float]) -> str:
 
 
 class Etcd:
-    """``size`` etcd members on loopback with data under ``parent`` (tmpfs by default); stopped by PID."""
+    """``size`` etcd members on loopback with data under ``parent`` (tmpfs by default); stopped by PID. ``flags``:
+    more etcd flags (``--max-request-bytes=65536`` for B05)."""
 
-    def __init__(self, size: int = 1, parent: str = "/dev/shm", tuned: bool = False) -> None:
+    def __init__(self, size: int = 1, parent: str = "/dev/shm", tuned: bool = False,
+                 flags: tuple[str, ...] = ()) -> None:
         self.dir = tmpdir("ipamd-bench-etcd-", parent)
         ports = [(free_port(), free_port()) for _ in range(size)]
         cluster = ",".join("m%d=http://127.0.0.1:%d" % (i, p) for i, (_, p) in enumerate(ports))
-        extra = ["--log-level", "error", "--quota-backend-bytes", str(8 << 30)]
+        extra = ["--log-level", "error", "--quota-backend-bytes", str(8 << 30), *flags]
         if tuned:
             extra += ["--heartbeat-interval", "10", "--election-timeout", "100"]
         self.members = []

@@ -61,6 +61,8 @@ class GroupCommit:
                  on_send: Callable[[int], None] | None = None) -> None:
         self.store = store
         self.on_send = on_send
+        #: operations per list a merged transaction may carry; lowered when etcd's --max-txn-ops refuses one (B24)
+        self.max_ops = MAX_BATCH_OPS
         self.max_inflight = max_inflight
         self._cond = threading.Condition()
         self._queue: list[_Part] = []
@@ -141,7 +143,7 @@ class GroupCommit:
         keep: list[_Part] = []
         for part in self._queue:
             reads, writes = part.keys()
-            fits = ops[0] + len(part.compares) <= MAX_BATCH_OPS and ops[1] + len(part.success) <= MAX_BATCH_OPS
+            fits = ops[0] + len(part.compares) <= self.max_ops and ops[1] + len(part.success) <= self.max_ops
             independent = not (writes & (compared | written)) and not (reads & written)
             if not batch or (fits and independent):
                 batch.append(part)
@@ -170,7 +172,10 @@ class GroupCommit:
             if self.on_send is not None:
                 self.on_send(len(batch))
             res = self.store.txn(compares, success, [], min(part.timeout for part in batch))
-        except StoreRejected:
+        except StoreRejected as exc:
+            if "too many operations" in exc.msg:  # etcd's --max-txn-ops is lower than ours: merge less from now on
+                with self._cond:
+                    self.max_ops = max(1, min(self.max_ops, max(len(compares), len(success)) // 2))
             for part in batch:  # e.g. too large together: each on its own
                 part.alone = True
                 part.done.set()

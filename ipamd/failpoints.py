@@ -5,7 +5,8 @@ Inert unless ``IPAMD_FAILPOINTS`` is set, e.g. ``add.after_pick=pause:3;add.afte
 ``pause:SECONDS:N`` only the first N), ``error``
 (raises a plain ``RuntimeError``, which the CNI path reports as code 999), ``error:N`` (only the first N hits).
 Points: ``add.after_pick``,
-``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete`` (requests);
+``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete``, ``gc.after_batch`` (a
+release batch of GC committed; requests);
 ``sync.read``, ``lease.keepalive``, ``lease.grant``, ``lease.put`` (background loops, field case B53);
 ``noderemoval.after_plan`` (Kubernetes mode: a node's records read, before its removal).
 """

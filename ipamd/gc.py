@@ -31,7 +31,7 @@ from .domain.model import HandleRecord, handle_key
 from .failpoints import Failpoints
 from .metrics import Metrics
 from .store.base import KV, Store, StoreOutcomeUnknown, StoreUnavailable, prefix_end
-from .txns import ReleaseBatchTxn, batches
+from .txns import OpsLimit, ReleaseBatchTxn, send_in_batches, too_many_ops
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,14 @@ class GcJob:
 
 
 class GarbageCollector:
-    """CNI GC for one daemon. ``gc_timeout`` is the budget in seconds of one background release job."""
+    """CNI GC for one daemon. ``gc_timeout`` is the budget in seconds of one background release job. ``ops_limit``:
+    the operations per transaction etcd accepts, learned from its refusals (B24; a new :class:`OpsLimit` if not
+    given)."""
 
     def __init__(self, store: Store, cache: NodeCache, node: str, *, metrics: Metrics, failpoints: Failpoints,
-                 etcd_timeout: float, gc_timeout: float, cooling: CoolingLeases | None = None) -> None:
+                 etcd_timeout: float, gc_timeout: float, cooling: CoolingLeases | None = None,
+                 ops_limit: OpsLimit | None = None) -> None:
+        self.ops_limit = ops_limit if ops_limit is not None else OpsLimit()
         self.store, self.cache, self.node = store, cache, node
         self.cooling = cooling if cooling is not None else CoolingLeases(store)
         self.metrics, self.failpoints = metrics, failpoints
@@ -126,8 +130,9 @@ class GarbageCollector:
                 items.append((kv, rec))
             by_key = {kv.key: rec for kv, rec in items}
             cooling = {k for _, rec in items for k in rec.ip_keys if self.cache.cooldown_of(k)[1] > 0}
-            for batch in batches([(kv, rec.ip_keys) for kv, rec in items], cooling=cooling):
-                self._release(job, [(kv, by_key[kv.key]) for kv, _ in batch], budget_end)
+            send_in_batches([(kv, rec.ip_keys) for kv, rec in items],
+                            lambda batch: self._release(job, [(kv, by_key[kv.key]) for kv, _ in batch], budget_end),
+                            self.ops_limit, cooling)
         except Exception as exc:
             log.exception("GC of network %s: unexpected error", job.network)
             job.failures.append("unexpected error: %s" % exc)
@@ -161,6 +166,8 @@ class GarbageCollector:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except IpamError as exc:  # refused by etcd (StoreRejected): report, never 999
+                if too_many_ops(exc) and len(batch) > 1:
+                    raise  # etcd's --max-txn-ops is lower than ours: send_in_batches splits the batch (B24)
                 if lease_is_gone(exc) and time.monotonic() + delay < budget_end:
                     self.cooling.forget()  # a cooling lease ended early (etcd restored?): a new one next time
                     time.sleep(delay)
@@ -172,6 +179,7 @@ class GarbageCollector:
             for _, rec in batch:
                 self.cache.released(rec.handle, rec.ip_keys, res.revision, cooling)
             job.released += len(batch)
+            self.failpoints.hit("gc.after_batch")  # tests: a daemon killed between two committed batches (B24)
             return
         if len(batch) > 1:
             for item in batch:  # someone changed one of them since the snapshot: find which, one by one

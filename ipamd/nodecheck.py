@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 
 #: ``observe() -> NodeState``; raises any exception when it cannot look.
 ObserveNode = Callable[[], NodeState]
-_Key = tuple[int, int, int, int | None]
+_Key = tuple[int, int, int, int | None, str, int]
 _Verdict = tuple[str, Range, tuple[NodeAddress | NodeRoute, ...]]
 
 
 def _key(rng: Range) -> _Key:
-    return rng.family, rng.network, rng.prefixlen, rng.gateway
+    return rng.family, rng.network, rng.prefixlen, rng.gateway, rng.mode, rng.block_prefix
 
 
 class NodeCheck:

@@ -36,7 +36,7 @@ from .domain.model import HandleRecord, IpRecord, handle_key, ips_range, pool_ne
 from .domain.netcheck import Observation
 from .metrics import Metrics
 from .store.base import KV, Compare, Delete, Get, Store
-from .txns import ReleaseBatchTxn, batches
+from .txns import OpsLimit, ReleaseBatchTxn, send_in_batches, too_many_ops
 
 log = logging.getLogger(__name__)
 
@@ -189,11 +189,14 @@ class PassResult:
 
 class Reconciler:
     """One daemon's reconciler. ``interval`` seconds between passes (0: off), ``grace`` seconds an attachment must
-    stay gone before it is released; ``checks`` judge owners (the first that says ALIVE or GONE decides)."""
+    stay gone before it is released; ``checks`` judge owners (the first that says ALIVE or GONE decides);
+    ``ops_limit``: the operations per transaction etcd accepts, learned from its refusals (B24)."""
 
     def __init__(self, store: Store, cache: NodeCache, node: str, *, checks: Sequence[OwnerCheck], interval: float,
-                 grace: float, etcd_timeout: float, metrics: Metrics, cooling: CoolingLeases | None = None) -> None:
+                 grace: float, etcd_timeout: float, metrics: Metrics, cooling: CoolingLeases | None = None,
+                 ops_limit: OpsLimit | None = None) -> None:
         self.store, self.cache, self.node = store, cache, node
+        self.ops_limit = ops_limit if ops_limit is not None else OpsLimit()
         self.checks = list(checks)
         self.interval, self.grace, self.etcd_timeout = interval, grace, etcd_timeout
         self.metrics = metrics
@@ -332,7 +335,7 @@ class Reconciler:
         except IpamError as exc:
             out.errors.append(str(exc))
             return
-        for batch in batches(items, cooling=cooling):
+        def send(batch: list[tuple[KV, Sequence[str]]]) -> None:
             groups = [batch]
             while groups:
                 group = groups.pop()
@@ -340,6 +343,8 @@ class Reconciler:
                 try:
                     res = self.store.txn(txn.compares, txn.success, txn.failure, self.etcd_timeout)
                 except IpamError as exc:
+                    if too_many_ops(exc) and len(group) > 1 and group is batch:
+                        raise  # etcd's --max-txn-ops is lower than ours: send_in_batches splits it (B24)
                     if lease_is_gone(exc):
                         self.cooling.forget()
                     out.errors.append(str(exc))
@@ -360,6 +365,8 @@ class Reconciler:
                     log.warning("reconciler: released %s (%s)", rec.handle, g.reason, extra={
                         "container_id": rec.container_id, "if_name": rec.if_name, "network": rec.network,
                         "addresses": [a.cidr for a in rec.allocations]})
+
+        send_in_batches(items, send, self.ops_limit, cooling)
 
 
 @dataclass(slots=True)

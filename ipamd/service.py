@@ -318,8 +318,9 @@ class IpamService:
 
     def _commit_add(self, att: Attachment, planned: list[PlannedAddress], netns: str, pod: dict[str, str],
                     routes: tuple[tuple[str, str | None], ...], deadline: float) -> list[Allocation] | None:
-        allocations = tuple(Allocation(p.pool.id, p.pool.range.family, p.pick.value, p.pool.range.prefixlen,
-                                       p.pool.range.gateway) for p in planned)
+        allocations = tuple(Allocation(p.pool.id, p.pool.range.family, p.pick.value,
+                                       *p.pool.range.pod_address(p.pick.value, p.pick.block.prefixlen))
+                            for p in planned)
         # the reconciler may judge this attachment by its netns only if this daemon can see it (docs/architecture.md)
         record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod,
                               routes, netns_seen=bool(netns) and os.path.exists(netns))

@@ -7,7 +7,8 @@ decoded result (``AddTxn.failure(result)`` -> :class:`AddFailure`). Pure: nothin
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping, Sequence
+import threading
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .domain.addr import Block
@@ -25,7 +26,7 @@ from .domain.model import (
 )
 from .domain.netconf import Pool
 from .domain.policy import Pick
-from .store.base import KV, Compare, Delete, Get, Op, Put, TxnResult, prefix_end
+from .store.base import KV, Compare, Delete, Get, Op, Put, StoreRejected, TxnResult, prefix_end
 
 #: Operations per transaction list that we allow ourselves, under etcd's default ``--max-txn-ops`` of 128 (B24).
 MAX_TXN_OPS = 120
@@ -232,6 +233,73 @@ def batches(items: Sequence[tuple[KV, Sequence[str]]], limit: int = MAX_TXN_OPS,
         out[-1].append(item)
         ops += need
     return out
+
+
+def too_many_ops(exc: BaseException) -> bool:
+    """Whether ``exc`` is etcd refusing a transaction for its number of operations (``--max-txn-ops``, B24)."""
+    return isinstance(exc, StoreRejected) and "too many operations" in exc.msg
+
+
+def ops_of(items: Sequence[tuple[KV, Sequence[str]]], cooling: Container[str] = ()) -> int:
+    """Operations the success list of :class:`ReleaseBatchTxn` of ``items`` carries (as :func:`batches` counts)."""
+    return sum(len(keys) + 1 + sum(1 for k in keys if k in cooling) for _, keys in items)
+
+
+class OpsLimit:
+    """The most operations per transaction list that this process believes etcd accepts, learned downwards (B24).
+
+    Starts at :data:`MAX_TXN_OPS` (under etcd's default ``--max-txn-ops`` of 128). An etcd started with a lower
+    limit refuses a larger transaction as sent ("too many operations in txn request"); :meth:`lower` then halves the
+    limit below the size that was refused, so every later batch of this process starts small enough. Never below 2
+    (one address and its handle). Thread-safe; the value only ever goes down (restart the daemon after raising
+    etcd's limit). docs/decisions.md "B24".
+    """
+
+    def __init__(self, start: int = MAX_TXN_OPS) -> None:
+        self._value = start
+        self._lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def lower(self, refused: int) -> int:
+        """Record that a transaction of ``refused`` operations was refused; returns the new limit."""
+        with self._lock:
+            self._value = max(2, min(self._value, refused // 2))
+            return self._value
+
+
+Item = tuple[KV, Sequence[str]]
+
+
+def send_in_batches(items: Sequence[Item], send: Callable[[list[Item]], None], limit: OpsLimit,
+                    cooling: Container[str] = ()) -> None:
+    """Call ``send(batch)`` for consecutive batches of ``items`` that fit ``limit`` (:func:`batches`), in order.
+
+    When ``send`` raises :class:`StoreRejected` for too many operations (:func:`too_many_ops`) and the batch holds
+    more than one item, the limit is lowered below the refused size and the rest (that batch included) is sent in
+    batches of the new size; nothing is dropped and no item is sent twice after a refusal (a refused transaction applied
+    nothing). A single item refused as too large, and every other error, propagates to the caller. ``cooling``:
+    address keys whose release also puts a cooling record (one more operation each)."""
+    start = 0
+    while start < len(items):
+        end, ops = start, 0
+        while end < len(items):  # the next batch at the current limit (as batches() groups)
+            need = ops_of(items[end:end + 1], cooling)
+            if end > start and ops + need > limit.value:
+                break
+            ops += need
+            end += 1
+        batch = list(items[start:end])
+        try:
+            send(batch)
+        except StoreRejected as exc:
+            if len(batch) < 2 or not too_many_ops(exc):
+                raise
+            limit.lower(ops)  # at most half of what was refused: the next batch is smaller, down to one item
+            continue
+        start = end
 
 
 class ClaimBlockTxn(_OneKeyTxn):

@@ -18,6 +18,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 BITS = {4: 32, 6: 128}
 HEX_WIDTH = {4: 8, 6: 32}
 
+#: The gateway modes of a range (``ipam.gatewayMode``; docs/configuration.md "Gateway modes"): ``subnet`` (one
+#: gateway for the pool, pods carry the subnet's prefix; host-local's behaviour, for ``bridge``), ``block`` (the
+#: first usable address of each block is its node's gateway, pods carry the block's prefix) and ``pointToPoint``
+#: (pods get a host prefix and a link-local gateway, :data:`LINK_LOCAL_GATEWAY`; for ``ptp``).
+GATEWAY_MODES = ("subnet", "block", "pointToPoint")
+#: The gateway of every pod in ``pointToPoint`` mode, by family: Calico's IPv4 169.254.1.1 and IPv6 fe80::1. The
+#: main plugin puts it on the node's end of the pod's link (``ptp``: on the host-side veth).
+LINK_LOCAL_GATEWAY = {4: int(ipaddress.IPv4Address("169.254.1.1")), 6: int(ipaddress.IPv6Address("fe80::1"))}
+
 #: Address classes that cannot be a pool's subnet (field case B41; docs/decisions.md "Address classes"), with the
 #: reason given in the code-7 message. A subnet that overlaps any of them is refused, so ``0.0.0.0/0`` or ``::/0``
 #: are refused too. IPv4-mapped and IPv4-compatible IPv6 addresses name IPv4 hosts (RFC 4291 §2.5.5): a pod would
@@ -106,6 +115,13 @@ class Range:
     anything in ``excludes`` (list of ``(first, last)`` int pairs). Build it with :meth:`from_config`, which applies
     host-local's defaults (start = network+1, end = broadcast-1 for IPv4 or the last address for IPv6, gateway =
     network+1) and rejects bounds on the network/broadcast address (field case B29, decision 3).
+
+    ``mode`` is the range's gateway mode (:data:`GATEWAY_MODES`); ``block_prefix`` the pool's block size (a prefix
+    length) in the modes that need it (``block``, ``pointToPoint``; 0 in ``subnet`` mode). In ``block`` mode
+    ``gateway`` is ``None`` and each block of ``block_prefix`` is a subnet of its own: its first address, its first
+    usable address (the block's gateway, :meth:`block_gateway`) and, for IPv4, its last address are never handed
+    out (docs/configuration.md "Gateway modes"). In ``pointToPoint`` mode ``gateway`` is ``None`` and no address of
+    the range is reserved for one.
     """
 
     family: int
@@ -115,10 +131,31 @@ class Range:
     end: int
     gateway: int | None
     excludes: tuple[tuple[int, int], ...] = field(default=())
+    mode: str = "subnet"
+    block_prefix: int = 0
 
     @property
     def bits(self) -> int:
         return BITS[self.family]
+
+    @property
+    def per_block(self) -> bool:
+        """True in ``block`` mode: every block reserves its own first, gateway and (IPv4) last address."""
+        return self.mode == "block" and self.block_prefix > 0
+
+    def _block_specials(self) -> tuple[int, ...]:
+        """Offsets inside a block that are never handed out in ``block`` mode: the block's first address, its
+        gateway (first + 1) and, for IPv4, its last (the broadcast address of the block as a subnet)."""
+        size = 1 << (self.bits - self.block_prefix)
+        return (0, 1, size - 1) if self.family == 4 else (0, 1)
+
+    def block_gateway(self, value: int) -> int | None:
+        """The gateway of the block holding ``value`` in ``block`` mode (the block's first usable address:
+        its first address + 1, e.g. 10.1.2.65 for 10.1.2.64/26); ``None`` in the other modes. Pure."""
+        if not self.per_block:
+            return None
+        size = 1 << (self.bits - self.block_prefix)
+        return value - ((value - self.network) % size) + 1
 
     @property
     def last(self) -> int:
@@ -145,7 +182,29 @@ class Range:
             return False
         if self.family == 4 and value == self.last:
             return False
+        if self.block_prefix and self.mode == "block" \
+                and (value - self.network) % (1 << (self.bits - self.block_prefix)) in self._block_specials():
+            return False
         return all(not lo <= value <= hi for lo, hi in self.excludes)
+
+    def pod_address(self, value: int, block_prefix: int) -> tuple[int, int | None]:
+        """``(prefix length, gateway)`` a pod holding ``value`` gets in the CNI result, by mode: ``subnet`` the
+        subnet's prefix and the range's gateway; ``block`` the block's prefix (``block_prefix``, the pool's fixed
+        block size) and the block's gateway (e.g. 10.1.2.66 -> ``(26, 10.1.2.65)``); ``pointToPoint`` the full
+        length (/32, /128) and :data:`LINK_LOCAL_GATEWAY`. Pure (docs/configuration.md "Gateway modes")."""
+        if self.mode == "block":
+            size = 1 << (self.bits - block_prefix)
+            return block_prefix, value - ((value - self.network) % size) + 1
+        if self.mode == "pointToPoint":
+            return self.bits, LINK_LOCAL_GATEWAY[self.family]
+        return self.prefixlen, self.gateway
+
+    def _count_specials(self, lo: int, hi: int) -> int:
+        """``block`` mode: how many addresses of ``[lo, hi]`` are a block's first, gateway or IPv4 last address
+        (arithmetic: one count per kind, no walk)."""
+        size = 1 << (self.bits - self.block_prefix)
+        return sum((hi - self.network - k) // size - (lo - 1 - self.network - k) // size
+                   for k in self._block_specials())
 
     def usable_count(self, lo: int | None = None, hi: int | None = None) -> int:
         """Number of addresses that may be handed out (``free + allocated = usable_count``), in the whole range
@@ -154,6 +213,12 @@ class Range:
         end = self.end if hi is None else min(hi, self.end)
         if start > end:
             return 0
+        if self.per_block:
+            # the pool's network and IPv4 broadcast addresses are a block's first and last: counted there
+            n = end - start + 1 - self._count_specials(start, end)
+            for x, y in _merge_spans((max(x, start), min(y, end)) for x, y in self.excludes):
+                n -= y - x + 1 - self._count_specials(x, y)
+            return max(n, 0)
         specials = {v for v in (self.network, self.gateway, self.last if self.family == 4 else None)
                     if v is not None and start <= v <= end}
         n = end - start + 1 - len(specials)
@@ -256,7 +321,8 @@ class Range:
 
     def with_excludes(self, excludes: tuple[tuple[int, int], ...]) -> Range:
         mine = tuple((lo, hi) for lo, hi in excludes if lo <= self.last and hi >= self.network)
-        return Range(self.family, self.network, self.prefixlen, self.start, self.end, self.gateway, mine)
+        return Range(self.family, self.network, self.prefixlen, self.start, self.end, self.gateway, mine, self.mode,
+                     self.block_prefix)
 
 
 @dataclass(frozen=True, slots=True)

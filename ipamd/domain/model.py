@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addr import BITS, Block, Range, addr_key, key_addr, to_ip
+from .addr import BITS, GATEWAY_MODES, Block, Range, addr_key, key_addr, to_ip
 
 POOLS = "pools/"
 BLOCKS = "blocks/"
@@ -158,7 +158,10 @@ class PoolRecord:
     every block of the pool, fixed by the first claim so blocks never overlap (docs/etcd-layout.md);
     ``cooldown`` the configuration's ``releaseCooldownSeconds`` (field case B09): every release path reads it here,
     also those that see no network configuration (GC, reconciler, ipamctl). Stored only when > 0, so a record
-    without a cooldown is byte for byte what it was before cooldowns existed.
+    without a cooldown is byte for byte what it was before cooldowns existed. ``range.mode`` is the range's
+    ``gatewayMode``, stored as ``gatewayMode`` only when it is not ``subnet`` (so ``ipamctl`` and the invariant check
+    know which addresses a block reserves); a record without it reads as ``subnet``, as every record written before
+    gateway modes existed (docs/etcd-layout.md).
     """
 
     network: str
@@ -176,6 +179,8 @@ class PoolRecord:
             "exclude": ["%s-%s" % (to_ip(rng.family, lo), to_ip(rng.family, hi)) for lo, hi in rng.excludes]}
         if self.cooldown:
             obj["releaseCooldownSeconds"] = self.cooldown
+        if rng.mode != "subnet":
+            obj["gatewayMode"] = rng.mode
         return dumps(obj)
 
     @classmethod
@@ -189,12 +194,16 @@ class PoolRecord:
             for item in obj.get("exclude") or ():
                 lo, _, hi = item.partition("-")
                 excludes.append((int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))))
-            rng = Range(net.version, int(net.network_address), net.prefixlen,
-                        int(ipaddress.ip_address(obj["rangeStart"])), int(ipaddress.ip_address(obj["rangeEnd"])),
-                        int(ipaddress.ip_address(gw)) if gw else None, tuple(excludes))
             prefix = obj["blockSize"]
             if isinstance(prefix, bool) or not isinstance(prefix, int):
                 raise ValueError("blockSize %r is not an integer" % (prefix,))
+            mode = obj.get("gatewayMode", "subnet")
+            if mode not in GATEWAY_MODES:
+                raise ValueError("gatewayMode %r is not one of %s" % (mode, ", ".join(GATEWAY_MODES)))
+            rng = Range(net.version, int(net.network_address), net.prefixlen,
+                        int(ipaddress.ip_address(obj["rangeStart"])), int(ipaddress.ip_address(obj["rangeEnd"])),
+                        int(ipaddress.ip_address(gw)) if gw and mode == "subnet" else None, tuple(excludes),
+                        str(mode), prefix if mode != "subnet" else 0)
             cooldown = obj.get("releaseCooldownSeconds", 0)
             if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
                 raise ValueError("releaseCooldownSeconds %r is not a non-negative integer" % (cooldown,))
@@ -269,7 +278,9 @@ def encode_ip_record(handle: str, node: str, pool_id: str) -> bytes:
 class Allocation:
     """One allocated address of an attachment: the pool it came from and how to render it.
 
-    ``value`` is the address as an int; ``prefixlen`` the pool subnet's prefix; ``gateway`` an int or None.
+    ``value`` is the address as an int; ``prefixlen`` the prefix the pod carries and ``gateway`` its gateway (an int
+    or None), by the pool's gateway mode (:meth:`ipamd.domain.addr.Range.pod_address`): the subnet's prefix and
+    gateway, the block's, or a host prefix and a link-local gateway.
     """
 
     pool_id: str

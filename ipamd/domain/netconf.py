@@ -8,11 +8,12 @@ kept as warnings, never errors (§5.1 project decision).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from .addr import BITS, Range, parse_ip, parse_subnet
+from .addr import BITS, GATEWAY_MODES, LINK_LOCAL_GATEWAY, Range, parse_ip, parse_subnet, to_ip
 from .errors import InvalidConfig
 
 #: Default block sizes (prefix lengths), Calico's defaults: 64 IPv4 addresses, 64 IPv6 addresses.
@@ -21,7 +22,7 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
     "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns", "checkNode",
-    "releaseCooldownSeconds", "maxBlocksPerNode",
+    "releaseCooldownSeconds", "gatewayMode", "maxBlocksPerNode",
 })
 #: Upper bound of ``releaseCooldownSeconds`` (one day): a cooling record's lease TTL, etcd time.
 MAX_COOLDOWN = 86400
@@ -38,9 +39,12 @@ class Pool:
     (docs/conformance.md T38), and two ranges of one network never share a subnet.
     ``block_prefix`` is the prefix length of its blocks. ``strict_affinity``: never borrow an address from a
     block another node owns (Calico's strictAffinity; field case B34). ``cooldown``: seconds a released address
-    is not handed out again (``releaseCooldownSeconds``, field case B09; 0: off). ``max_blocks``: the most blocks
-    one node may own in the pool (``maxBlocksPerNode``; 0: no limit); a node at the limit borrows instead of
-    claiming, or fails with code 100 under ``strictAffinity`` (docs/decisions.md "Block lifecycle").
+    is not handed out again (``releaseCooldownSeconds``, field case B09; 0: off).
+    ``gateway_mode``: how the range's pods get their prefix and gateway, one of "subnet", "block", "pointToPoint"
+    (``gatewayMode``; the same as ``range.mode``; docs/configuration.md "Gateway modes").
+    ``max_blocks``: the most blocks one node may own in the pool (``maxBlocksPerNode``; 0: no limit); a node at the
+    limit borrows instead of claiming, or fails with code 100 under ``strictAffinity`` (docs/decisions.md "Block
+    lifecycle").
     """
 
     id: str
@@ -49,6 +53,7 @@ class Pool:
     block_prefix: int
     strict_affinity: bool = False
     cooldown: int = 0
+    gateway_mode: str = "subnet"
     max_blocks: int = 0
 
 
@@ -163,6 +168,8 @@ def _check_route_gateways(routes: tuple[Route, ...], range_sets: list[tuple[Pool
         ranges = [p.range for rset in range_sets for p in rset if p.range.family == ip.version]
         if any(rng.gateway == value for rng in ranges):
             continue
+        if any(rng.mode == "pointToPoint" and value == LINK_LOCAL_GATEWAY[rng.family] for rng in ranges):
+            continue  # the link-local gateway of a pointToPoint range is on the link by definition
         inside = [rng for rng in ranges if rng.contains(value)]
         if not inside:
             where = ", ".join(str(rng.subnet) for rng in ranges) or "none: the network has no IPv%d range" \
@@ -176,6 +183,45 @@ def _check_route_gateways(routes: tuple[Route, ...], range_sets: list[tuple[Pool
         if rng.family == 4 and value == rng.last:
             raise InvalidConfig("ipam.routes[%d].gw %s is the broadcast address of subnet %s" % (i, route.gw,
                                                                                                rng.subnet))
+
+
+def _gateway_mode(raw: object, where: str) -> str:
+    """A ``gatewayMode`` value, checked: one of :data:`GATEWAY_MODES` (case-sensitive, as CNI keys are)."""
+    if raw not in GATEWAY_MODES:
+        raise InvalidConfig("%s.gatewayMode %r is not one of %s" % (where, raw, ", ".join(GATEWAY_MODES)),
+                            "docs/configuration.md \"Gateway modes\" describes them")
+    return str(raw)
+
+
+def _apply_mode(rng: Range, mode: str, raw_range: dict[str, Any], block_prefix: int, where: str) -> Range:
+    """The range in ``mode`` (docs/configuration.md "Gateway modes"; docs/decisions.md "Gateway modes"). In
+    ``block`` and ``pointToPoint`` modes there is no pool-wide gateway: a ``gateway`` key is a code-7 error (it
+    would be silently meaningless), and in ``block`` mode the blocks must hold an address besides their first, their
+    gateway and (IPv4) their last."""
+    if mode == "subnet":
+        return rng
+    gw = raw_range.get("gateway")
+    if gw is not None and gw != "":
+        raise InvalidConfig("%s gateway %s cannot be set with gatewayMode %s" % (where, gw, mode),
+                            "block: each node's block has its own gateway (its first usable address); "
+                            "pointToPoint: every pod's gateway is the link-local %s; remove the gateway key"
+                            % ("169.254.1.1" if rng.family == 4 else "fe80::1"))
+    if mode == "block" and block_prefix > BITS[rng.family] - 2:
+        raise InvalidConfig("%s gatewayMode block needs blocks of at least 4 addresses; the block size is /%d"
+                            % (where, block_prefix), "set ipam.%s to at most %d"
+                            % ("blockSize" if rng.family == 4 else "blockSize6", BITS[rng.family] - 2))
+    return dataclasses.replace(rng, gateway=None, mode=mode, block_prefix=block_prefix)
+
+
+def _default_routes(routes: tuple[Route, ...], configured: bool,
+                    range_sets: list[tuple[Pool, ...]]) -> tuple[Route, ...]:
+    """``pointToPoint`` ranges give their pods a default route via the link-local gateway, one per family, unless
+    the configuration has a ``routes`` key (then those are the routes, as configured: ``[]`` means none)."""
+    if configured:
+        return routes
+    families = sorted({p.range.family for rset in range_sets for p in rset if p.gateway_mode == "pointToPoint"})
+    return tuple(Route("0.0.0.0/0" if fam == 4 else "::/0", str(to_ip(fam, LINK_LOCAL_GATEWAY[fam])))
+                 for fam in families)
 
 
 def _dns(ipam: dict[str, Any]) -> dict[str, Any]:
@@ -207,8 +253,12 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     host address of its subnet; a route ``dst`` that is not a prefix (host bits set, no length), a route ``gw``
     that is not a plain address of the route's family reachable on the link (pre-flight validation,
     docs/namespace-checks.md); a ``checkNetns`` or ``checkNode`` that is not true or false; a
-    ``releaseCooldownSeconds`` that is not an integer from 0 to :data:`MAX_COOLDOWN`; a ``maxBlocksPerNode`` that is
-    not an integer from 0 to :data:`MAX_BLOCKS_PER_NODE`. Pure and deterministic.
+    ``releaseCooldownSeconds`` that is not an integer from 0 to :data:`MAX_COOLDOWN`; a ``gatewayMode`` (top level,
+    or per range overriding it) that is not ``subnet``, ``block`` or ``pointToPoint``, a ``gateway`` with a mode
+    other than ``subnet``, ``block`` mode with blocks smaller than 4 addresses or with ``strictAffinity`` false
+    (docs/configuration.md "Gateway modes"). ``pointToPoint`` ranges add a default route via their link-local
+    gateway when the configuration has no ``routes`` key; a ``maxBlocksPerNode`` that is not an integer
+    from 0 to :data:`MAX_BLOCKS_PER_NODE`. Pure and deterministic.
     """
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
@@ -240,6 +290,7 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or not 0 <= max_blocks <= MAX_BLOCKS_PER_NODE:
         raise InvalidConfig("ipam.maxBlocksPerNode %r is not an integer from 0 (no limit) to %d"
                             % (max_blocks, MAX_BLOCKS_PER_NODE))
+    top_mode = _gateway_mode(ipam.get("gatewayMode", "subnet"), "ipam")
     range_sets: list[tuple[Pool, ...]] = []
     seen: list[Range] = []
     for i, raw_set in enumerate(raw_sets):
@@ -248,18 +299,29 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
         pools: list[Pool] = []
         for j, raw_range in enumerate(raw_set):
             where = "ipam.ranges[%d][%d]" % (i, j)
+            mode = top_mode
+            if isinstance(raw_range, dict) and "gatewayMode" in raw_range:
+                mode = _gateway_mode(raw_range["gatewayMode"], where)
             rng = Range.from_config(raw_range, where).with_excludes(excludes)
+            block_prefix = _block_prefix(ipam, rng.family, rng)
+            if isinstance(raw_range, dict):
+                rng = _apply_mode(rng, mode, raw_range, block_prefix, where)
             for other in seen:
                 if rng.overlaps(other):
                     raise InvalidConfig("%s subnet %s overlaps subnet %s" % (where, rng.subnet, other.subnet))
             if pools and pools[0].range.family != rng.family:
                 raise InvalidConfig("%s subnet %s mixes address families in one range set" % (where, rng.subnet))
             seen.append(rng)
-            pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, _block_prefix(ipam, rng.family, rng),
-                              strict, cooldown, max_blocks=max_blocks))
+            if mode == "block" and ipam.get("strictAffinity") is False:
+                raise InvalidConfig("%s gatewayMode block cannot be used with strictAffinity false" % where,
+                                    "an address borrowed from another node's block would need that node's gateway; "
+                                    "block mode never borrows (docs/decisions.md \"Gateway modes\")")
+            pools.append(Pool("%s/%s" % (name, rng.subnet_key), name, rng, block_prefix,
+                              strict or mode == "block", cooldown, mode, max_blocks=max_blocks))
         range_sets.append(tuple(pools))
     routes = _routes(ipam)
     _check_route_gateways(routes, range_sets)
+    routes = _default_routes(routes, ipam.get("routes") is not None, range_sets)
     check_netns = ipam.get("checkNetns", True)
     if not isinstance(check_netns, bool):
         raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))

@@ -25,6 +25,15 @@ Except what the CNI main plugins put on the node for pod traffic of this very po
 
 Everything else inside the pool is a conflict: ``10.99.3.1/24`` on ``eth0`` or on a ``dummy``, another address of
 the subnet on the bridge, a route via a gateway into the pool even through a bridge.
+
+Gateway modes (docs/configuration.md "Gateway modes"): in ``block`` mode the pool has no single gateway; what the
+node carries is the gateway of its own block with the block's prefix or the full length (``bridge`` with
+``isGateway``: ``10.99.3.65/26`` on ``cni0``), so any block's gateway address on a ``bridge`` or ``veth`` is the
+pool's own. In ``block`` and ``pointToPoint`` modes pod traffic is routed: the node carries routes to other nodes'
+blocks and to single pods (``10.99.3.128/26 via 192.168.1.2 dev eth0``, ``10.99.3.7 dev cali1234``, a blackhole
+for its own block as Calico installs), so a unicast or blackhole route to a destination inside the subnet whose
+prefix is the block size or longer is the pool's own, through any interface. A ``pointToPoint`` gateway
+(169.254.1.1, fe80::1) lies outside every pool and never conflicts.
 """
 
 from __future__ import annotations
@@ -104,17 +113,28 @@ def _overlaps(x: Prefix, y: Prefix) -> bool:
 
 
 def pool_owns_address(rng: Range, address: NodeAddress) -> bool:
-    """True if ``address`` is the one a main plugin puts on the node for pool ``rng``: the pool's gateway, with the
-    pool's prefix length or the full length, on a ``bridge`` or ``veth``."""
+    """True if ``address`` is the one a main plugin puts on the node for pool ``rng``: the pool's gateway (in
+    ``block`` mode: a block's gateway, with the block's prefix), with the pool's prefix length or the full length,
+    on a ``bridge`` or ``veth``."""
     p = address.prefix
-    return (address.kind in POD_LINK_KINDS and rng.gateway is not None and p.family == rng.family
-            and p.value == rng.gateway and p.prefixlen in (rng.prefixlen, BITS[rng.family]))
+    if address.kind not in POD_LINK_KINDS or p.family != rng.family:
+        return False
+    if rng.per_block:  # gatewayMode block: a block's gateway with the block's prefix (or the full length)
+        return (rng.contains(p.value) and rng.block_gateway(p.value) == p.value
+                and p.prefixlen in (rng.block_prefix, BITS[rng.family]))
+    return (rng.gateway is not None and p.value == rng.gateway
+            and p.prefixlen in (rng.prefixlen, BITS[rng.family]))
 
 
 def pool_owns_route(rng: Range, route: NodeRoute) -> bool:
     """True if ``route`` is one a main plugin (or the kernel, for the bridge's address) puts on the node for pod
     traffic of pool ``rng``: unicast, on the link (no gateway), through a ``bridge`` or ``veth``, to a
-    destination inside the pool's subnet."""
+    destination inside the pool's subnet; in ``block`` and ``pointToPoint`` modes also a unicast (any next hop, any
+    interface) or blackhole route to a block or pod of the pool (inside the subnet, prefix at least the block
+    size)."""
+    if rng.mode != "subnet" and rng.block_prefix and route.type in ("unicast", "blackhole") \
+            and route.dst.prefixlen >= rng.block_prefix and _inside(route.dst, _subnet(rng)):
+        return True  # routed modes: block and pod routes of the pool, through any interface (module docstring)
     return (route.type == "unicast" and route.gateway is None and route.kind in POD_LINK_KINDS
             and _inside(route.dst, _subnet(rng)))
 

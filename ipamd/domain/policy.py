@@ -31,6 +31,7 @@ once and come back only when one of their addresses is released.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Container
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -214,6 +215,16 @@ class Busy:
         return value in self.taken or value in self.reserved or value in self.cooling
 
 
+def sized(pool: Pool, block_prefix: int) -> Pool:
+    """``pool`` with its range's reserved addresses computed for the block size in force (the pool record's, fixed
+    by the first claim, which may differ from the configuration's ``blockSize``): in ``block`` mode each block's
+    first, gateway and IPv4 last addresses depend on it. The same ``pool`` when nothing changes (the common case)."""
+    rng = pool.range
+    if rng.mode == "subnet" or rng.block_prefix == block_prefix:
+        return pool
+    return dataclasses.replace(pool, range=dataclasses.replace(rng, block_prefix=block_prefix))
+
+
 def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved: Container[int], *,
            fresh: AbstractSet[int] = frozenset()) -> Decision:
     """The next free address for ``node`` in ``pool`` (see the module docstring for the order).
@@ -222,8 +233,10 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
     pool's network and family that concurrent ADDs of this daemon have picked; ``fresh`` the first addresses of
     blocks whose address records were read during this request (they are not asked for again). Prunes
     ``state.room`` of blocks found full and moves ``state.claim_floor`` up; otherwise does not change ``state``.
-    Deterministic.
+    Deterministic. In ``block`` mode the pool never borrows (it is built with ``strict_affinity``; docs/decisions.md
+    "Gateway modes").
     """
+    pool = sized(pool, block_prefix)
     rng = pool.range
     cooling_on = pool.cooldown > 0
     if state.room_range != rng:
@@ -339,16 +352,24 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     A requested address in its cooldown is given (the caller named it; docs/decisions.md "Release cooldown").
 
     Raises :class:`AddressUnavailable` (101) when the address is not allocatable in the pool (gateway, network,
-    IPv4 broadcast, excluded, outside the range), or lies in an unclaimed block while the node already owns
-    ``maxBlocksPerNode`` blocks of the pool (docs/decisions.md "Block lifecycle").
+    IPv4 broadcast, excluded, outside the range; in ``block`` mode a block's first, gateway or IPv4 last address),
+    or, in ``block`` mode, lies in another node's block (no borrowing: docs/decisions.md "Gateway modes"), or lies
+    in an unclaimed block while the node already owns ``maxBlocksPerNode`` blocks of the pool (docs/decisions.md
+    "Block lifecycle").
     """
+    pool = sized(pool, block_prefix)
     rng = pool.range
     if not rng.usable(value):
         what = "the gateway" if value == rng.gateway else "not allocatable"
+        if rng.per_block and rng.block_gateway(value) == value:
+            what = "the gateway of its block"
         raise AddressUnavailable("requested address %s is %s in pool %s" % (to_ip(rng.family, value), what,
                                                                           rng.subnet))
     block = block_of(rng, block_prefix, value)
     st = state.blocks.get(block.first)
+    if st is not None and st.node != node and rng.mode == "block":
+        raise AddressUnavailable("requested address %s is in block %s of node %s; gatewayMode block never borrows "
+                                 "(its gateway is on that node)" % (to_ip(rng.family, value), block.cidr(), st.node))
     if st is None:
         if at_block_limit(pool, node, state):
             raise AddressUnavailable("requested address %s lies in an unclaimed block of pool %s and node %s already "

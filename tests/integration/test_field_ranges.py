@@ -220,60 +220,99 @@ def scrape_sum(port: int, name: str) -> float:
     return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
-def test_b34_pool_exhausted_error_code_message_and_single_json(daemons):
-    """B34 (calico cni-plugin #25, kubernetes #66481): subnet 10.79.0.0/29 (usable .2-.6), one node: ``ADD
-    c1..c5``; ``ADD c6`` -> exit status 1 and stdout exactly one JSON object ``{"cniVersion":"1.1.0","code":100,
-    "msg":"no free address in pool 10.79.0.0/29","details":...}`` (details: counts of allocated vs usable
-    addresses and unclaimed blocks), nothing else on stdout; ``ipamd_pool_exhausted_total`` +1. ``DEL c6`` ->
-    ok-empty; ``DEL c3``; ``ADD c6`` -> .4.
+def gauge(port: int, name: str, pool: str) -> float | None:
+    """The sample ``name{pool="<pool>"}`` on the daemon's /metrics (``None`` when absent)."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
+        text = resp.read().decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and s.labels.get("pool") == pool:
+                return s.value
+    return None
+
+
+@pytest.mark.both_plugins
+def test_b34_pool_exhausted_error_code_message_and_single_json(daemons, plugin):
+    """B34 (calico cni-plugin #25, kubernetes #66481), single node, with the native plugin and the Python one:
+    subnet 10.79.0.0/29 (usable .2-.6): ``ADD c1..c5`` -> .2-.6; ``ADD c6`` -> exit status 1 and stdout exactly
+    one JSON object ``{"cniVersion":"1.1.0","code":100,"msg":"no free address in pool 10.79.0.0/29","details":
+    "network net1: 5 of 5 usable addresses allocated; node A owns 1 block(s); 0 unclaimed blocks"}`` and nothing
+    else (no log line, no second document, no traceback on either stream); ``ipamd_pool_exhausted_total`` +1 and
+    the free-addresses gauge ``ipamd_pool_free_addresses`` reads 0; nothing is recorded for c6. ``DEL c6`` ->
+    ok-empty (the gauge still 0); ``DEL c3`` -> the gauge reads 1; ``ADD c6`` -> .4, the gauge 0 again, the
+    counter unchanged.
 
     The /29 is smaller than the base config's blockSize 28, which would be a block size shorter than the pool
-    prefix (code 7 by decision 4), so blockSize is left out. The case's "free-addresses gauge reads 0" is not
-    checked: ipamd exports no free-addresses gauge."""
+    prefix (code 7 by decision 4), so blockSize is left out."""
     port = free_port()
     d = daemons("A", extra_args=["--metrics-address", "127.0.0.1:%d" % port])
     conf = cni_config("net1", subnet="10.79.0.0/29")
+    pool = "net1/0a4f0000-29"
     for n in range(1, 6):
         assert address(add(d, conf, "c%d" % n)) == "10.79.0.%d/29" % (n + 1)
     before = scrape_sum(port, "ipamd_pool_exhausted_total")
+    assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
 
     full = add(d, conf, "c6")
     assert full.rc == 1, full
     err = assert_err(full, 100, "1.1.0")
-    assert set(err) == {"cniVersion", "code", "msg", "details"}, err
-    assert err["msg"] == "no free address in pool 10.79.0.0/29", err
-    assert "net1" in err["details"] and "5 of 5" in err["details"] and "0 unclaimed blocks" in err["details"], err
+    assert full.stdout.count("{") == 1 and full.stdout.rstrip("\n").endswith("}"), full  # one object, no other
+    assert err == {"cniVersion": "1.1.0", "code": 100, "msg": "no free address in pool 10.79.0.0/29",
+                   "details": "network net1: 5 of 5 usable addresses allocated; node A owns 1 block(s); "
+                              "0 unclaimed blocks"}, err
     assert "Traceback" not in full.stderr, full
     assert scrape_sum(port, "ipamd_pool_exhausted_total") == before + 1
+    assert gauge(port, "ipamd_pool_exhausted_total", pool) == 1
+    assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
+    assert gauge(port, "ipamd_pool_allocated_addresses", pool) == 5
+    assert read_handle(d, "net1", "c6", "eth0") is None
 
     assert_ok_empty(delete(d, conf, "c6"))
+    assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
     assert_ok_empty(delete(d, conf, "c3"))
     assert read_handle(d, "net1", "c3", "eth0") is None
+    assert gauge(port, "ipamd_pool_free_addresses", pool) == 1
     assert address(add(d, conf, "c6")) == "10.79.0.4/29"
     assert handle_ips(d, "net1", "c6", "eth0") == ["10.79.0.4/29"]
+    assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
     assert scrape_sum(port, "ipamd_pool_exhausted_total") == before + 1
     assert counts(d)["ips"] == 5
 
 
-def test_b34_two_nodes_full_block_borrows_from_the_other_nodes_block(daemons):
+def test_b34_two_nodes_full_block_borrows_from_the_other_nodes_block_unless_strict_affinity(daemons):
     """B34 two-node case, decision 5: subnet 10.80.0.0/27, ``blockSize`` 28 (A gets .0/28 = 14 usable, .2-.15; B
-    gets .16/28 = 15 usable, .16-.30). Fill A's block on A; B claims .16/28 with one ADD (-> .16); one more
-    ``ADD @A`` borrows a free address from B's block (borrowing is the default): it succeeds with an address in
-    10.80.0.16/28 whose address record (and handle) names node A, while the block stays B's.
+    gets .16/28 = 15 usable, .16-.30). Fill A's block on A; B claims .16/28 with one ADD (-> .16).
 
-    Not covered: the ``strictAffinity`` half (code 100 whose details count the free addresses in other nodes'
-    blocks) - ipamd has no strictAffinity pool option yet."""
-    a, b = daemons("A"), daemons("B")
+    - With ``strictAffinity`` on the pool, one more ``ADD @A`` -> exit 1, one JSON object with code 100 whose msg
+      names strictAffinity and whose details count the 14 free addresses in blocks owned by other nodes;
+      ``ipamd_pool_exhausted_total`` +1 on A; nothing recorded.
+    - Without it (borrowing is the default), the same ``ADD @A`` succeeds with the lowest free address of B's
+      block, .17, whose address record (and handle) names node A, while the block stays B's.
+    """
+    port = free_port()
+    a = daemons("A", extra_args=["--metrics-address", "127.0.0.1:%d" % port])
+    b = daemons("B")
     conf = cni_config("net1", subnet="10.80.0.0/27", blockSize=28)
+    strict = cni_config("net1", subnet="10.80.0.0/27", blockSize=28, strictAffinity=True)
     for n in range(2, 16):
         assert address(add(a, conf, "a%d" % n)) == "10.80.0.%d/27" % n
     assert blocks(a, "net1") == {"10.80.0.0/28": "A"}
     assert address(add(b, conf, "b1")) == "10.80.0.16/27"
     assert blocks(a, "net1") == {"10.80.0.0/28": "A", "10.80.0.16/28": "B"}
 
+    before = scrape_sum(port, "ipamd_pool_exhausted_total")
+    refused = add(a, strict, "a16")
+    assert refused.rc == 1, refused
+    err = assert_err(refused, 100, "1.1.0")
+    assert set(err) == {"cniVersion", "code", "msg", "details"}, err
+    assert err["msg"] == "no free address for node A in pool 10.80.0.0/27 (strictAffinity)", err
+    assert "14 free address(es) in blocks owned by other nodes" in err["details"], err
+    assert "0 unclaimed blocks" in err["details"], err
+    assert scrape_sum(port, "ipamd_pool_exhausted_total") == before + 1
+    assert read_handle(a, "net1", "a16", "eth0") is None and counts(a)["ips"] == 15
+
     borrowed = ipaddress.ip_interface(address(add(a, conf, "a16")))
-    assert borrowed.network == ipaddress.ip_network("10.80.0.0/27"), borrowed
-    assert borrowed.ip in ipaddress.ip_network("10.80.0.16/28") and str(borrowed.ip) != "10.80.0.16", borrowed
+    assert str(borrowed) == "10.80.0.17/27", borrowed
     key = "ips/net1/v4/%08x" % int(borrowed.ip)
     assert read_kind(a, "ips/")[key] == {"handle": "net1/a16/eth0", "node": "A", "pool": "net1/0a500000-27"}
     handle = read_handle(a, "net1", "a16", "eth0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -106,3 +107,31 @@ def test_success_branch_with_reads_goes_alone() -> None:
     group = GroupCommit(store, on_send=sizes.append)
     res = group.txn([], [Put("a", b"1"), Get("a")], [], 1)
     assert res.succeeded and res.reads[0][0].value == b"1" and sizes == [1]
+
+
+def test_a_merge_refused_for_too_many_operations_lowers_the_merge_limit() -> None:
+    """B24: on an etcd with ``--max-txn-ops=16``, 40 transactions queued behind a slow one are merged into one of 40
+    puts, which etcd refuses; every part is then answered on its own (all commit), and the merge limit halves below
+    the refused size (40 -> 20 -> 10). Round after round the refused merges shrink, and from the third round on
+    nothing is refused: every merge fits."""
+    store = MemoryStore(max_txn_ops=16)
+    group = GroupCommit(store, max_inflight=1)
+    sizes: list[int] = []
+    store.inject("txn", "action", times=-1, action=lambda: None,
+                 match=lambda c, s, *rest: sizes.append(len(s)) is not None)  # records, never matches
+    merged_per_round = []
+    for r in range(4):
+        store.inject("txn", "delay", seconds=0.4, times=1)
+        slow = threading.Thread(target=put_if_absent, args=(group, "slow%d" % r))
+        slow.start()
+        time.sleep(0.1)  # the slow one holds the only send slot: the next 40 queue up
+        before = len(sizes)
+        results: list[bool] = []
+        run_threads(40, lambda i, out=results, r=r: out.append(put_if_absent(group, "k%d-%d" % (r, i))))
+        slow.join()
+        assert len(results) == 40 and all(results)
+        merged_per_round.append(max(sizes[before:]))
+    assert store.count("k", "l", 1) == 160
+    assert merged_per_round[0] > 16, merged_per_round  # the first merge took what was queued: refused
+    assert group.max_ops <= 16, (group.max_ops, merged_per_round)
+    assert all(n <= 16 for n in merged_per_round[2:]), merged_per_round  # later rounds: every merge fits

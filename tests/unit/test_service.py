@@ -305,6 +305,27 @@ def test_gc_batches_under_the_op_limit(store: MemoryStore) -> None:
     assert_consistent(store)
 
 
+def test_gc_splits_batches_etcd_refuses_for_too_many_operations() -> None:
+    """B24: an etcd started with ``--max-txn-ops=16`` refuses the 120-operation batches; GC lowers its limit and
+    splits them until they fit (every transaction of the GC within 16 operations after the first refusals), and
+    releases everything; node removal the same."""
+    store = MemoryStore(max_txn_ops=16)
+    svc = service(store)
+    nc = netconf("10.1.0.0/16")
+    for i in range(300):
+        svc.add(att("c%d" % i), nc)
+    sizes: list[int] = []
+    store.inject("txn", "action", times=-1, action=lambda: None,
+                 match=lambda c, s, *rest: sizes.append(len(s)) is not None)  # records, never matches
+    assert svc.gc("n1", {("c0", "eth0")}) == 299
+    assert store.count("handles/", prefix_end("handles/"), 1) == 1
+    refused = [n for n in sizes if n > 16]
+    assert refused and sizes[len(refused):] and max(sizes[len(refused):]) <= 16, sizes
+    assert svc.gc_runner.ops_limit.value <= 16
+    assert svc.metrics.gc_released._value.get() == 299
+    assert_consistent(store)
+
+
 def test_gc_over_the_deadline_answers_11_then_finishes(store: MemoryStore) -> None:
     """B47: more to release than one request deadline: 11 naming the progress, never 999; the rest is released in
     the background and the next GC answers success."""

@@ -1,0 +1,75 @@
+"""Gateway modes against real etcd and real daemons (docs/configuration.md "Gateway modes"): in ``block`` mode two
+nodes each get their own block's gateway and prefix, never borrow, and the pool record in etcd carries the mode;
+``pointToPoint`` beside it in a dual-stack network. The ``daemons`` fixture runs the invariant check after each
+test (invariant 2 with the block gateways reserved).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from harness import cni_config, run_cni
+
+from ipamd.domain.model import PoolRecord
+from ipamd.store.etcd import EtcdStore
+
+
+def test_two_nodes_in_block_mode_each_get_their_own_blocks_gateway(daemons):
+    """Node A claims 10.34.0.0/26 (gateway .1), node B 10.34.0.64/26 (gateway .65): each pod carries its block's
+    /26 and its node's gateway, no pod ever holds a block's first, gateway or last address, and an address
+    requested in the other node's block is refused (101: block mode never borrows). CHECK passes for both."""
+    a, b = daemons("A"), daemons("B")
+    conf = cni_config(name="blk", version="1.0.0", subnet="10.34.0.0/24", gatewayMode="block", blockSize=26)
+    got = {}
+    for name, d, cid in (("a1", a, "a1"), ("b1", b, "b1"), ("a2", a, "a2"), ("b2", b, "b2")):
+        out = run_cni("ADD", conf, socket=d.cni_socket, container_id=cid)
+        assert out.rc == 0, out
+        got[name] = [(i["address"], i["gateway"]) for i in out.json["ips"]]
+        assert "routes" not in out.json  # block mode adds none of its own
+    assert got == {"a1": [("10.34.0.2/26", "10.34.0.1")], "b1": [("10.34.0.66/26", "10.34.0.65")],
+                   "a2": [("10.34.0.3/26", "10.34.0.1")], "b2": [("10.34.0.67/26", "10.34.0.65")]}
+    for d, cid in ((a, "a1"), (b, "b1")):
+        add = run_cni("ADD", conf, socket=d.cni_socket, container_id=cid)  # a repeated ADD: the same answer
+        check = run_cni("CHECK", {**conf, "prevResult": add.json}, socket=d.cni_socket, container_id=cid)
+        assert (check.rc, check.stdout) == (0, ""), check
+
+    other = {**conf, "args": {"cni": {"ips": ["10.34.0.10"]}}}
+    refused = run_cni("ADD", other, socket=b.cni_socket, container_id="b3")
+    assert refused.code == 101 and "node A" in refused.json["msg"], refused
+    gw = {**conf, "args": {"cni": {"ips": ["10.34.0.65"]}}}
+    refused = run_cni("ADD", gw, socket=b.cni_socket, container_id="b4")
+    assert refused.code == 101 and "gateway of its block" in refused.json["msg"], refused
+
+    store = EtcdStore(a.endpoints, a.prefix)
+    try:
+        kvs, _ = store.read("pools/blk/", "pools/blk0", 5.0)
+    finally:
+        store.close()
+    (kv,) = kvs
+    rec = PoolRecord.decode(kv.value)
+    assert (rec.range.mode, rec.range.gateway, rec.block_prefix) == ("block", None, 26)
+    assert json.loads(kv.value)["gatewayMode"] == "block"
+
+    check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                            "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "OK: all invariants hold" in check.stdout, check.stdout + check.stderr
+    for d, cid in ((a, "a1"), (b, "b1"), (a, "a2"), (b, "b2")):
+        assert run_cni("DEL", conf, socket=d.cni_socket, container_id=cid).rc == 0
+
+
+def test_dual_stack_block_ipv4_and_point_to_point_ipv6(daemons):
+    """Per-range modes in one network: IPv4 in block mode, IPv6 in pointToPoint (a /128, gateway fe80::1, and the
+    ::/0 default route the mode adds because the configuration has no routes)."""
+    d = daemons("A")
+    conf = cni_config(name="ds", version="1.0.0", subnet=None, gatewayMode="block", blockSize=26,
+                      ranges=[[{"subnet": "10.35.0.0/24"}], [{"subnet": "fd35::/120", "gatewayMode": "pointToPoint"}]])
+    out = run_cni("ADD", conf, socket=d.cni_socket, container_id="c1")
+    assert out.rc == 0, out
+    assert out.json["ips"] == [{"address": "10.35.0.2/26", "gateway": "10.35.0.1"},
+                               {"address": "fd35::1/128", "gateway": "fe80::1"}]
+    assert out.json["routes"] == [{"dst": "::/0", "gw": "fe80::1"}]
+    check = run_cni("CHECK", {**conf, "prevResult": out.json}, socket=d.cni_socket, container_id="c1")
+    assert (check.rc, check.stdout) == (0, ""), check
+    assert run_cni("DEL", conf, socket=d.cni_socket, container_id="c1").rc == 0
