@@ -18,6 +18,9 @@ into the block compares the block's ``mod_revision``: if the release wins, the A
 again (claiming a block); if the ADD wins, the release's range compare fails. No address is ever left in a block
 without an owner (invariant 2; field case B02 "extra").
 
+Blocks of a pool in ``gatewayMode`` block are never released: the block's gateway address stays on the owner's
+bridge (the bridge plugin never removes it), so another node claiming the block would meet a stale route here.
+
 Per pool, the node keeps at least one block: when every block it owns there is due, the lowest is spared (the
 policy allocates from the lowest block first, so that is the one the next ADD uses). A block with cooling records
 waits until they expire (B09). The loop runs under :func:`ipamd.concurrency.supervise` and cannot die (B53).
@@ -111,7 +114,7 @@ class BlockReleaser:
         pool). Raises the store's errors (the loop retries); a release already committed stays counted."""
         out = ReleasePass()
         now = self.clock()
-        owned = self.cache.own_block_revisions()
+        owned = [o for o in self.cache.own_block_revisions() if not self._gateway_on_node(o[0])]
         out.owned = len(owned)
         seen: dict[tuple[str, int], _Empty] = {}
         by_pool: dict[str, list[tuple[Block, int, bool]]] = {}
@@ -153,6 +156,13 @@ class BlockReleaser:
             for block, revision in due:
                 self._release(pool_id, block, revision, now, out)
         return out
+
+    def _gateway_on_node(self, pool_id: str) -> bool:
+        """True for a pool in ``gatewayMode`` block (its record says so): each block's gateway address sits on its
+        owner's bridge, and the bridge plugin never removes it, so a released block claimed by another node would
+        leave a stale connected route on this one. Such blocks are never released (docs/decisions.md)."""
+        record = self.cache.pool_record(pool_id)[0]
+        return record is not None and record.range.mode == "block"
 
     def _release(self, pool_id: str, block: Block, revision: int, now: float, out: ReleasePass) -> None:
         key = block_key(pool_id, block)

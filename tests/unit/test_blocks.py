@@ -345,3 +345,28 @@ def test_use_between_two_passes_restarts_the_clock() -> None:
     clock.now += 60
     assert rel.run().released == ["blocks/n1/0a010200-24/0a010210-28"]
     assert_consistent(store)
+
+
+def test_blocks_of_a_block_mode_pool_are_never_released() -> None:
+    """gatewayMode block: a block's gateway sits on its owner's bridge; the release loop leaves such blocks alone."""
+    store = MemoryStore()
+    a = service(store, "A")
+    nc = netconf(gatewayMode="block")
+    for i in range(14):  # 13 usable addresses per /28 block in block mode: two blocks
+        a.add(att("c%d" % i), nc)
+    for i in range(14):
+        a.delete(att("c%d" % i))
+    assert len(owners(store)) == 2
+    clock = Clock()
+    rel = releaser(store, a, 1, clock)
+    rel.run()
+    clock.now += 100
+    assert (rel.run().owned, owners(store)) == (0, {"0a010200-28": "A", "0a010210-28": "A"})
+    subnet_mode = netconf("10.9.0.0/24")  # the same daemon still releases in its subnet-mode pools
+    for i in range(15):
+        a.add(att("s%d" % i), subnet_mode)
+    a.delete(att("s14"))
+    rel.run()
+    clock.now += 100
+    assert rel.run().released == ["blocks/n1/0a090000-24/0a090010-28"]
+    assert_consistent(store)
