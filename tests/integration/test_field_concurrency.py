@@ -161,15 +161,15 @@ def test_b01_two_nodes_100_concurrent_adds_then_dels(daemons):
 
 # -- B02 ----------------------------------------------------------------------------------------------------------
 
-B02_GENERATIONS = 2
-B02_POOLS_PER_GENERATION = 10
-"""docs/field-cases.md asks for 20 runs of the race: 2 generations x 10 fresh pools = 20. A generation is the
+B02_GENERATIONS = 4
+B02_POOLS_PER_GENERATION = 5
+"""docs/field-cases.md asks for 20 runs of the race: 4 generations x 5 fresh pools = 20. A generation is the
 literal repro (a fresh key prefix: no pool, no block, no node record; eight freshly started ipamd processes), and
-in it ten networks are raced one after the other, each a fresh pool (``pools/<network>/...`` and its blocks do not
+in it five networks are raced one after the other, each a fresh pool (``pools/<network>/...`` and its blocks do not
 exist, no daemon's view holds anything of it), so every race is the same first-claim race: eight daemons planning
-the lowest block of an empty pool in the same instant. Starting eight daemons costs 4-8 s on this 2-core machine
-(grpc/protobuf/etcd-client imports); a race costs well under a second. 20 generations would take minutes; this
-takes about 15-25 s."""
+the lowest block of an empty pool in the same instant. Starting eight daemons costs 2-6 s on this 2-core machine
+(grpc/protobuf/etcd-client imports); a race costs well under a second. 20 generations would take one to two
+minutes; this takes about 10-30 s."""
 
 
 def _pool_owners(endpoints: str, prefix: str, network: str) -> dict[ipaddress.IPv4Network, str]:
