@@ -49,7 +49,7 @@ from .domain.model import (
 )
 from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
-from .domain.poolspec import name_of_network, resolve
+from .domain.poolspec import name_of_network, resolve, with_pool_routes
 from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .inventory import Inventory
@@ -198,6 +198,15 @@ class IpamService:
         return resolve(netconf, specs, self.node, self.node_labels, namespace, labels,
                        include_draining=include_draining)
 
+    def with_pool_routes(self, netconf: NetConf, allocations: list[Allocation] | tuple[Allocation, ...]) -> NetConf:
+        """``netconf`` with the routes of the named pools ``allocations`` came from appended (their specs as this
+        daemon knows them); unchanged for a configuration of ranges. For the CNI result and the handle record."""
+        if not netconf.pool_names:
+            return netconf
+        names = dict.fromkeys(n for a in allocations if (n := name_of_network(pool_network(a.pool_id))) is not None)
+        specs = self.specs.subset(names)
+        return with_pool_routes(netconf, (specs[n][0] for n in names if n in specs))
+
     # -- ADD -----------------------------------------------------------------------------------------------------
 
     def add(self, att: Attachment, netconf: NetConf, *, requested: dict[int, tuple[Pool, int]] | None = None,
@@ -241,7 +250,9 @@ class IpamService:
                     return self._existing(existing, requested)
                 raise
             self.failpoints.hit("add.after_pick")
-            return self._commit_add(att, planned, netns, pod, tuple((r.dst, r.gw) for r in netconf.routes), deadline,
+            routed = self.with_pool_routes(netconf, [Allocation(p.pool.id, p.pool.range.family, p.pick.value,
+                                                                p.pool.range.prefixlen, None) for p in planned])
+            return self._commit_add(att, planned, netns, pod, tuple((r.dst, r.gw) for r in routed.routes), deadline,
                                     dict(netconf.spec_revisions))
         finally:
             for p in planned:

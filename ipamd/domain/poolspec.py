@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -245,8 +245,8 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
     ``node_labels`` and whose ``namespaceSelector`` matches the pod's namespace labels (``namespace_labels``, plus
     ``kubernetes.io/metadata.name: <namespace>`` always; no namespace: only pools with an empty
     ``namespaceSelector`` match), leaving out draining pools unless ``include_draining`` (CHECK, STATUS). The
-    allocator takes the first candidate with a free address. The result's routes are the configuration's, then each
-    candidate pool's (once each). A configuration without ``pool_names`` is returned unchanged.
+    allocator takes the first candidate with a free address (the routes of the pools it took are added to the
+    result by :func:`with_pool_routes`). A configuration without ``pool_names`` is returned unchanged.
 
     Raises :class:`InvalidConfig` (7) for a name with no spec, or a range set with no pool matching (naming the
     namespace, the node and the pools considered); :class:`PoolExhausted` (100) when every matching pool of a range
@@ -259,7 +259,6 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
         ns_labels[NAMESPACE_NAME_LABEL] = namespace
     sets: list[tuple[Pool, ...]] = []
     revisions: list[tuple[str, int]] = []
-    routes = list(netconf.routes)
     for i, names in enumerate(netconf.pool_names):
         missing = [n for n in names if n not in specs]
         if missing:
@@ -286,9 +285,7 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
             raise InvalidConfig("ipam.pools[%d] mixes address families in one range set (%s)"
                                 % (i, ", ".join("%s %s" % (s.name, s.range.subnet) for s, _ in active)))
         sets.append(tuple(s.pool() for s, _ in active))
-        for spec, rev in active:
-            revisions.append((spec.name, rev))
-            routes.extend(r for r in spec.routes if r not in routes)
+        revisions.extend((spec.name, rev) for spec, rev in active)
     seen: list[Pool] = []
     for rset in sets:
         for pool in rset:
@@ -299,7 +296,16 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
                                            other.range.subnet))
             seen.append(pool)
     check_route_gateways(netconf.routes, tuple(sets))
-    return replace(netconf, range_sets=tuple(sets), routes=tuple(routes), spec_revisions=tuple(revisions))
+    return replace(netconf, range_sets=tuple(sets), spec_revisions=tuple(revisions))
+
+
+def with_pool_routes(netconf: NetConf, specs: Iterable[PoolSpec]) -> NetConf:
+    """``netconf`` whose routes are its own followed by those of ``specs`` (the named pools an ADD took addresses
+    from), each route once, in that order. Pure."""
+    routes = list(netconf.routes)
+    for spec in specs:
+        routes.extend(r for r in spec.routes if r not in routes)
+    return netconf if len(routes) == len(netconf.routes) else replace(netconf, routes=tuple(routes))
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:
