@@ -32,6 +32,7 @@ from .domain.inventory import BlockInfo, NodeUsage, PoolInfo
 from .domain.model import HandleRecord
 from .domain.netcheck import CHECK_ERRORS
 from .domain.netconf import parse_netconf
+from .domain.poolspec import validate_pool_name
 from .domain.status import DaemonStatus
 from .inventory import AttachmentFilter
 from .namedpools import PoolView
@@ -163,7 +164,9 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
 
     @_guard("ListPools")
     def ListPools(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if request.network:
+        if request.network.startswith("@"):  # a named pool's network (docs/configuration.md "Named pools")
+            validate_pool_name(request.network[1:])
+        elif request.network:
             validate_network_name(request.network)
         revision, pools = self.service.inventory.pools(request.network, request.pool)
         return ipam_pb2.ListPoolsResponse(revision=revision, pools=[_pool_msg(p) for p in pools])
