@@ -121,6 +121,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         endpoints = embedded.endpoint
         log.info("embedded etcd at %s, data in %s", endpoints, cfg.embedded_etcd)
     metrics = Metrics()
+    from .domain.poolspec import parse_labels
+
     try:
         store = EtcdStore(endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
                           cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
@@ -144,7 +146,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, etcd_timeout=cfg.etcd_timeout,
                           gc_timeout=cfg.gc_timeout, handle_limit=cfg.handle_cache_size, metrics=metrics,
                           failpoints=Failpoints.from_env(), reconcile_interval=cfg.reconcile_interval,
-                          reconcile_grace=cfg.reconcile_grace, node_check=node_check)
+                          reconcile_grace=cfg.reconcile_grace, node_check=node_check,
+                          node_labels=parse_labels(cfg.node_labels, "node_labels"))
     metrics.watch_pools(lambda: pool_stats(service))
     tcp = TcpListener(cfg.grpc_address, cfg.grpc_tls_cert, cfg.grpc_tls_key, cfg.grpc_client_ca) \
         if cfg.grpc_address else None

@@ -244,7 +244,7 @@ def _named_pool_msg(view: PoolView) -> pools_pb2.NamedPool:
         exclude=obj["exclude"], release_cooldown_seconds=obj["releaseCooldownSeconds"],
         strict_affinity=obj["strictAffinity"], max_blocks_per_node=obj["maxBlocksPerNode"],
         node_selector=obj["nodeSelector"], namespace_selector=obj["namespaceSelector"], state=obj["state"],
-        pool_id=view.spec.pool_id, allocated=view.allocated, size=view.size, blocks=view.blocks,
+        pool_id=view.spec.pool_id, allocated=view.allocated, size=str(view.size), blocks=view.blocks,
         spec_revision=view.spec_revision)
 
 

@@ -194,7 +194,7 @@ def named_pool_json(m: Any) -> dict[str, Any]:
         "releaseCooldownSeconds": m.release_cooldown_seconds, "strictAffinity": m.strict_affinity,
         "maxBlocksPerNode": m.max_blocks_per_node, "nodeSelector": dict(m.node_selector),
         "namespaceSelector": dict(m.namespace_selector), "state": m.state, "poolId": m.pool_id,
-        "allocated": m.allocated, "size": m.size, "blocks": m.blocks, "specRevision": m.spec_revision}
+        "allocated": m.allocated, "size": int(m.size or 0), "blocks": m.blocks, "specRevision": m.spec_revision}
     if m.gateway:
         out["gateway"] = m.gateway
     return out
