@@ -192,20 +192,18 @@ def parse_pool_spec(obj: object) -> PoolSpec:
     excludes_raw = obj.get("exclude")
     if excludes_raw is not None and not isinstance(excludes_raw, list):
         _excludes({"exclude": excludes_raw})  # raises the netconf's message
-    spans: list[tuple[int, int]] = []
-    plain: list[object] = []
-    for item in excludes_raw or []:
+    excludes: list[tuple[int, int]] = []
+    for item in excludes_raw or []:  # in the given order, so a stored spec reads back equal
         if isinstance(item, str) and "-" in item and "/" not in item:  # "a-b", the stored form of a span
             lo_text, _, hi_text = item.partition("-")
             lo = _excludes({"exclude": [lo_text]})[0][0]
             hi = _excludes({"exclude": [hi_text]})[0][1]
             if lo > hi:
                 raise InvalidConfig("%s exclude %s is backwards" % (where, item))
-            spans.append((lo, hi))
+            excludes.append((lo, hi))
         else:
-            plain.append(item)
-    excludes = tuple(spans) + _excludes({"exclude": plain})
-    rng = rng.with_excludes(excludes)
+            excludes.extend(_excludes({"exclude": [item]}))
+    rng = rng.with_excludes(tuple(excludes))
     block_raw = obj.get("blockSize")
     block_prefix = _block_prefix({"blockSize" if rng.family == 4 else "blockSize6": block_raw}, rng.family, rng)
     mode = obj.get("gatewayMode", "subnet") or "subnet"
