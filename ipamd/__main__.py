@@ -262,6 +262,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             log.info("automatic node removal: a node deleted from the Kubernetes API is removed %g s after its "
                      "deletion was seen, once its lease nodes/<node> has expired", cfg.kube_node_removal_grace)
         service.reconciler.checks.append(kube.owner_check)  # after the netns check: a dead sandbox is gone
+        nodes_view = kube.nodes
+        service.node_labels_source = lambda: nodes_view.labels(cfg.node_name)  # named pools' nodeSelector
         loops += [threading.Thread(target=supervise, name=name, daemon=True,
                                    args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))
                   for name, body in kube.loops()]

@@ -104,6 +104,9 @@ class IpamService:
         self.node_check = node_check
         self.cache = NodeCache(node, handle_limit)
         self.node_labels: dict[str, str] = dict(node_labels or {})
+        #: more labels of this node, looked up at each resolution (Kubernetes mode: the Node object's); the
+        #: configured ``node_labels`` win on a conflict
+        self.node_labels_source: Callable[[], Mapping[str, str] | None] | None = None
         self.namespace_labels = namespace_labels
         #: named pools' specs (ipamd.namedpools), synced with the view and followed by its watch
         self.specs = PoolSpecCache()
@@ -195,7 +198,10 @@ class IpamService:
                 if found is not None:
                     specs[name] = found
         labels = self.namespace_labels(namespace) if self.namespace_labels is not None and namespace else None
-        return resolve(netconf, specs, self.node, self.node_labels, namespace, labels,
+        node_labels = self.node_labels
+        if self.node_labels_source is not None:
+            node_labels = {**(self.node_labels_source() or {}), **self.node_labels}
+        return resolve(netconf, specs, self.node, node_labels, namespace, labels,
                        include_draining=include_draining)
 
     def with_pool_routes(self, netconf: NetConf, allocations: list[Allocation] | tuple[Allocation, ...]) -> NetConf:

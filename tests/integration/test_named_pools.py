@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 import pytest
-from harness import cni_config, daemon_ipamctl, run_cni
+from harness import cni_config, daemon_ipamctl, run_cni, wait_for
 
 from ipamd.store.etcd import EtcdStore
 
@@ -256,3 +256,24 @@ def test_delete_racing_an_add_strands_no_address(daemons: Any) -> None:
     assert out.code == 7 and "unknown pool racy" in out.json["msg"], out
     assert keys(a, "ips/@racy/") == [] and keys(a, "handles/net1/") == [] and keys(a, "poolspecs/") == []
     check_ok(a)
+
+
+def test_kubernetes_node_labels_select_pools(daemons: Any, fake: Any, workdir: str) -> None:
+    """Kubernetes mode: the Node object's labels (fake API server) are matched by nodeSelector, followed by the
+    watch when they change; --node-labels win on a conflict."""
+    from fakekube import write_kubeconfig
+
+    fake.add_node("k1")
+    kubeconfig = write_kubeconfig(workdir + "/kubeconfig", fake.url, fake.token)
+    d = daemons("k1", extra_args=["--kubernetes", "--kubeconfig", kubeconfig, "--node-labels", "tier=gold"])
+    ok(d, "pool", "create", "east", "--cidr", "10.89.1.0/24", "--node-selector", "topology.kubernetes.io/zone=east")
+    ok(d, "pool", "create", "gold", "--cidr", "10.89.2.0/24", "--node-selector", "tier=gold")
+    east = named("net1", [["east"]])
+    out = run_cni("ADD", east, socket=d.cni_socket, container_id="k1")
+    assert out.code == 7, out  # the node has no zone label yet
+    fake.update_node("k1", lambda o: o["metadata"].__setitem__("labels", {"topology.kubernetes.io/zone": "east",
+                                                                          "tier": "silver"}))
+    wait_for(lambda: run_cni("ADD", east, socket=d.cni_socket, container_id="k1").ips == ["10.89.1.2/24"],
+             "the node's new label to select pool east", timeout=15)
+    assert run_cni("ADD", named("net2", [["gold"]]), socket=d.cni_socket, container_id="k2").ips == ["10.89.2.2/24"]
+    check_ok(d)
