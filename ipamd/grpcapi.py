@@ -115,7 +115,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         if request.requested_addresses:
             req.conf["runtimeConfig"] = {"ips": list(request.requested_addresses)}
             req.conf.pop("args", None)
-        requested = requested_addresses(req, self.service.resolve(netconf, request.pod.get("namespace", "")))
+        requested = requested_addresses(req, self.service.resolve(netconf, request.pod.get("namespace", ""),
+                                                                  include_draining=True))
         allocations = self.service.add(att, netconf, requested=requested, netns=request.netns,
                                        pod=dict(request.pod))
         raw_version = conf.get("cniVersion")

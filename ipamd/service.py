@@ -74,6 +74,16 @@ class _AddState:
     fresh: dict[str, set[int]] = field(default_factory=dict)
 
 
+def _check_requested_pools(netconf: NetConf, requested: dict[int, tuple[Pool, int]]) -> None:
+    """A requested address of a named pool must lie in a pool that is a candidate now (not draining, selected):
+    raises :class:`AddressUnavailable` (101) otherwise (field case B27: no new allocation from a draining pool)."""
+    for index, (pool, value) in requested.items():
+        rset = netconf.range_sets[index] if index < len(netconf.range_sets) else ()
+        if all(p.id != pool.id for p in rset):
+            raise AddressUnavailable("requested address %s is in pool %s, which gives no new addresses here (draining, "
+                                     "or not selected)" % (to_ip(pool.range.family, value), pool.network[1:]))
+
+
 class IpamService:
     """The service layer shared by the CNI socket server and the gRPC API. Thread-safe.
 
@@ -177,7 +187,7 @@ class IpamService:
     # -- named pools ---------------------------------------------------------------------------------------------
 
     def resolve(self, netconf: NetConf, namespace: str = "", *, include_draining: bool = False,
-                deadline: float | None = None) -> NetConf:
+                any_namespace: bool = False, deadline: float | None = None) -> NetConf:
         """``netconf`` with its named pools (``ipam.pools``) resolved into range sets for a pod of ``namespace`` on
         this node (:func:`ipamd.domain.poolspec.resolve`: selectors, draining, the first matching pool first). Specs
         come from the cache; a name it does not know is read from etcd first, so a pool created a moment ago
@@ -202,7 +212,7 @@ class IpamService:
         if self.node_labels_source is not None:
             node_labels = {**(self.node_labels_source() or {}), **self.node_labels}
         return resolve(netconf, specs, self.node, node_labels, namespace, labels,
-                       include_draining=include_draining)
+                       include_draining=include_draining, any_namespace=any_namespace)
 
     def with_pool_routes(self, netconf: NetConf, allocations: list[Allocation] | tuple[Allocation, ...]) -> NetConf:
         """``netconf`` with the routes of the named pools ``allocations`` came from appended (their specs as this
@@ -246,6 +256,8 @@ class IpamService:
             try:
                 # named pools are resolved again on every attempt: a failed compare on a spec taught the cache
                 netconf = self.resolve(netconf, pod.get("namespace", ""), deadline=deadline)
+                if netconf.pool_names:
+                    _check_requested_pools(netconf, requested)
                 for index, rset in enumerate(netconf.range_sets):
                     planned.append(self._plan(index, rset, requested.get(index), state, deadline))
             except (PoolExhausted, AddressUnavailable):
@@ -547,7 +559,10 @@ class IpamService:
         if self.unhealthy:  # set by the daemon's readiness probe (etcd alarm, permission, unreachable: B45)
             raise NotAvailable("ipamd on node %s cannot serve ADD now: %s" % (self.node, self.unhealthy))
         try:
-            netconf = self.resolve(netconf)
+            try:
+                netconf = self.resolve(netconf, any_namespace=True)
+            except PoolExhausted as exc:  # every pool of a range set is draining
+                raise NotAvailable(exc.msg, exc.details) from exc
             for rset in netconf.range_sets:
                 if not any(self._free(pool) > 0 for pool in rset):
                     raise NotAvailable("no free address in pool %s" % ", ".join(str(p.range.subnet) for p in rset))

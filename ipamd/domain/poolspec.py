@@ -236,13 +236,14 @@ def parse_pool_spec(obj: object) -> PoolSpec:
 
 def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: str, node_labels: Mapping[str, str],
             namespace: str, namespace_labels: Mapping[str, str] | None = None, *,
-            include_draining: bool = False) -> NetConf:
+            include_draining: bool = False, any_namespace: bool = False) -> NetConf:
     """Resolve ``netconf.pool_names`` against ``specs`` (name -> (spec, mod_revision)) into range sets.
 
     Within one range set, the candidates are the named pools, in list order, whose ``nodeSelector`` matches
     ``node_labels`` and whose ``namespaceSelector`` matches the pod's namespace labels (``namespace_labels``, plus
     ``kubernetes.io/metadata.name: <namespace>`` always; no namespace: only pools with an empty
-    ``namespaceSelector`` match), leaving out draining pools unless ``include_draining`` (CHECK, STATUS). The
+    ``namespaceSelector`` match; ``any_namespace``: every namespace, for STATUS, which names none), leaving out
+    draining pools unless ``include_draining`` (CHECK). The
     allocator takes the first candidate with a free address (the routes of the pools it took are added to the
     result by :func:`with_pool_routes`). A configuration without ``pool_names`` is returned unchanged.
 
@@ -264,7 +265,7 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
                                 "create it first: ipamctl pool create %s --cidr CIDR" % missing[0])
         matching = [specs[n] for n in names
                     if selects(specs[n][0].node_selector, node_labels)
-                    and (selects(specs[n][0].namespace_selector, ns_labels))]
+                    and (any_namespace or selects(specs[n][0].namespace_selector, ns_labels))]
         if not matching:
             raise InvalidConfig("ipam.pools[%d]: no pool of %s selects namespace %s on node %s"
                                 % (i, ", ".join(names), namespace or "(none)", node),

@@ -277,3 +277,36 @@ def test_kubernetes_node_labels_select_pools(daemons: Any, fake: Any, workdir: s
              "the node's new label to select pool east", timeout=15)
     assert run_cni("ADD", named("net2", [["gold"]]), socket=d.cni_socket, container_id="k2").ips == ["10.89.2.2/24"]
     check_ok(d)
+
+
+def test_drained_pool_retried_add_status_and_requested_address(daemons: Any) -> None:
+    """After a drain: a retried ADD of an attachment that holds an address of the pool returns it unchanged (T42,
+    B06); STATUS answers 50 when every pool of a range set is draining, 0 while one is active; a requested address
+    in the draining pool is 101 (B27: no new allocation from it)."""
+    a = daemons("A")
+    ok(a, "pool", "create", "d1", "--cidr", "10.90.0.0/24", "--namespace-selector", "kubernetes.io/metadata.name=x")
+    conf = named("net1", [["d1"]])
+    first = run_cni("ADD", conf, socket=a.cni_socket, container_id="c1", args=k8s("x", "c1"))
+    assert first.ips == ["10.90.0.2/24"], first
+    assert run_cni("STATUS", conf, socket=a.cni_socket, container_id=None, if_name=None, netns=None).rc == 0
+    ok(a, "pool", "drain", "d1")
+    again = run_cni("ADD", conf, socket=a.cni_socket, container_id="c1", args=k8s("x", "c1"))
+    assert again.rc == 0 and again.ips == ["10.90.0.2/24"], again
+    status = run_cni("STATUS", conf, socket=a.cni_socket, container_id=None, if_name=None, netns=None)
+    assert status.code == 50 and "pool d1 is draining" in status.json["msg"], status
+    wanted = dict(conf, runtimeConfig={"ips": ["10.90.0.9"]})
+    out = run_cni("ADD", wanted, socket=a.cni_socket, container_id="c2", args=k8s("x", "c2"))
+    assert out.code == 100 and "pool d1 is draining" in out.json["msg"], out  # nothing left in the range set
+    ok(a, "pool", "create", "d2", "--cidr", "10.91.0.0/24")
+    both = named("net1", [["d1", "d2"]])
+    out = run_cni("ADD", dict(both, runtimeConfig={"ips": ["10.90.0.9"]}), socket=a.cni_socket, container_id="c2",
+                  args=k8s("x", "c2"))
+    assert out.code == 101 and "10.90.0.9 is in pool d1" in out.json["msg"], out
+    assert run_cni("STATUS", both, socket=a.cni_socket, container_id=None, if_name=None, netns=None).rc == 0
+    ok(a, "pool", "drain", "d1", "--undo")
+    out = run_cni("ADD", wanted, socket=a.cni_socket, container_id="c2", args=k8s("x", "c2"))
+    assert out.ips == ["10.90.0.9/24"], out
+    assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c1").rc == 0
+    assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c2").rc == 0
+    assert "pool d1 deleted" in ok(a, "pool", "delete", "d1")
+    check_ok(a)

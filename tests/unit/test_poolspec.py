@@ -210,3 +210,16 @@ def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     store.txn([], [Delete(poolspec_key("gone"))], [], 1)  # behind the admin API's back
     kinds = [f.kind for f in analyse(store.dump())]
     assert "no-pool-spec" in kinds
+
+
+def test_status_resolution_ignores_the_namespace_selector() -> None:
+    """STATUS carries no pod namespace: every pool's namespaceSelector counts as matching (docs/cni-contract.md
+    §2.5); the node selector still applies."""
+    web = parse_pool_spec({"name": "web", "cidr": "10.2.0.0/24", "namespaceSelector": {"team": "web"},
+                           "nodeSelector": {"zone": "a"}})
+    specs = specs_of(web)
+    with pytest.raises(InvalidConfig):
+        resolve(named_conf([["web"]]), specs, "n1", {"zone": "a"}, "")
+    assert resolve(named_conf([["web"]]), specs, "n1", {"zone": "a"}, "", any_namespace=True).range_sets
+    with pytest.raises(InvalidConfig):
+        resolve(named_conf([["web"]]), specs, "n1", {"zone": "b"}, "", any_namespace=True)
