@@ -21,10 +21,12 @@ import sys
 import threading
 from typing import Any
 
+import grpc
 import pytest
 from harness import cni_config, daemon_ipamctl, run_cni, wait_for
 
 from ipamd.store.etcd import EtcdStore
+from ipamd.v1 import pools_pb2, pools_pb2_grpc
 
 pytestmark = pytest.mark.both_plugins
 
@@ -75,12 +77,16 @@ def test_ipamctl_pool_create_list_show_drain_delete(daemons: Any) -> None:
                                           "MAX/NODE", "NODES", "NAMESPACES"]
     assert out.split("\n")[1].split() == ["blue", "10.80.0.0/24", "/28", "block", "active", "252", "0", "0", "3",
                                           "*", "team=blue"]
-    ok(a, "pool", "create", "six", "--cidr", "fd00:80::/64")
+    spec_file = a.dir + "/six.json"
+    with open(spec_file, "w") as fh:
+        json.dump({"cidr": "fd00:80::/64", "nodeSelector": {"zone": "x"}}, fh)
+    ok(a, "pool", "create", "six", "--from-file", spec_file, "--node-selector", "zone=y")
     doc = json.loads(ok(a, "pool", "list", "-o", "json"))
     assert [p["name"] for p in doc["pools"]] == ["blue", "six"]
     six = doc["pools"][1]
-    assert (six["blockSize"], six["gatewayMode"], six["state"], six["poolId"]) == \
-        (122, "subnet", "active", "@six/fd000080000000000000000000000000-64")
+    assert (six["blockSize"], six["gatewayMode"], six["state"], six["poolId"], six["nodeSelector"]) == \
+        (122, "subnet", "active", "@six/fd000080000000000000000000000000-64", {"zone": "y"})
+    assert six["size"] == 2**64 - 2
     blue = json.loads(ok(a, "pool", "show", "blue", "-o", "json"))
     assert blue["exclude"] == ["10.80.0.5"] and blue["routes"] == [{"dst": "192.168.50.0/24", "gw": "10.80.0.1"}]
     assert (blue["maxBlocksPerNode"], blue["releaseCooldownSeconds"], blue["namespaceSelector"]) == \
@@ -213,6 +219,11 @@ def test_b27_refused_delete_drain_del_then_delete(daemons: Any) -> None:
     refused = ctl(a, "pool", "delete", "old")
     assert refused.returncode == 3, refused
     assert "pool old still holds 1 address(es)" in refused.stderr
+    # the admin API's status and CNI code
+    with grpc.insecure_channel("unix:" + a.grpc_socket) as ch, pytest.raises(grpc.RpcError) as info:
+        pools_pb2_grpc.PoolAdminStub(ch).DeleteNamedPool(pools_pb2.DeleteNamedPoolRequest(name="old"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ("ipamd-cni-code", "120") in tuple(info.value.trailing_metadata())
     assert keys(a, "poolspecs/") == ["poolspecs/new", "poolspecs/old"]
     ok(a, "pool", "drain", "old")
     assert run_cni("ADD", conf, socket=a.cni_socket, container_id="c2").ips == ["10.65.0.2/24"]
