@@ -122,16 +122,33 @@ class PoolAdmin:
         self.timeout = timeout
 
     def create(self, obj: object) -> PoolView:
-        """Validate ``obj`` (:func:`ipamd.domain.poolspec.parse_pool_spec`) and store it:
-        ``IF poolspecs/<name>.version == 0 THEN put``. Raises :class:`InvalidConfig` (7) for an invalid spec or a
-        name already taken. Not idempotent by design: a second create of the same name is refused."""
+        """Validate ``obj`` (:func:`ipamd.domain.poolspec.parse_pool_spec`) and store it: ``IF poolspecs/<name>.version
+        == 0 AND every spec of poolspecs/ has mod_revision <= R (the revision the other specs were read at) THEN
+        put``, so two creates of overlapping pools cannot both commit. Raises :class:`InvalidConfig` (7) for an
+        invalid spec, a name already taken, or a CIDR that overlaps another named pool's (an address would be handed
+        out by both). Not idempotent by design: a second create of the same name is refused."""
         spec = parse_pool_spec(obj)
         key = poolspec_key(spec.name)
-        res = self.store.txn([Compare(key, "version", "==", 0)], [Put(key, spec.encode())], [Get(key)], self.timeout)
-        if not res.succeeded:
-            raise InvalidConfig("pool %s already exists" % spec.name, "ipamctl pool show %s" % spec.name)
-        log.info("named pool %s created: %s", spec.name, spec.range.subnet)
-        return PoolView(spec, res.revision, 0, spec.range.usable_count(), 0, res.revision)
+        for _ in range(5):
+            kvs, revision = self.store.read(POOLSPECS, prefix_end(POOLSPECS), self.timeout)
+            for kv in kvs:
+                if kv.key == key:
+                    raise InvalidConfig("pool %s already exists" % spec.name, "ipamctl pool show %s" % spec.name)
+                try:
+                    other = PoolSpec.decode(kv.value)
+                except ValueError:
+                    continue
+                if other.range.overlaps(spec.range):
+                    raise InvalidConfig("pool %s cidr %s overlaps pool %s (%s)" % (spec.name, spec.range.subnet,
+                                                                                  other.name, other.range.subnet),
+                                        "named pools may not overlap: an address would be handed out by both")
+            res = self.store.txn([Compare(key, "version", "==", 0),
+                                  Compare(POOLSPECS, "mod", "<", revision + 1, prefix_end(POOLSPECS))],
+                                 [Put(key, spec.encode())], [], self.timeout)
+            if res.succeeded:
+                log.info("named pool %s created: %s", spec.name, spec.range.subnet)
+                return PoolView(spec, res.revision, 0, spec.range.usable_count(), 0, res.revision)
+        raise TryAgainLater("pool %s: the named pools changed under every attempt to create it" % spec.name)
 
     def _read(self, name: str) -> tuple[KV, PoolSpec]:
         validate_pool_name(name)

@@ -105,6 +105,8 @@ def test_ipamctl_pool_create_list_show_drain_delete(daemons: Any) -> None:
     assert bad.returncode == 2 and "invalid pool name" in bad.stderr
     again = ctl(a, "pool", "create", "blue", "--cidr", "10.82.0.0/24")
     assert again.returncode == 2 and "pool blue already exists" in again.stderr
+    overlap = ctl(a, "pool", "create", "blue2", "--cidr", "10.80.0.128/25")
+    assert overlap.returncode == 2 and "overlaps pool blue (10.80.0.0/24)" in overlap.stderr
     missing = ctl(a, "pool", "show", "nope")
     assert missing.returncode == 2 and "pool nope does not exist" in missing.stderr
     drained = json.loads(ok(a, "pool", "drain", "blue", "-o", "json"))
