@@ -20,6 +20,9 @@ Talk to the node's daemon on its unix socket, or to a daemon's TLS TCP listener:
         revision, pools = client.pools()                  # PoolInfo: size, allocated, free, blocks, utilisation
         revision, blocks, nodes = client.blocks(pool="net1/10.1.2.0/24")   # BlockInfo, NodeUsage
         print(client.release("net1", "c1", "eth0"))        # 1 (addresses released; 0 when nothing was held)
+        client.create_pool({"name": "pool-v4", "cidr": "10.8.0.0/16", "nodeSelector": {"zone": "a"}})
+        print([p["name"] for p in client.named_pools()[1]])  # named pools (docs/configuration.md "Named pools")
+        client.drain_pool("pool-v4")                       # no new allocations; delete_pool once it is empty
         st = client.status()
         print(st.ready, st.not_ready_reason, st.etcd_version, [p.own_blocks for p in st.pools])
 
