@@ -231,12 +231,12 @@ def test_create_refuses_an_overlapping_pool_also_when_racing() -> None:
     store = MemoryStore()
     admin = IpamService(store, "X").pool_admin
     admin.create({"name": "a", "cidr": "10.1.0.0/16"})
-    with pytest.raises(InvalidConfig, match="pool b cidr 10.1.2.0/24 overlaps pool a"):
+    with pytest.raises(InvalidConfig, match=re.escape("pool b cidr 10.1.2.0/24 overlaps pool a")):
         admin.create({"name": "b", "cidr": "10.1.2.0/24"})
     admin.create({"name": "v6", "cidr": "fd00::/64"})  # another family never overlaps
     fault = store.inject("txn", "action", action=lambda: admin.create({"name": "c", "cidr": "10.2.0.0/24"}),
                          match=lambda compares, *_: any(c.key == "poolspecs/d" for c in compares))
-    with pytest.raises(InvalidConfig, match="pool d cidr 10.2.0.0/25 overlaps pool c"):
+    with pytest.raises(InvalidConfig, match=re.escape("pool d cidr 10.2.0.0/25 overlaps pool c")):
         admin.create({"name": "d", "cidr": "10.2.0.0/25"})
     assert fault.hits == 1
     assert store.count("poolspecs/", prefix_end("poolspecs/"), 1) == 3
