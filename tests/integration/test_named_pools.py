@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -262,7 +263,7 @@ def test_delete_racing_an_add_strands_no_address(daemons: Any) -> None:
         if "add.after_pick" in a.log():
             deleted = ctl(a, "pool", "delete", "racy")
             break
-        threading.Event().wait(0.02)
+        time.sleep(0.02)
     t.join(30)
     assert deleted is not None and deleted.returncode == 0, deleted
     out = result[0]
