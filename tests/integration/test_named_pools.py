@@ -324,3 +324,39 @@ def test_drained_pool_retried_add_status_and_requested_address(daemons: Any) -> 
     assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c2").rc == 0
     assert "pool d1 deleted" in ok(a, "pool", "delete", "d1")
     check_ok(a)
+
+
+def test_concurrent_adds_and_a_delete_from_a_barrier(daemons: Any) -> None:
+    """Eight ADDs through two daemons and a delete released together: either the delete commits first (every ADD
+    that follows answers 7 and holds nothing) or an ADD does (the delete is refused with the count); never an address
+    in a deleted pool."""
+    a, b = daemons("A"), daemons("B")
+    ok(a, "pool", "create", "herd", "--cidr", "10.92.0.0/24", "--block-size", "28")
+    conf = named("net1", [["herd"]])
+    barrier = threading.Barrier(9)
+    adds: list[Any] = []
+    deleted: list[Any] = []
+
+    def add(i: int) -> None:
+        barrier.wait(30)
+        adds.append(run_cni("ADD", conf, socket=(a, b)[i % 2].cni_socket, container_id="h%d" % i))
+
+    def delete() -> None:
+        barrier.wait(30)
+        deleted.append(ctl(a, "pool", "delete", "herd"))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)] + [threading.Thread(target=delete)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    held = keys(a, "ips/@herd/")
+    got = [x for x in adds if x.rc == 0]
+    assert all(x.code == 7 for x in adds if x.rc != 0), adds
+    assert len(held) == len(got) == len({ip for x in got for ip in x.ips})
+    if deleted[0].returncode == 0:
+        assert keys(a, "poolspecs/") == [] and held == [] and keys(a, "blocks/@herd/") == []
+    else:
+        assert deleted[0].returncode == 3 and "still holds" in deleted[0].stderr, deleted[0]
+        assert keys(a, "poolspecs/") == ["poolspecs/herd"] and held
+    check_ok(a)
