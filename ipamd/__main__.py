@@ -121,6 +121,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         endpoints = embedded.endpoint
         log.info("embedded etcd at %s, data in %s", endpoints, cfg.embedded_etcd)
     metrics = Metrics()
+    from .domain.poolspec import parse_labels
+
     try:
         store = EtcdStore(endpoints, cfg.etcd_prefix, ca_cert=cfg.etcd_ca_cert or None,
                           cert=cfg.etcd_cert or None, key=cfg.etcd_key or None, user=cfg.etcd_user or None,
@@ -144,7 +146,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
     service = IpamService(store, cfg.node_name, request_timeout=cfg.request_timeout, etcd_timeout=cfg.etcd_timeout,
                           gc_timeout=cfg.gc_timeout, handle_limit=cfg.handle_cache_size, metrics=metrics,
                           failpoints=Failpoints.from_env(), reconcile_interval=cfg.reconcile_interval,
-                          reconcile_grace=cfg.reconcile_grace, node_check=node_check)
+                          reconcile_grace=cfg.reconcile_grace, node_check=node_check,
+                          node_labels=parse_labels(cfg.node_labels, "node_labels"))
     metrics.watch_pools(lambda: pool_stats(service))
     tcp = TcpListener(cfg.grpc_address, cfg.grpc_tls_cert, cfg.grpc_tls_key, cfg.grpc_client_ca) \
         if cfg.grpc_address else None
@@ -275,6 +278,8 @@ def run(cfg: config_mod.DaemonConfig) -> int:
             log.info("automatic node removal: a node deleted from the Kubernetes API is removed %g s after its "
                      "deletion was seen, once its lease nodes/<node> has expired", cfg.kube_node_removal_grace)
         service.reconciler.checks.append(kube.owner_check)  # after the netns check: a dead sandbox is gone
+        nodes_view = kube.nodes
+        service.node_labels_source = lambda: nodes_view.labels(cfg.node_name)  # named pools' nodeSelector
         loops += [threading.Thread(target=supervise, name=name, daemon=True,
                                    args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))
                   for name, body in kube.loops()]

@@ -14,6 +14,9 @@ check``, ``ipamctl repair``, the daemon and every test scenario share one defini
   (invariant 6): a release writes the cooling record in the transaction that deletes the address record, and an
   ADD that takes a cooling address deletes the record in its own transaction. Not repairable by the check (the
   record ends with its lease).
+- An address record of a named pool (network ``@<name>``) needs the pool's spec ``poolspecs/<name>``: a pool is
+  deleted only when it holds no address (docs/etcd-layout.md "Named pools"), so an address without its spec is a
+  violation of invariant 2 (``no-pool-spec``).
 - **warning**: listed, never repaired: an address that was usable when it was allocated but is not under the
   pool's current configuration (a range narrowed or an exclude added under live pods, B51: the address record is
   older than the pool record's last change). It stays its holder's until DEL.
@@ -38,6 +41,7 @@ from .domain.model import (
     IPS,
     NODES,
     POOLS,
+    POOLSPECS,
     CoolingRecord,
     HandleRecord,
     IpRecord,
@@ -53,6 +57,7 @@ from .domain.model import (
     parse_ip_key,
     pool_network,
 )
+from .domain.poolspec import PoolSpec, name_of_network
 from .store.base import KV, Compare, Delete, Store
 
 #: The report format's version (``ipamctl check -o json``).
@@ -144,10 +149,14 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
     handles: dict[str, tuple[HandleRecord, KV]] = {}
     cooling: list[tuple[str, KV]] = []
     nodes: set[str] = set()
+    specs: set[str] = set()
     out: list[Finding] = []
     for kv in kvs:
         try:
-            if kv.key.startswith(POOLS):
+            if kv.key.startswith(POOLSPECS):
+                PoolSpec.decode(kv.value)
+                specs.add(kv.key[len(POOLSPECS):])
+            elif kv.key.startswith(POOLS):
                 try:
                     pools[kv.key[len(POOLS):]] = (PoolRecord.decode(kv.value).range, kv.mod_revision)
                 except ValueError:
@@ -182,6 +191,11 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
             out.append(Finding(1, key, "handle %r does not list this address" % rec.handle,
                                kind="address-not-listed", mod_revision=kv.mod_revision))
         rng, pool_revision = pools.get(rec.pool, (None, 0))
+        spec_name = name_of_network(network)
+        if spec_name is not None and spec_name not in specs:
+            out.append(Finding(2, key, "address of named pool %s, which has no spec %s%s"
+                               % (spec_name, POOLSPECS, spec_name),
+                               kind="no-pool-spec", mod_revision=kv.mod_revision))
         if rng is None or not rec.pool.startswith(network + "/"):
             out.append(Finding(2, key, "pool %r has no (valid) pool record in network %s" % (rec.pool, network),
                                kind="no-pool", mod_revision=kv.mod_revision))

@@ -64,6 +64,7 @@ class DaemonConfig:
     kube_node_removal_grace: float = 300.0
     node_check: bool = True
     node_netns: str = ""
+    node_labels: str = ""
 
 
 _FLOATS = {"request_timeout", "etcd_timeout", "gc_timeout", "reconcile_interval", "reconcile_grace", "health_interval",
@@ -126,6 +127,8 @@ _HELP = {
                   "\"Node check\"; default true)",
     "node_netns": "network namespace (a path such as /var/run/netns/x) whose addresses and routes the node check "
                   "reads instead of the daemon's own (tests; default: the daemon's own, the host's)",
+    "node_labels": "this node's labels as k=v,k2=v2, matched by named pools' nodeSelector (docs/configuration.md "
+                   "\"Named pools\"); in Kubernetes mode the Node object's labels are added (these win)",
 }
 
 
@@ -150,6 +153,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                                                              " whole" if name in _INTS else "")) from None
     if name == "etcd_endpoints" and isinstance(value, list):
         return ",".join(str(v) for v in value)
+    if name == "node_labels" and isinstance(value, dict):  # TOML: node_labels = {zone = "a"}
+        return ",".join("%s=%s" % (k, v) for k, v in value.items())
     if not isinstance(value, str):
         raise ConfigError("%s: %s=%r is not a string" % (where, name, value))
     return value
@@ -206,7 +211,19 @@ def resolve_group(value: str) -> int:
         raise ConfigError("%r is not a group of this system" % value) from None
 
 
+def _labels(value: str) -> str | None:
+    from .domain.errors import InvalidConfig
+    from .domain.poolspec import parse_labels
+
+    try:
+        parse_labels(value, "node_labels")
+    except InvalidConfig as exc:
+        return "must be k=v,k2=v2 with Kubernetes label keys and values (%s)" % exc.msg
+    return None
+
+
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "node_labels": _labels,
     "node_name": lambda v: None if _NODE_RE.fullmatch(v) else
     "must be 1-253 letters, digits, '.', '-' or '_', starting and ending with a letter or digit",
     "etcd_endpoints": _endpoints,

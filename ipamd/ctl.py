@@ -6,6 +6,8 @@ Commands:
     ipamctl pools [--network NET] [--pool P] [-o json]   pools: size, allocated, free, blocks, utilisation
     ipamctl blocks [--pool P] [--node N] [-o json]       blocks: owner, used, free, borrowed
     ipamctl usage [-o json] [--watch SECONDS]            utilisation per pool and per node
+    ipamctl pool create NAME --cidr CIDR [options] | list | show NAME | drain NAME [--undo] | delete NAME
+                                                  named pools (docs/configuration.md "Named pools")
     ipamctl get NET CONTAINERID IFNAME
     ipamctl release NET CONTAINERID IFNAME        release one attachment (idempotent)
     ipamctl check [-o json] [--report FILE]       the invariants of the data model, read from etcd
@@ -82,7 +84,45 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("--yes", action="store_true", help="do it without asking")
     rm.add_argument("--dry-run", action="store_true", help="only show what would be released")
     _verify_parser(sub, common)
+    _pool_parser(sub, common)
     return p
+
+
+def _pool_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                 common: argparse.ArgumentParser) -> None:
+    """``ipamctl pool create|list|show|drain|delete`` (docs/ipamctl.md "Named pools")."""
+    pool = sub.add_parser("pool", help="named pools: create, list, show, drain, delete (docs/configuration.md)")
+    psub = pool.add_subparsers(dest="pool_cmd", required=True)
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text (default) or json")
+    cr = psub.add_parser("create", parents=[common, output], help="create a named pool")
+    cr.add_argument("name")
+    cr.add_argument("--cidr", default="", help="the pool's subnet, IPv4 or IPv6 (required unless --from-file)")
+    cr.add_argument("--from-file", metavar="FILE", help="a JSON spec object (keys of docs/configuration.md); flags "
+                    "given as well override its keys")
+    cr.add_argument("--block-size", type=int, default=None, metavar="PREFIX",
+                    help="prefix length of the pool's blocks (default 26 for IPv4, 122 for IPv6)")
+    cr.add_argument("--gateway-mode", choices=("subnet", "block", "pointToPoint"), default=None)
+    cr.add_argument("--gateway", default=None, help="gateway address (default: the subnet's first host)")
+    cr.add_argument("--route", action="append", default=None, metavar="DST[,GW]", help="a route (repeatable)")
+    cr.add_argument("--exclude", action="append", default=None, metavar="ADDR|CIDR|A-B",
+                    help="never hand out these addresses (repeatable)")
+    cr.add_argument("--release-cooldown-seconds", type=int, default=None, metavar="SECONDS")
+    cr.add_argument("--strict-affinity", action="store_true", default=None,
+                    help="never borrow from another node's block")
+    cr.add_argument("--max-blocks-per-node", type=int, default=None, metavar="N", help="0: no limit (default)")
+    cr.add_argument("--node-selector", default=None, metavar="K=V[,K=V]", help="matchLabels on the node's labels")
+    cr.add_argument("--namespace-selector", default=None, metavar="K=V[,K=V]",
+                    help="matchLabels on the pod namespace's labels (kubernetes.io/metadata.name=NS selects one)")
+    psub.add_parser("list", parents=[common, output], help="every named pool with its usage")
+    sh = psub.add_parser("show", parents=[common, output], help="one named pool with its usage")
+    sh.add_argument("name")
+    dr = psub.add_parser("drain", parents=[common, output],
+                         help="no new allocations from the pool; existing ones stay until DEL (field case B27)")
+    dr.add_argument("name")
+    dr.add_argument("--undo", action="store_true", help="make the pool active again")
+    dl = psub.add_parser("delete", parents=[common], help="delete an empty pool (refused while it holds addresses)")
+    dl.add_argument("name")
 
 
 def _inventory_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -216,6 +256,108 @@ def _inventory(args: argparse.Namespace, socket: str) -> int:
         return 2 if exc.cni_code == 7 else 1
     except KeyboardInterrupt:  # the end of usage --watch
         return 0
+    return 0
+
+
+def _pool_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec object of ``ipamctl pool create``: ``--from-file`` first, then the flags given. Raises
+    ``ValueError`` (a usage error) for an unreadable file or a malformed flag."""
+    from .domain.errors import InvalidConfig
+    from .domain.poolspec import parse_labels
+
+    spec: dict[str, Any] = {}
+    if args.from_file:
+        try:
+            with open(args.from_file) as fh:
+                loaded = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise ValueError("--from-file %s: %s" % (args.from_file, exc)) from None
+        if not isinstance(loaded, dict):
+            raise ValueError("--from-file %s is not a JSON object" % args.from_file)
+        spec.update(loaded)
+    spec["name"] = args.name
+    if args.cidr:
+        spec["cidr"] = args.cidr
+    if not spec.get("cidr"):
+        raise ValueError("--cidr is required")
+    for flag, key in (("block_size", "blockSize"), ("gateway_mode", "gatewayMode"), ("gateway", "gateway"),
+                      ("exclude", "exclude"), ("release_cooldown_seconds", "releaseCooldownSeconds"),
+                      ("strict_affinity", "strictAffinity"), ("max_blocks_per_node", "maxBlocksPerNode")):
+        if getattr(args, flag) is not None:
+            spec[key] = getattr(args, flag)
+    if args.route is not None:
+        spec["routes"] = [{"dst": r.split(",", 1)[0], **({"gw": r.split(",", 1)[1]} if "," in r else {})}
+                          for r in args.route]
+    try:
+        for flag, key in (("node_selector", "nodeSelector"), ("namespace_selector", "namespaceSelector")):
+            if getattr(args, flag) is not None:
+                spec[key] = parse_labels(getattr(args, flag), "--" + flag.replace("_", "-"))
+    except InvalidConfig as exc:
+        raise ValueError(exc.msg) from None
+    return spec
+
+
+def _pool_table(pools: Sequence[dict[str, Any]]) -> str:
+    def labels(d: dict[str, str]) -> str:
+        return ",".join("%s=%s" % kv for kv in sorted(d.items())) or "*"
+
+    return render_table(
+        ["NAME", "CIDR", "BLOCK", "GATEWAY", "STATE", "SIZE", "ALLOCATED", "BLOCKS", "MAX/NODE", "NODES",
+         "NAMESPACES"],
+        [[p["name"], p["cidr"], "/%d" % p["blockSize"], p["gatewayMode"] + (" " + p["gateway"] if "gateway" in p
+                                                                               else ""),
+          p["state"], str(p["size"]), str(p["allocated"]), str(p["blocks"]), str(p["maxBlocksPerNode"] or "-"),
+          labels(p["nodeSelector"]), labels(p["namespaceSelector"])] for p in pools])
+
+
+def _pool(args: argparse.Namespace, socket: str) -> int:
+    """``ipamctl pool ...``: exit 0 with the answer; 2 for a usage error or an invalid request (code 7: invalid
+    spec, unknown or existing name); 3 when a delete is refused because the pool still holds addresses (code 120,
+    the message gives the count); 1 when the daemon or etcd fails (docs/ipamctl.md "Named pools")."""
+    from ipamd_client import IpamClient
+
+    from .domain.errors import IpamError
+
+    try:
+        spec = _pool_spec(args) if args.pool_cmd == "create" else {}
+    except ValueError as exc:
+        print("ipamctl pool create: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        with IpamClient(socket) as client:
+            if args.pool_cmd == "delete":
+                removed = client.delete_pool(args.name)
+                print("pool %s deleted (%d empty block(s) removed)" % (args.name, removed))
+                return 0
+            if args.pool_cmd == "list":
+                rev, pools = client.named_pools()
+            else:
+                one = {"create": lambda: client.create_pool(spec), "show": lambda: client.named_pool(args.name),
+                       "drain": lambda: client.drain_pool(args.name, args.undo)}[args.pool_cmd]()
+                rev, pools = one["specRevision"], [one]
+            if args.output == "json":
+                print(json.dumps({"revision": rev, "pools": pools} if args.pool_cmd == "list" else pools[0],
+                                 indent=2))
+            elif args.pool_cmd == "show":
+                p = pools[0]
+                for key in ("name", "poolId", "cidr", "blockSize", "gatewayMode", "gateway", "routes", "exclude",
+                            "releaseCooldownSeconds", "strictAffinity", "maxBlocksPerNode", "nodeSelector",
+                            "namespaceSelector", "state", "size", "allocated", "blocks", "specRevision"):
+                    if key in p:
+                        value = p[key]
+                        print("%-23s %s" % (key + ":", json.dumps(value) if isinstance(value, (list, dict, bool))
+                                            else value))
+            elif pools:
+                print(_pool_table(pools))
+            if args.pool_cmd == "list":
+                print("%d named pool(s) at revision %d" % (len(pools), rev), file=sys.stderr)
+            elif args.pool_cmd in ("create", "drain"):
+                print("pool %s %s" % (args.name, {"create": "created", "drain": "is " + pools[0]["state"]}[
+                    args.pool_cmd]), file=sys.stderr)
+    except IpamError as exc:
+        print("ipamctl: error %d: %s%s" % (exc.cni_code, exc.msg, " (%s)" % exc.details if exc.details else ""),
+              file=sys.stderr)
+        return {7: 2, 120: 3}.get(exc.cni_code, 1)
     return 0
 
 
@@ -457,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(args, socket)
         if args.cmd in ("list", "pools", "blocks", "usage"):
             return _inventory(args, socket)
+        if args.cmd == "pool":
+            return _pool(args, socket)
 
         from ipamd_client import IpamClient
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,16 +32,19 @@ from .domain.inventory import BlockInfo, NodeUsage, PoolInfo
 from .domain.model import HandleRecord
 from .domain.netcheck import CHECK_ERRORS
 from .domain.netconf import parse_netconf
+from .domain.poolspec import validate_pool_name
 from .domain.status import DaemonStatus
 from .inventory import AttachmentFilter
+from .namedpools import PoolView
 from .service import IpamService
 from .sockets import Claim
-from .v1 import ipam_pb2, ipam_pb2_grpc
+from .v1 import ipam_pb2, ipam_pb2_grpc, pools_pb2, pools_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 CODE_METADATA = "ipamd-cni-code"
 SERVICE_NAME = "ipamd.v1.Ipam"
+POOL_ADMIN_SERVICE_NAME = "ipamd.v1.PoolAdmin"
 
 
 def _allocation_msg(rec: HandleRecord) -> ipam_pb2.Allocation:
@@ -63,7 +67,7 @@ def _guard(verb: str) -> Callable[..., Any]:
     anything unexpected INTERNAL with code 999 (logged with its traceback); the CNI code travels in the trailing
     metadata either way (docs/errors.md)."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def call(self: IpamServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        def call(self: IpamServicer | PoolAdminServicer, request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 out = fn(self, request, context)
             except IpamError as exc:
@@ -111,7 +115,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         if request.requested_addresses:
             req.conf["runtimeConfig"] = {"ips": list(request.requested_addresses)}
             req.conf.pop("args", None)
-        requested = requested_addresses(req, netconf)
+        requested = requested_addresses(req, self.service.resolve(netconf, request.pod.get("namespace", ""),
+                                                                  include_draining=True))
         allocations = self.service.add(att, netconf, requested=requested, netns=request.netns,
                                        pod=dict(request.pod))
         raw_version = conf.get("cniVersion")
@@ -119,7 +124,9 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         rec = HandleRecord(att.network, att.container_id, att.if_name, self.service.node, tuple(allocations),
                            request.netns, dict(request.pod))
         return ipam_pb2.AllocateResponse(allocation=_allocation_msg(rec),
-                                         cni_result_json=json.dumps(render_result(version, allocations, netconf)))
+                                         cni_result_json=json.dumps(render_result(
+                                             version, allocations, self.service.with_pool_routes(netconf,
+                                                                                                 allocations))))
 
     @_guard("Release")
     def Release(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -158,7 +165,9 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
 
     @_guard("ListPools")
     def ListPools(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if request.network:
+        if request.network.startswith("@"):  # a named pool's network (docs/configuration.md "Named pools")
+            validate_pool_name(request.network[1:])
+        elif request.network:
             validate_network_name(request.network)
         revision, pools = self.service.inventory.pools(request.network, request.pool)
         return ipam_pb2.ListPoolsResponse(revision=revision, pools=[_pool_msg(p) for p in pools])
@@ -196,6 +205,85 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         reports = self.service.inspector.verify_all(records, probe_count=request.probe_count or 1,
                                                     probe_timeout=request.probe_timeout or 1.0)
         return ipam_pb2.VerifyResponse(node=self.service.node, reports=[_report_msg(r) for r in reports])
+
+
+def named_pool_obj(msg: Any) -> dict[str, Any]:
+    """A ``NamedPool`` message as the spec object :func:`ipamd.domain.poolspec.parse_pool_spec` validates (fields
+    left at their proto default are left out, so the spec's defaults apply)."""
+    obj: dict[str, Any] = {"name": msg.name, "cidr": msg.cidr}
+    if msg.block_size:
+        obj["blockSize"] = msg.block_size
+    if msg.gateway_mode:
+        obj["gatewayMode"] = msg.gateway_mode
+    if msg.gateway:
+        obj["gateway"] = msg.gateway
+    if msg.routes:
+        obj["routes"] = [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in msg.routes]
+    if msg.exclude:
+        obj["exclude"] = list(msg.exclude)
+    if msg.release_cooldown_seconds:
+        obj["releaseCooldownSeconds"] = msg.release_cooldown_seconds
+    if msg.strict_affinity:
+        obj["strictAffinity"] = True
+    if msg.max_blocks_per_node:
+        obj["maxBlocksPerNode"] = msg.max_blocks_per_node
+    if msg.node_selector:
+        obj["nodeSelector"] = dict(msg.node_selector)
+    if msg.namespace_selector:
+        obj["namespaceSelector"] = dict(msg.namespace_selector)
+    if msg.state:
+        obj["state"] = msg.state
+    return obj
+
+
+def _named_pool_msg(view: PoolView) -> pools_pb2.NamedPool:
+    obj = view.spec.to_json()
+    return pools_pb2.NamedPool(
+        name=obj["name"], cidr=obj["cidr"], block_size=obj["blockSize"], gateway_mode=obj["gatewayMode"],
+        gateway=obj.get("gateway", ""), routes=[pools_pb2.NamedPoolRoute(dst=r["dst"], gw=r.get("gw", ""))
+                                                for r in obj["routes"]],
+        exclude=obj["exclude"], release_cooldown_seconds=obj["releaseCooldownSeconds"],
+        strict_affinity=obj["strictAffinity"], max_blocks_per_node=obj["maxBlocksPerNode"],
+        node_selector=obj["nodeSelector"], namespace_selector=obj["namespaceSelector"], state=obj["state"],
+        pool_id=view.spec.pool_id, allocated=view.allocated, size=str(view.size), blocks=view.blocks,
+        spec_revision=view.spec_revision)
+
+
+class PoolAdminServicer(pools_pb2_grpc.PoolAdminServicer):
+    """``ipamd.v1.PoolAdmin`` (proto/ipamd/v1/pools.proto) over :class:`ipamd.namedpools.PoolAdmin`: named pools'
+    specs in etcd (docs/configuration.md "Named pools"). Answers while the daemon is not ready too (the calls go to
+    etcd directly). Errors as for :class:`IpamServicer`."""
+
+    def __init__(self, service: IpamService) -> None:
+        self.service = service
+
+    def _count(self, verb: str, code: int) -> None:
+        m = self.service.metrics
+        m.child(m.requests, "grpc." + verb, "ok" if code == 0 else "error", str(code)).inc()
+
+    @_guard("CreateNamedPool")
+    def CreateNamedPool(self, request: Any, context: grpc.ServicerContext) -> Any:
+        view = self.service.pool_admin.create(named_pool_obj(request.pool))
+        return pools_pb2.CreateNamedPoolResponse(pool=_named_pool_msg(view))
+
+    @_guard("ListNamedPools")
+    def ListNamedPools(self, request: Any, context: grpc.ServicerContext) -> Any:
+        revision, views = self.service.pool_admin.list()
+        return pools_pb2.ListNamedPoolsResponse(revision=revision, pools=[_named_pool_msg(v) for v in views])
+
+    @_guard("GetNamedPool")
+    def GetNamedPool(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pools_pb2.GetNamedPoolResponse(pool=_named_pool_msg(self.service.pool_admin.show(request.name)))
+
+    @_guard("DrainNamedPool")
+    def DrainNamedPool(self, request: Any, context: grpc.ServicerContext) -> Any:
+        view = self.service.pool_admin.set_state(request.name, "active" if request.undo else "draining")
+        return pools_pb2.DrainNamedPoolResponse(pool=_named_pool_msg(view))
+
+    @_guard("DeleteNamedPool")
+    def DeleteNamedPool(self, request: Any, context: grpc.ServicerContext) -> Any:
+        removed = self.service.pool_admin.delete(request.name, time.monotonic() + self.service.request_timeout)
+        return pools_pb2.DeleteNamedPoolResponse(name=request.name, blocks_removed=removed)
 
 
 def _pool_msg(p: PoolInfo) -> ipam_pb2.PoolInfo:
@@ -265,6 +353,8 @@ class GrpcServer:
         self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"))
         ipam_pb2_grpc.add_IpamServicer_to_server(IpamServicer(service, status),  # type: ignore[no-untyped-call]
                                                  self.server)
+        pools_pb2_grpc.add_PoolAdminServicer_to_server(PoolAdminServicer(service),  # type: ignore[no-untyped-call]
+                                                       self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.set_serving(False)

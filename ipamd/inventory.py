@@ -190,7 +190,10 @@ class Inventory:
         """``(revision, records)`` of the attachments ``flt`` matches, in key order: one range read of the handles
         (of the filter's network, or of the pool's network)."""
         pool_id = self._pool_filter(flt.pool)
-        if pool_id:
+        if pool_id and pool_network(pool_id).startswith("@"):
+            # a named pool's addresses belong to attachments of any network that names it
+            flt = AttachmentFilter(flt.network, flt.node, pool_id, flt.namespace, flt.pod)
+        elif pool_id:
             network = pool_network(pool_id)
             if flt.network and flt.network != network:
                 raise InvalidConfig("pool %s is not of network %s" % (flt.pool, flt.network))

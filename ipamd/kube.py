@@ -309,13 +309,15 @@ class PodInfo:
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A node as the views keep it: ``name``, ``uid``, ``pod_cidrs`` (``spec.podCIDRs``, or the older single
-    ``spec.podCIDR``), ``ready`` (the Ready condition is True) and ``deleting`` (``deletionTimestamp`` set)."""
+    ``spec.podCIDR``), ``ready`` (the Ready condition is True), ``deleting`` (``deletionTimestamp`` set) and
+    ``labels`` (``metadata.labels`` as sorted pairs; named pools' ``nodeSelector`` matches them)."""
 
     name: str
     uid: str
     pod_cidrs: tuple[str, ...]
     ready: bool
     deleting: bool
+    labels: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_obj(cls, obj: Obj) -> NodeInfo:
@@ -329,8 +331,10 @@ class NodeInfo:
         status = _section(obj, "status")
         ready = any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
                     for c in status.get("conditions") or ())
+        labels = meta.get("labels") or {}
         return cls(name, str(meta.get("uid", "")), tuple(str(c) for c in cidrs), ready,
-                   meta.get("deletionTimestamp") is not None)
+                   meta.get("deletionTimestamp") is not None,
+                   tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict) else ())
 
 
 def _resource_version(obj: Obj) -> str:
@@ -517,6 +521,12 @@ class NodeView(_Reflector[NodeInfo]):
         """Whether the view is current and node ``name`` exists (O(1), no copy)."""
         with self._lock:
             return self._synced and name in self._items
+
+    def labels(self, name: str) -> dict[str, str] | None:
+        """``metadata.labels`` of node ``name``; ``None`` when the view is not current or has no such node."""
+        with self._lock:
+            node = self._items.get(name) if self._synced else None
+            return dict(node.labels) if node is not None else None
 
     def pod_cidrs(self, name: str) -> tuple[str, ...] | None:
         """``spec.podCIDRs`` of node ``name``; ``None`` when the view is not current or has no such node."""

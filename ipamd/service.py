@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .batching import GroupCommit
@@ -36,6 +37,7 @@ from .domain.errors import (
 from .domain.model import (
     BLOCKS,
     POOLS,
+    POOLSPECS,
     Allocation,
     HandleRecord,
     PoolRecord,
@@ -44,13 +46,16 @@ from .domain.model import (
     handle_key,
     ips_range,
     pool_network,
+    poolspec_key,
 )
 from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
+from .domain.poolspec import name_of_network, resolve, with_pool_routes
 from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .inventory import Inventory
 from .metrics import Metrics
+from .namedpools import PoolAdmin, PoolSpecCache
 from .nodecheck import NodeCheck
 from .reconciler import NetnsCheck, PassResult, Reconciler
 from .store.base import KV, Get, Store, StoreRefused, StoreRejected, StoreUnavailable, TxnResult, prefix_end
@@ -72,6 +77,16 @@ class _AddState:
     blocks_read: set[str] = field(default_factory=set)
 
 
+def _check_requested_pools(netconf: NetConf, requested: dict[int, tuple[Pool, int]]) -> None:
+    """A requested address of a named pool must lie in a pool that is a candidate now (not draining, selected):
+    raises :class:`AddressUnavailable` (101) otherwise (field case B27: no new allocation from a draining pool)."""
+    for index, (pool, value) in requested.items():
+        rset = netconf.range_sets[index] if index < len(netconf.range_sets) else ()
+        if all(p.id != pool.id for p in rset):
+            raise AddressUnavailable("requested address %s is in pool %s, which gives no new addresses here (draining, "
+                                     "or not selected)" % (to_ip(pool.range.family, value), pool.network[1:]))
+
+
 class IpamService:
     """The service layer shared by the CNI socket server and the gRPC API. Thread-safe.
 
@@ -81,14 +96,17 @@ class IpamService:
     ``reconcile_grace`` the reconciler's (ipamd.reconciler; interval 0: off); ``inspector`` looks into
     namespaces for CHECK (:class:`ipamd.deepcheck.NamespaceInspector`; a double in tests); ``node_check`` refuses
     pools that overlap the node's own addresses and routes at ADD (:class:`ipamd.nodecheck.NodeCheck`; ``None``:
-    no such check, as in the in-memory tests).
+    no such check, as in the in-memory tests); ``node_labels`` this node's labels, matched by named pools'
+    ``nodeSelector`` (docs/configuration.md "Named pools"); ``namespace_labels`` looks up a namespace's labels
+    (Kubernetes mode; ``None``: only ``kubernetes.io/metadata.name``).
     """
 
     def __init__(self, store: Store, node: str, *, request_timeout: float = 8.0, etcd_timeout: float = 2.0,
                  gc_timeout: float = 300.0, handle_limit: int = 16384, metrics: Metrics | None = None,
                  failpoints: Failpoints | None = None, reconcile_interval: float = 0.0,
                  reconcile_grace: float = 600.0, inspector: NamespaceInspector | None = None,
-                 node_check: NodeCheck | None = None) -> None:
+                 node_check: NodeCheck | None = None, node_labels: Mapping[str, str] | None = None,
+                 namespace_labels: Callable[[str], Mapping[str, str]] | None = None) -> None:
         self.store = store
         self.node = node
         self.request_timeout = request_timeout
@@ -98,6 +116,14 @@ class IpamService:
         self.inspector = inspector or NamespaceInspector(timeout=min(5.0, request_timeout))
         self.node_check = node_check
         self.cache = NodeCache(node, handle_limit)
+        self.node_labels: dict[str, str] = dict(node_labels or {})
+        #: more labels of this node, looked up at each resolution (Kubernetes mode: the Node object's); the
+        #: configured ``node_labels`` win on a conflict
+        self.node_labels_source: Callable[[], Mapping[str, str] | None] | None = None
+        self.namespace_labels = namespace_labels
+        #: named pools' specs (ipamd.namedpools), synced with the view and followed by its watch
+        self.specs = PoolSpecCache()
+        self.pool_admin = PoolAdmin(store, request_timeout)
         self.ready = False
         #: why ADD cannot be served although the first sync is done ("" when it can); STATUS answers 50 with it
         self.unhealthy = ""
@@ -107,7 +133,7 @@ class IpamService:
         self.group = GroupCommit(store, on_send=self._sent)
         #: the leases of the cooling records this daemon's releases write (B09; ipamd.cooling)
         self.cooling = CoolingLeases(store)
-        self.watcher = ViewWatcher(store, self.cache, self.sync)
+        self.watcher = ViewWatcher(store, self.cache, self.sync, self.specs)
         # the netns check looks inside each namespace once per pass (docs/namespace-checks.md "Reconciler")
         self.reconciler = Reconciler(store, self.cache, node, checks=[NetnsCheck(look=self.inspector.presence)],
                                      interval=reconcile_interval, grace=reconcile_grace, etcd_timeout=etcd_timeout,
@@ -130,9 +156,10 @@ class IpamService:
 
         Raises :class:`StoreUnavailable` (11) if etcd cannot be read. Idempotent; :meth:`set_ready` follows it.
         """
-        res = self.store.txn([], [Get(POOLS, prefix_end(POOLS)), Get(BLOCKS, prefix_end(BLOCKS))], [],
-                             max(self.etcd_timeout, 5.0))
-        pools, blocks = res.reads
+        res = self.store.txn([], [Get(POOLS, prefix_end(POOLS)), Get(BLOCKS, prefix_end(BLOCKS)),
+                                  Get(POOLSPECS, prefix_end(POOLSPECS))], [], max(self.etcd_timeout, 5.0))
+        pools, blocks, specs = res.reads
+        self.specs.replace(specs)
         self.cache.replace(pools, blocks, res.revision)
         self.revision = res.revision
         return res.revision
@@ -160,6 +187,45 @@ class IpamService:
         timeout = self.etcd_timeout if deadline is None else min(remaining(deadline), self.etcd_timeout)
         return self.store.read(key, range_end, timeout)[0]
 
+    # -- named pools ---------------------------------------------------------------------------------------------
+
+    def resolve(self, netconf: NetConf, namespace: str = "", *, include_draining: bool = False,
+                any_namespace: bool = False, deadline: float | None = None) -> NetConf:
+        """``netconf`` with its named pools (``ipam.pools``) resolved into range sets for a pod of ``namespace`` on
+        this node (:func:`ipamd.domain.poolspec.resolve`: selectors, draining, the first matching pool first). Specs
+        come from the cache; a name it does not know is read from etcd first, so a pool created a moment ago
+        through any daemon is found. A configuration of ranges is returned as it is.
+
+        Raises :class:`~ipamd.domain.errors.InvalidConfig` (7: unknown pool, nothing selects the pod),
+        :class:`PoolExhausted` (100: every selected pool is draining), :class:`TryAgainLater` (11).
+        """
+        if not netconf.pool_names:
+            return netconf
+        names = [n for rset in netconf.pool_names for n in rset]
+        specs = self.specs.subset(names)
+        for name in names:
+            if name not in specs:
+                kvs = self._read(poolspec_key(name), None, deadline)
+                self.specs.learned(name, kvs[0] if kvs else None)
+                found = self.specs.get(name)
+                if found is not None:
+                    specs[name] = found
+        labels = self.namespace_labels(namespace) if self.namespace_labels is not None and namespace else None
+        node_labels = self.node_labels
+        if self.node_labels_source is not None:
+            node_labels = {**(self.node_labels_source() or {}), **self.node_labels}
+        return resolve(netconf, specs, self.node, node_labels, namespace, labels,
+                       include_draining=include_draining, any_namespace=any_namespace)
+
+    def with_pool_routes(self, netconf: NetConf, allocations: list[Allocation] | tuple[Allocation, ...]) -> NetConf:
+        """``netconf`` with the routes of the named pools ``allocations`` came from appended (their specs as this
+        daemon knows them); unchanged for a configuration of ranges. For the CNI result and the handle record."""
+        if not netconf.pool_names:
+            return netconf
+        names = dict.fromkeys(n for a in allocations if (n := name_of_network(pool_network(a.pool_id))) is not None)
+        specs = self.specs.subset(names)
+        return with_pool_routes(netconf, (specs[n][0] for n in names if n in specs))
+
     # -- ADD -----------------------------------------------------------------------------------------------------
 
     def add(self, att: Attachment, netconf: NetConf, *, requested: dict[int, tuple[Pool, int]] | None = None,
@@ -174,9 +240,10 @@ class IpamService:
         (``node_check``; before anything is read or written).
         """
         self._require_ready()
-        if self.node_check is not None:
-            self.node_check.require(netconf)
         deadline = time.monotonic() + self.request_timeout
+        if self.node_check is not None:
+            self.node_check.require(self.resolve(netconf, (pod or {}).get("namespace", ""), include_draining=True,
+                                                 deadline=deadline))
         wanted = requested or {}
         state = _AddState()
         with self._locks.hold(att.handle):
@@ -190,6 +257,10 @@ class IpamService:
         planned: list[PlannedAddress] = []
         try:
             try:
+                # named pools are resolved again on every attempt: a failed compare on a spec taught the cache
+                netconf = self.resolve(netconf, pod.get("namespace", ""), deadline=deadline)
+                if netconf.pool_names:
+                    _check_requested_pools(netconf, requested)
                 for index, rset in enumerate(netconf.range_sets):
                     planned.append(self._plan(index, rset, requested.get(index), state, deadline))
             except (PoolExhausted, AddressUnavailable):
@@ -200,7 +271,10 @@ class IpamService:
                     return self._existing(existing, requested)
                 raise
             self.failpoints.hit("add.after_pick")
-            return self._commit_add(att, planned, netns, pod, tuple((r.dst, r.gw) for r in netconf.routes), deadline)
+            routed = self.with_pool_routes(netconf, [Allocation(p.pool.id, p.pool.range.family, p.pick.value,
+                                                                p.pool.range.prefixlen, None) for p in planned])
+            return self._commit_add(att, planned, netns, pod, tuple((r.dst, r.gw) for r in routed.routes), deadline,
+                                    dict(netconf.spec_revisions))
         finally:
             for p in planned:
                 self.cache.settle(p.pool, p.pick, p.requested)
@@ -317,14 +391,17 @@ class IpamService:
         return spec
 
     def _commit_add(self, att: Attachment, planned: list[PlannedAddress], netns: str, pod: dict[str, str],
-                    routes: tuple[tuple[str, str | None], ...], deadline: float) -> list[Allocation] | None:
+                    routes: tuple[tuple[str, str | None], ...], deadline: float,
+                    spec_revisions: dict[str, int] | None = None) -> list[Allocation] | None:
         allocations = tuple(Allocation(p.pool.id, p.pool.range.family, p.pick.value,
                                        *p.pool.range.pod_address(p.pick.value, p.pick.block.prefixlen))
                             for p in planned)
         # the reconciler may judge this attachment by its netns only if this daemon can see it (docs/architecture.md)
         record = HandleRecord(att.network, att.container_id, att.if_name, self.node, allocations, netns, pod,
                               routes, netns_seen=bool(netns) and os.path.exists(netns))
-        txn = AddTxn(att.handle, record.encode(), self.node, att.network, planned)
+        used = {name for p in planned if (name := name_of_network(p.pool.network)) is not None}
+        specs = {n: r for n, r in (spec_revisions or {}).items() if n in used}
+        txn = AddTxn(att.handle, record.encode(), self.node, att.network, planned, specs)
         # claims and pool record writes go alone: they are the contended ones, and their failure reads matter
         alone = any(p.pick.mode == "claim" or p.guard.put is not None for p in planned)
         res = self._txn("ADD", txn, deadline, batch=not alone)
@@ -346,6 +423,8 @@ class IpamService:
             self.failpoints.hit("add.after_commit")
             return list(allocations)
         failure = txn.decode_failure(res)
+        for name, kv in failure.specs.items():
+            self.specs.learned(name, kv)
         if failure.handle is not None:
             existing = HandleRecord.decode(failure.handle.value)
             self.cache.put_handle(att.handle, CachedHandle(failure.handle.mod_revision, existing.ip_keys))
@@ -466,6 +545,9 @@ class IpamService:
         (112), ``CheckRouteMissing`` (113).
         """
         rec = self.get(att)
+        if netconf is not None:
+            netconf = self.resolve(netconf, rec.pod.get("namespace", "") if rec is not None else "",
+                                   include_draining=True)
         if rec is None:
             raise CheckNoAllocation("no allocation for container %s interface %s in network %s"
                                     % (att.container_id, att.if_name, att.network))
@@ -496,6 +578,10 @@ class IpamService:
         if self.unhealthy:  # set by the daemon's readiness probe (etcd alarm, permission, unreachable: B45)
             raise NotAvailable("ipamd on node %s cannot serve ADD now: %s" % (self.node, self.unhealthy))
         try:
+            try:
+                netconf = self.resolve(netconf, any_namespace=True)
+            except PoolExhausted as exc:  # every pool of a range set is draining
+                raise NotAvailable(exc.msg, exc.details) from exc
             for rset in netconf.range_sets:
                 if not any(self._free(pool) > 0 for pool in rset):
                     raise NotAvailable("no free address in pool %s" % ", ".join(str(p.range.subnet) for p in rset))

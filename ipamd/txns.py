@@ -23,6 +23,7 @@ from .domain.model import (
     ip_key,
     ips_range,
     pool_key,
+    poolspec_key,
 )
 from .domain.netconf import Pool
 from .domain.policy import Pick
@@ -94,6 +95,8 @@ class AddFailure:
 
     handle: KV | None
     addresses: dict[int, AddressReads] = field(default_factory=dict)
+    #: named pool -> its spec as read (None: deleted), for every spec the ADD compared
+    specs: dict[str, KV | None] = field(default_factory=dict)
 
 
 class AddTxn:
@@ -105,19 +108,31 @@ class AddTxn:
     1) or in a pool without one, ``cooling.mod_revision == R`` and a delete of that record (B09).
 
     ``handle`` is the handle id, ``record`` the encoded :class:`~ipamd.domain.model.HandleRecord`, ``node`` this
-    daemon's node. One round trip, all or nothing: a dual-stack ADD carries every address.
+    daemon's node. One round trip, all or nothing: a dual-stack ADD carries every address. ``specs`` maps the
+    named pools of the planned addresses to the ``mod_revision`` of the spec planned with: each is compared, and
+    read back on failure (:attr:`AddFailure.specs`). Address keys are under each pool's network (``network`` is
+    the attachment's, kept for the handle's callers).
     """
 
     def __init__(self, handle: str, record: bytes, node: str, network: str,
-                 planned: Sequence[PlannedAddress]) -> None:
+                 planned: Sequence[PlannedAddress], specs: Mapping[str, int] | None = None) -> None:
         hkey = handle_key(handle)
         self.compares: list[Compare] = [Compare(hkey, "version", "==", 0)]
         self.success: list[Op] = [Put(hkey, record)]
         self._reads = _Reads()
         self._reads.add("handle", Get(hkey))
         self._indexes = [p.index for p in planned]
+        self._specs = sorted((specs or {}).items())
+        for name, revision in self._specs:
+            # a named pool's spec as planned with (docs/etcd-layout.md "Named pools"): a drain or a delete that
+            # committed first fails this ADD, and the failure read returns the spec
+            skey = poolspec_key(name)
+            self.compares.append(Compare(skey, "mod", "==", revision))
+            self._reads.add("spec:" + name, Get(skey))
         for p in planned:
             pick = p.pick
+            # the pool's network: the attachment's for a range of its configuration, ``@<name>`` for a named pool
+            network = p.pool.network
             ikey = ip_key(network, pick.block.family, pick.value)
             bkey = block_key(p.pool.id, pick.block)
             ckey = cooling_key(ikey)
@@ -156,6 +171,9 @@ class AddTxn:
         reads = self._reads.decode(result)
         handle = reads["handle"]
         out = AddFailure(handle[0] if handle else None)
+        for name, _ in self._specs:
+            spec = reads["spec:" + name]
+            out.specs[name] = spec[0] if spec else None
         for i in self._indexes:
             pool = reads["pool:%d" % i]
             out.addresses[i] = AddressReads(reads["blocks:%d" % i], reads["ips:%d" % i], pool[0] if pool else None,

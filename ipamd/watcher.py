@@ -1,6 +1,7 @@
 """The watch that keeps the node's view fresh (docs/architecture.md "Watch").
 
-From the revision of the view's last full read, one etcd watch stream follows ``pools/``, ``blocks/`` and the
+From the revision of the view's last full read, one etcd watch stream follows ``pools/``, ``blocks/``,
+``poolspecs/`` (named pools' specs) and the
 address range and the cooling-record range (B09) of each block this node owns (ranges come and go with the node's
 blocks). Each update is applied to the cache (:meth:`ipamd.cache.NodeCache.apply`, which skips what it already knows
 better). When etcd has compacted the history the watch needs, the view is read again in full and a new watch starts
@@ -14,7 +15,8 @@ import logging
 from collections.abc import Callable
 
 from .cache import NodeCache
-from .domain.model import BLOCKS, POOLS, cooling_range, ips_range, pool_network
+from .domain.model import BLOCKS, POOLS, POOLSPECS, cooling_range, ips_range, pool_network
+from .namedpools import PoolSpecCache
 from .store.base import Store, StoreCompacted, Watch, prefix_end
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,13 @@ IDLE_SECONDS = 1.0
 
 class ViewWatcher:
     """One round per call of :meth:`round` (meant for :func:`ipamd.concurrency.supervise`). ``resync`` reads the
-    whole view again (the service's sync) and returns its revision."""
+    whole view again (the service's sync) and returns its revision. ``specs``: named pools' specs, which the same
+    watch follows (``poolspecs/``)."""
 
-    def __init__(self, store: Store, cache: NodeCache, resync: Callable[[], int]) -> None:
+    def __init__(self, store: Store, cache: NodeCache, resync: Callable[[], int],
+                 specs: PoolSpecCache | None = None) -> None:
         self.store, self.cache, self.resync = store, cache, resync
+        self.specs = specs
         self._watch: Watch | None = None
         self.compactions = 0
 
@@ -54,6 +59,8 @@ class ViewWatcher:
                 watch.progress()
             else:
                 self.cache.apply(update)
+                if self.specs is not None:
+                    self.specs.apply(update)
             return 0.0
         except StoreCompacted as exc:
             self.compactions += 1
@@ -71,6 +78,8 @@ class ViewWatcher:
         self.cache.own_block_changes()  # every current block of ours is added below
         watch.add(POOLS, prefix_end(POOLS), revision)
         watch.add(BLOCKS, prefix_end(BLOCKS), revision)
+        if self.specs is not None:
+            watch.add(POOLSPECS, prefix_end(POOLSPECS), revision)
         for pool_id, block in self.cache.own_blocks():
             for start, end in (ips_range(pool_network(pool_id), block), cooling_range(pool_network(pool_id), block)):
                 watch.add(start, end, revision)

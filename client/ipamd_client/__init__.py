@@ -20,6 +20,9 @@ Talk to the node's daemon on its unix socket, or to a daemon's TLS TCP listener:
         revision, pools = client.pools()                  # PoolInfo: size, allocated, free, blocks, utilisation
         revision, blocks, nodes = client.blocks(pool="net1/10.1.2.0/24")   # BlockInfo, NodeUsage
         print(client.release("net1", "c1", "eth0"))        # 1 (addresses released; 0 when nothing was held)
+        client.create_pool({"name": "pool-v4", "cidr": "10.8.0.0/16", "nodeSelector": {"zone": "a"}})
+        print([p["name"] for p in client.named_pools()[1]])  # named pools (docs/configuration.md "Named pools")
+        client.drain_pool("pool-v4")                       # no new allocations; delete_pool once it is empty
         st = client.status()
         print(st.ready, st.not_ready_reason, st.etcd_version, [p.own_blocks for p in st.pools])
 
@@ -54,6 +57,7 @@ from ipamd.domain.errors import (
     IpamError,
     NotAvailable,
     PoolExhausted,
+    PoolInUse,
     TryAgainLater,
     UnsupportedField,
     error_for_code,
@@ -61,13 +65,13 @@ from ipamd.domain.errors import (
 from ipamd.domain.inventory import BlockInfo, NodeUsage, PoolInfo
 from ipamd.domain.status import DaemonStatus as Status
 from ipamd.domain.status import PoolStatus
-from ipamd.v1 import ipam_pb2, ipam_pb2_grpc
+from ipamd.v1 import ipam_pb2, ipam_pb2_grpc, pools_pb2, pools_pb2_grpc
 
 __all__ = [
     "Address", "AddressUnavailable", "Allocation", "AttachmentReport", "BlockInfo", "CheckMismatch",
     "CheckNoAllocation", "DecodeFailure", "GatewayProbe", "IOFailure", "IncompatibleVersion", "InvalidConfig",
-    "InvalidEnvironment", "IpamClient", "IpamError", "NodeUsage", "NotAvailable", "PoolExhausted", "PoolInfo",
-    "PoolStatus", "ReconcileItem", "Status",
+    "InvalidEnvironment", "IpamClient", "IpamError", "NodeUsage", "NotAvailable", "PoolExhausted", "PoolInUse",
+    "PoolInfo", "PoolStatus", "ReconcileItem", "Status",
     "TryAgainLater", "UnsupportedField", "VerifyFinding",
 ]
 
@@ -80,6 +84,7 @@ _Allocations = list["Allocation"]
 _Pools = list[PoolInfo]
 _Blocks = list[BlockInfo]
 _Nodes = list[NodeUsage]
+_Specs = list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,34 @@ def _node_from_msg(m: Any) -> NodeUsage:
                      m.borrowed_elsewhere)
 
 
+def named_pool_json(m: Any) -> dict[str, Any]:
+    """A ``NamedPool`` message as the spec object of docs/configuration.md "Named pools", plus its usage
+    (``poolId``, ``allocated``, ``size``, ``blocks``, ``specRevision``)."""
+    out: dict[str, Any] = {
+        "name": m.name, "cidr": m.cidr, "blockSize": m.block_size, "gatewayMode": m.gateway_mode,
+        "routes": [{"dst": r.dst, **({"gw": r.gw} if r.gw else {})} for r in m.routes], "exclude": list(m.exclude),
+        "releaseCooldownSeconds": m.release_cooldown_seconds, "strictAffinity": m.strict_affinity,
+        "maxBlocksPerNode": m.max_blocks_per_node, "nodeSelector": dict(m.node_selector),
+        "namespaceSelector": dict(m.namespace_selector), "state": m.state, "poolId": m.pool_id,
+        "allocated": m.allocated, "size": int(m.size or 0), "blocks": m.blocks, "specRevision": m.spec_revision}
+    if m.gateway:
+        out["gateway"] = m.gateway
+    return out
+
+
+def named_pool_msg(spec: dict[str, Any]) -> Any:
+    """A spec object (keys of docs/configuration.md "Named pools") as a ``NamedPool`` message; the daemon validates
+    it. Raises ``TypeError``/``ValueError`` for a value of the wrong type."""
+    return pools_pb2.NamedPool(
+        name=spec.get("name", ""), cidr=spec.get("cidr", ""), block_size=spec.get("blockSize") or 0,
+        gateway_mode=spec.get("gatewayMode", ""), gateway=spec.get("gateway") or "",
+        routes=[pools_pb2.NamedPoolRoute(dst=r.get("dst", ""), gw=r.get("gw") or "") for r in spec.get("routes", [])],
+        exclude=spec.get("exclude", []), release_cooldown_seconds=spec.get("releaseCooldownSeconds") or 0,
+        strict_affinity=bool(spec.get("strictAffinity", False)),
+        max_blocks_per_node=spec.get("maxBlocksPerNode") or 0, node_selector=spec.get("nodeSelector") or {},
+        namespace_selector=spec.get("namespaceSelector") or {}, state=spec.get("state", ""))
+
+
 def _attachment(network: str, container_id: str, if_name: str) -> Any:
     return ipam_pb2.Attachment(network=network, container_id=container_id, if_name=if_name)
 
@@ -216,6 +249,7 @@ class IpamClient:
             self._channel = grpc.insecure_channel("unix:" + socket)
             self.target = socket
         self._stub = ipam_pb2_grpc.IpamStub(self._channel)  # type: ignore[no-untyped-call]
+        self._pools = pools_pb2_grpc.PoolAdminStub(self._channel)  # type: ignore[no-untyped-call]
         self.socket = socket
 
     def close(self) -> None:
@@ -323,6 +357,34 @@ class IpamClient:
                       r.watch_revision, r.etcd_reachable, r.etcd_error, r.etcd_endpoint, r.etcd_version,
                       r.etcd_member_id, r.etcd_leader, r.etcd_revision, tuple(r.etcd_alarms),
                       tuple(PoolStatus(p.pool, p.size, p.allocated, p.blocks, tuple(p.own_blocks)) for p in r.pools))
+
+    # -- named pools (ipamd.v1.PoolAdmin, proto/ipamd/v1/pools.proto) -------------------------------------------
+
+    def create_pool(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Create a named pool from its spec object (docs/configuration.md "Named pools"); returns it as stored.
+        Raises :class:`InvalidConfig` (7) for an invalid spec or a name already taken."""
+        return named_pool_json(self._call(self._pools.CreateNamedPool,
+                                          pools_pb2.CreateNamedPoolRequest(pool=named_pool_msg(spec))).pool)
+
+    def named_pools(self) -> tuple[int, _Specs]:
+        """``(revision, pools)``: every named pool with its usage, read at one etcd revision."""
+        resp = self._call(self._pools.ListNamedPools, pools_pb2.ListNamedPoolsRequest())
+        return resp.revision, [named_pool_json(m) for m in resp.pools]
+
+    def named_pool(self, name: str) -> dict[str, Any]:
+        """One named pool with its usage. Raises :class:`InvalidConfig` (7) when there is none of that name."""
+        return named_pool_json(self._call(self._pools.GetNamedPool, pools_pb2.GetNamedPoolRequest(name=name)).pool)
+
+    def drain_pool(self, name: str, undo: bool = False) -> dict[str, Any]:
+        """Set the pool ``draining`` (no new allocations; existing kept; field case B27), or ``active`` again with
+        ``undo``. Idempotent."""
+        return named_pool_json(self._call(self._pools.DrainNamedPool,
+                                          pools_pb2.DrainNamedPoolRequest(name=name, undo=undo)).pool)
+
+    def delete_pool(self, name: str) -> int:
+        """Delete an empty named pool and its records; returns the number of block records removed. Raises
+        :class:`PoolInUse` (120) with the count of live addresses, :class:`InvalidConfig` (7) for an unknown name."""
+        return int(self._call(self._pools.DeleteNamedPool, pools_pb2.DeleteNamedPoolRequest(name=name)).blocks_removed)
 
     def verify(self, network: str = "", container_id: str = "", *, probe_count: int = 1,
                probe_timeout: float = 1.0) -> tuple[str, tuple[AttachmentReport, ...]]:

@@ -14,6 +14,7 @@ plugin-specific range (>= 100), see ``docs/errors.md``::
     ├── NotAvailable (50)                          STATUS: cannot serve ADD now
     ├── PoolExhausted (100)                        no free address in a range set
     ├── AddressUnavailable (101)                   a requested address is outside the ranges or taken
+    ├── PoolInUse (120)                            admin: a named pool still holds addresses (B27)
     ├── CheckNoAllocation (102)                    CHECK: the attachment holds nothing
     ├── CheckMismatch (103)                        CHECK: prevResult lists another address
     ├── CheckInterfaceMissing (110)                CHECK: CNI_IFNAME is not in the namespace
@@ -98,6 +99,15 @@ class AddressUnavailable(IpamError):
     grpc_status = "ALREADY_EXISTS"
 
 
+class PoolInUse(IpamError):
+    """Admin API: a named pool cannot be deleted while it holds addresses; the message gives their count (field
+    case B27, docs/configuration.md "Named pools"). Drain it (``ipamctl pool drain``), let DEL empty it, then
+    delete it."""
+
+    cni_code = 120
+    grpc_status = "FAILED_PRECONDITION"
+
+
 class CheckNoAllocation(IpamError):
     cni_code = 102
     grpc_status = "NOT_FOUND"
@@ -138,7 +148,7 @@ class CheckRouteMissing(IpamError):
 
 _ALL: tuple[type[IpamError], ...] = (
     IpamError, IncompatibleVersion, UnsupportedField, InvalidEnvironment, IOFailure, DecodeFailure,
-    InvalidConfig, TryAgainLater, NotAvailable, PoolExhausted, AddressUnavailable, CheckNoAllocation,
+    InvalidConfig, TryAgainLater, NotAvailable, PoolExhausted, AddressUnavailable, PoolInUse, CheckNoAllocation,
     CheckMismatch, CheckInterfaceMissing, CheckInterfaceDown, CheckAddressMismatch, CheckRouteMissing,
 )
 

@@ -44,7 +44,12 @@ def parse_pool_ref(text: str) -> str:
     network, sep, rest = text.partition("/")
     if not sep or not rest:
         raise InvalidConfig("pool %r: expected <network>/<subnet>, e.g. net1/10.1.2.0/24 or net1/0a010200-24" % text)
-    validate_network_name(network)
+    if network.startswith("@"):  # a named pool: @<name>/<subnet> (docs/configuration.md "Named pools")
+        from .poolspec import validate_pool_name
+
+        validate_pool_name(network[1:])
+    else:
+        validate_network_name(network)
     if "-" in rest and "." not in rest and ":" not in rest:
         try:
             return "%s/%s" % (network, Block.from_key(rest).key)

@@ -8,6 +8,8 @@ relative to the configured prefix, default ``/ipamd/v1/``)::
     ips/<network>/v4|v6/<address hex>             IpRecord {"handle","node","pool"}  (ADD, with the handle)
     handles/<network>/<containerID>/<ifName>      HandleRecord         (ADD, with the addresses)
     cooling/<network>/v4|v6/<address hex>         CoolingRecord {"pool","seconds"} on a lease (release, B09)
+    poolspecs/<name>                              PoolSpec (ipamd.domain.poolspec; admin API); its allocations
+                                                  use the pool network ``@<name>`` in the keys above
     nodes/<node>                                  liveness, on a lease
 
 A pool id is ``<network>/<subnet key>``; subnet and block keys are ``<fixed-width hex>-<prefix>``, address keys
@@ -34,12 +36,20 @@ IPS = "ips/"
 HANDLES = "handles/"
 NODES = "nodes/"
 COOLING = "cooling/"
+#: Named pools' specs (docs/etcd-layout.md): ``poolspecs/<name>``. Not under ``pools/``, so the implicit pools'
+#: readers never see them.
+POOLSPECS = "poolspecs/"
 
 
 # -- keys ------------------------------------------------------------------------------------------------------------
 
 def pool_key(pool_id: str) -> str:
     return POOLS + pool_id
+
+
+def poolspec_key(name: str) -> str:
+    """``poolspecs/<name>``: a named pool's spec (:class:`ipamd.domain.poolspec.PoolSpec`)."""
+    return POOLSPECS + name
 
 
 def block_key(pool_id: str, block: Block) -> str:

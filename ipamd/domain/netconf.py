@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +23,19 @@ DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
 KNOWN_IPAM_KEYS = frozenset({
     "type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "routes", "dns", "resolvConf", "dataDir",
     "socket", "blockSize", "blockSize6", "exclude", "strictAffinity", "checkNetns", "checkNode",
-    "releaseCooldownSeconds", "gatewayMode", "maxBlocksPerNode",
+    "releaseCooldownSeconds", "gatewayMode", "maxBlocksPerNode", "pools",
 })
 #: Upper bound of ``releaseCooldownSeconds`` (one day): a cooling record's lease TTL, etcd time.
 MAX_COOLDOWN = 86400
 #: Upper bound of ``maxBlocksPerNode`` (a sanity bound on a typo, far above any real limit).
 MAX_BLOCKS_PER_NODE = 1 << 20
 ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
+#: A named pool's name (docs/configuration.md "Named pools"): a DNS label-like word, at most 63 characters; never
+#: ``/`` or ``@`` (its network ``@<name>`` is a key segment that no CNI network name can equal).
+POOL_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
+#: ``ipam`` keys that a named pool's spec owns: ignored (with a warning) beside ``ipam.pools``.
+POOL_OWN_KEYS = ("blockSize", "blockSize6", "exclude", "strictAffinity", "releaseCooldownSeconds", "rangeStart",
+                 "rangeEnd", "gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,8 @@ class Pool:
     ``max_blocks``: the most blocks one node may own in the pool (``maxBlocksPerNode``; 0: no limit); a node at the
     limit borrows instead of claiming, or fails with code 100 under ``strictAffinity`` (docs/decisions.md "Block
     lifecycle").
+    A named pool (docs/configuration.md "Named pools") has the network ``@<name>`` and the id
+    ``@<name>/<subnet key>``; its spec's ``gatewayMode`` and ``maxBlocksPerNode`` give these two fields.
     """
 
     id: str
@@ -73,6 +82,10 @@ class NetConf:
     ``check_netns``: CHECK also looks inside the namespace when ``CNI_NETNS`` names one (``ipam.checkNetns``,
     default true; docs/namespace-checks.md). ``check_node``: ADD refuses a pool that overlaps the node's own
     addresses or routes (``ipam.checkNode``, default true; docs/namespace-checks.md "Node check").
+    ``pool_names``: the range sets of named pools (``ipam.pools``, each a tuple of pool names; docs/configuration.md
+    "Named pools"); such a configuration has no ``range_sets`` until the daemon resolves the names against the pool
+    specs (:func:`ipamd.domain.poolspec.resolve`), which also fills ``spec_revisions``: ``(pool name, mod_revision
+    of its spec)`` for every candidate pool, the compares of its ADD.
     """
 
     name: str
@@ -83,6 +96,8 @@ class NetConf:
     warnings: tuple[str, ...] = ()
     check_netns: bool = True
     check_node: bool = True
+    pool_names: tuple[tuple[str, ...], ...] = ()
+    spec_revisions: tuple[tuple[str, int], ...] = ()
 
     def pool_for(self, value: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, Pool] | None:
         """``(range set index, pool)`` whose subnet contains ``value``, or ``None``."""
@@ -268,12 +283,19 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     if ipam.get("subnet") is not None:
         raw_sets.append([{k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}])
     ranges = ipam.get("ranges")
+    pool_names = _pool_names(ipam)
+    if pool_names and (raw_sets or ranges is not None):
+        raise InvalidConfig("ipam.pools and ipam.%s are both set" % ("subnet" if raw_sets else "ranges"),
+                            "a network configuration takes its addresses either from named pools (ipam.pools) or "
+                            "from ranges (ipam.ranges or ipam.subnet), not both (docs/configuration.md)")
+    if pool_names:
+        return _named_netconf(ipam, name, pool_names, warnings)
     if ranges is not None:
         if not isinstance(ranges, list):
             raise InvalidConfig("ipam.ranges %r is not a list of range sets" % (ranges,))
         raw_sets.extend(ranges)
     if not raw_sets:
-        raise InvalidConfig("ipam for network %s has no ranges" % name, "set ipam.ranges or ipam.subnet")
+        raise InvalidConfig("ipam for network %s has no ranges" % name, "set ipam.ranges, ipam.subnet or ipam.pools")
     excludes = _excludes(ipam)
     strict = ipam.get("strictAffinity", False)
     if not isinstance(strict, bool):
@@ -332,6 +354,54 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     return NetConf(name=name, range_sets=tuple(range_sets), routes=routes, dns=_dns(ipam),
                    socket=socket if isinstance(socket, str) else None, warnings=warnings, check_netns=check_netns,
                    check_node=check_node)
+
+
+def _pool_names(ipam: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """``ipam.pools``: a non-empty list of range sets, each a non-empty list of pool names, no name twice."""
+    raw = ipam.get("pools")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise InvalidConfig("ipam.pools %r is not a non-empty list of range sets (lists of pool names)" % (raw,))
+    seen: set[str] = set()
+    out = []
+    for i, rset in enumerate(raw):
+        if not isinstance(rset, list) or not rset:
+            raise InvalidConfig("ipam.pools[%d] %r is not a non-empty list of pool names" % (i, rset))
+        names = []
+        for j, item in enumerate(rset):
+            if not isinstance(item, str) or not POOL_NAME_RE.fullmatch(item):
+                raise InvalidConfig("ipam.pools[%d][%d] %r is not a pool name" % (i, j, item),
+                                    "a pool name matches %s" % POOL_NAME_RE.pattern)
+            if item in seen:
+                raise InvalidConfig("ipam.pools[%d][%d] names pool %s a second time" % (i, j, item))
+            seen.add(item)
+            names.append(item)
+        out.append(tuple(names))
+    return tuple(out)
+
+
+def _named_netconf(ipam: dict[str, Any], name: str, pool_names: tuple[tuple[str, ...], ...],
+                   warnings: tuple[str, ...]) -> NetConf:
+    """A configuration of named pools: the pools' own keys (blockSize, exclude, cooldown, ...) live in their specs,
+    so those keys here are ignored with a warning."""
+    ignored = tuple("ignoring ipam.%s: the named pools' specs say it" % k for k in POOL_OWN_KEYS if k in ipam)
+    routes = _routes(ipam)
+    check_netns = ipam.get("checkNetns", True)
+    if not isinstance(check_netns, bool):
+        raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))
+    check_node = ipam.get("checkNode", True)
+    if not isinstance(check_node, bool):
+        raise InvalidConfig("ipam.checkNode %r is not true or false" % (check_node,))
+    socket = ipam.get("socket")
+    return NetConf(name=name, range_sets=(), routes=routes, dns=_dns(ipam),
+                   socket=socket if isinstance(socket, str) else None, warnings=warnings + ignored,
+                   check_netns=check_netns, check_node=check_node, pool_names=pool_names)
+
+
+def check_route_gateways(routes: tuple[Route, ...], range_sets: tuple[tuple[Pool, ...], ...]) -> None:
+    """:func:`_check_route_gateways` for the range sets of resolved named pools. Raises :class:`InvalidConfig`."""
+    _check_route_gateways(routes, list(range_sets))
 
 
 #: Parsed configurations by (network name, repr of the ``ipam`` object): a runtime sends the same network

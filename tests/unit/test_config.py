@@ -132,6 +132,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "kube_node_removal_grace": ("90.5", 90.5),
     "node_check": ("off", False),
     "node_netns": ("/var/run/netns/host", "/var/run/netns/host"),
+    "node_labels": ("zone=a,rack=r1", "zone=a,rack=r1"),
 }
 #: Settings that are only valid with others: the partners' samples are given too.
 PARTNERS: dict[str, tuple[str, ...]] = {
@@ -228,6 +229,9 @@ _IN_CLUSTER = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT"
     (["--metrics-address", "not-an-address"], {}, ["--metrics-address", "host:port"]),
     (["--metrics-address", "127.0.0.1:70000"], {}, ["--metrics-address", "0-65535"]),
     (["--node-name", "a/b"], {}, ["--node-name", "'a/b'"]),
+    # named pools' nodeSelector matches these (docs/configuration.md "Named pools")
+    (["--node-labels", "zone"], {}, ["--node-labels", "k=v,k2=v2", "'zone' is not key=value"]),
+    ([], {"IPAMD_NODE_LABELS": "zone=a b"}, ["--node-labels", "IPAMD_NODE_LABELS"]),
     (["--reconcile-interval", "-1"], {}, ["--reconcile-interval", "0: off"]),
     (["--reconcile-grace", "inf"], {}, ["--reconcile-grace", ">= 0"]),
     (["--empty-block-release-seconds", "-1"], {}, ["--empty-block-release-seconds", ">= 0"]),
@@ -346,3 +350,9 @@ def test_version_flags_print_the_installed_version(capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as info:
         ctl.main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == "ipamctl (ipamd %s)" % version
+
+
+def test_node_labels_as_a_toml_table(tmp_path: Path) -> None:
+    """``node_labels = {zone = "a", rack = "r1"}`` in the TOML file is ``zone=a,rack=r1`` (docs/configuration.md)."""
+    cfg = load(["--config", toml(tmp_path, 'node_labels = {zone = "a", rack = "r1"}\n')], {})
+    assert cfg.node_labels == "zone=a,rack=r1"

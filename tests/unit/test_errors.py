@@ -35,6 +35,8 @@ EXPECTED = {
     "AddressUnavailable": (101, "ALREADY_EXISTS"),
     "CheckNoAllocation": (102, "NOT_FOUND"),
     "CheckMismatch": (103, "FAILED_PRECONDITION"),
+    # admin API: a named pool that still holds addresses cannot be deleted (B27, docs/configuration.md)
+    "PoolInUse": (120, "FAILED_PRECONDITION"),
     # deep CHECK (docs/errors.md, docs/namespace-checks.md)
     "CheckInterfaceMissing": (110, "FAILED_PRECONDITION"),
     "CheckInterfaceDown": (111, "FAILED_PRECONDITION"),

@@ -140,3 +140,32 @@ def test_block_removed_by_another_actor_leaves_the_view() -> None:
     pump(a)
     assert_view_matches(store, a)
     assert a.add(Attachment("n1", "c2", "eth0"), nc)[0].cidr == "10.1.2.2/24"
+
+
+def test_named_pool_specs_follow_the_watch() -> None:
+    """Named pools (docs/configuration.md "Named pools"): a create, a drain and a delete made through another daemon
+    reach this daemon's spec cache through the watch, so its next ADD needs no failed compare to learn them."""
+    from ipamd.domain.errors import InvalidConfig
+
+    store = MemoryStore()
+    a, b = service(store, "A"), service(store, "B")
+    a.watcher.round()  # the watch starts from the sync
+    b.pool_admin.create({"name": "p1", "cidr": "10.7.0.0/24"})
+    b.pool_admin.create({"name": "p2", "cidr": "10.8.0.0/24"})
+    pump(a)
+    assert a.specs.get("p1") is not None
+    nc = parse_netconf({"name": "n1", "ipam": {"type": "ipamd-cni", "pools": [["p1", "p2"]]}}, "n1")
+    assert a.add(Attachment("n1", "c1", "eth0"), nc)[0].cidr == "10.7.0.2/24"
+    b.pool_admin.set_state("p1", "draining")
+    pump(a)
+    assert a.specs.get("p1")[0].state == "draining"  # type: ignore[index]
+    txns = store.calls["txn"]
+    assert a.add(Attachment("n1", "c2", "eth0"), nc)[0].cidr == "10.8.0.2/24"
+    assert store.calls["txn"] - txns == 1  # the claim in p2, no failed compare first
+    a.delete(Attachment("n1", "c1", "eth0"))
+    b.pool_admin.delete("p1", 10**9)
+    pump(a)
+    assert a.specs.get("p1") is None
+    with pytest.raises(InvalidConfig, match="unknown pool p1"):
+        a.add(Attachment("n1", "c3", "eth0"), parse_netconf(
+            {"name": "n1", "ipam": {"type": "ipamd-cni", "pools": [["p1"]]}}, "n1"))

@@ -1,0 +1,362 @@
+"""Named pools (docs/configuration.md "Named pools", docs/etcd-layout.md "Named pools"; field case B27) against real
+etcd, real daemons, real plugin processes and ``ipamctl`` as a process.
+
+- ``ipamctl pool create|list|show|drain|delete``: exit statuses, tables and ``-o json``, validation as for a range
+  (B41 address classes, B30 sizes);
+- a network configuration naming pools (``"ipam": {"pools": [["v4"], ["v6"]]}``): dual-stack ADD, two networks
+  sharing a pool never given one address, an unknown pool name (code 7), ``ranges`` and ``pools`` together (7);
+- selection by namespace (``K8S_POD_NAMESPACE``) and by node labels (two daemons, different ``--node-labels``);
+- B27: delete refused with the live count, drain (the next pool of the range set is used; none left: code 100),
+  DEL releases through the handle, the empty pool is deleted and never used again;
+- a delete racing an ADD (the ADD paused between its pick and its commit) leaves no address in a deleted pool.
+
+Every scenario ends with the invariant check (the ``daemons`` fixture) and ``ipamctl check``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+from harness import cni_config, daemon_ipamctl, run_cni, wait_for
+
+from ipamd.store.etcd import EtcdStore
+from ipamd.v1 import pools_pb2, pools_pb2_grpc
+
+pytestmark = pytest.mark.both_plugins
+
+
+def named(name: str, pools: list[list[str]], **ipam: Any) -> dict[str, Any]:
+    conf = cni_config(name=name, subnet=None, **ipam)
+    conf["ipam"]["pools"] = pools
+    return conf
+
+
+def k8s(ns: str, pod: str) -> str:
+    return "IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_UID=uid-%s" % (ns, pod, pod)
+
+
+def ctl(d: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    return daemon_ipamctl(d, *args)
+
+
+def ok(d: Any, *args: str) -> str:
+    out = ctl(d, *args)
+    assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out.stdout
+
+
+def check_ok(d: Any) -> None:
+    """``ipamctl check`` on the daemon's etcd and prefix exits 0 (no violation, no leak)."""
+    out = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", d.endpoints,
+                          "--etcd-prefix", d.prefix], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def keys(d: Any, prefix: str) -> list[str]:
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        return [kv.key for kv in store.read(prefix, prefix + "\xff", 5)[0]]
+    finally:
+        store.close()
+
+
+def test_ipamctl_pool_create_list_show_drain_delete(daemons: Any) -> None:
+    """create/list/show/drain/delete: tables, -o json, exit statuses (0, 2 invalid or unknown, 3 in use)."""
+    a = daemons("A")
+    out = ok(a, "pool", "create", "blue", "--cidr", "10.80.0.0/24", "--block-size", "28", "--exclude", "10.80.0.5",
+             "--route", "192.168.50.0/24,10.80.0.1", "--namespace-selector", "team=blue", "--max-blocks-per-node",
+             "3", "--release-cooldown-seconds", "30", "--gateway-mode", "block")
+    assert out.split("\n")[0].split() == ["NAME", "CIDR", "BLOCK", "GATEWAY", "STATE", "SIZE", "ALLOCATED", "BLOCKS",
+                                          "MAX/NODE", "NODES", "NAMESPACES"]
+    assert out.split("\n")[1].split() == ["blue", "10.80.0.0/24", "/28", "block", "active", "252", "0", "0", "3",
+                                          "*", "team=blue"]
+    spec_file = a.dir + "/six.json"
+    with open(spec_file, "w") as fh:
+        json.dump({"cidr": "fd00:80::/64", "nodeSelector": {"zone": "x"}}, fh)
+    ok(a, "pool", "create", "six", "--from-file", spec_file, "--node-selector", "zone=y")
+    doc = json.loads(ok(a, "pool", "list", "-o", "json"))
+    assert [p["name"] for p in doc["pools"]] == ["blue", "six"]
+    six = doc["pools"][1]
+    assert (six["blockSize"], six["gatewayMode"], six["state"], six["poolId"], six["nodeSelector"]) == \
+        (122, "subnet", "active", "@six/fd000080000000000000000000000000-64", {"zone": "y"})
+    assert six["size"] == 2**64 - 2
+    blue = json.loads(ok(a, "pool", "show", "blue", "-o", "json"))
+    assert blue["exclude"] == ["10.80.0.5"] and blue["routes"] == [{"dst": "192.168.50.0/24", "gw": "10.80.0.1"}]
+    assert (blue["maxBlocksPerNode"], blue["releaseCooldownSeconds"], blue["namespaceSelector"]) == \
+        (3, 30, {"team": "blue"})
+    text = ok(a, "pool", "show", "blue")
+    assert "state:                  active" in text and "cidr:                   10.80.0.0/24" in text
+    # invalid specs: same validation (and messages) as a range of a network configuration
+    for args, needle in ((("--cidr", "::ffff:10.1.0.0/120"), "IPv4-mapped"),   # B41
+                         (("--cidr", "10.81.0.0/31"), "too small"),            # B30
+                         (("--cidr", "10.81.0.0/24", "--gateway", "10.81.0.255"), "broadcast"),
+                         (("--cidr", "10.81.0.0/24", "--block-size", "20"), "blockSize"),
+                         (("--cidr", "10.81.0.1/24"), "10.81.0.1/24")):
+        bad = ctl(a, "pool", "create", "bad", *args)
+        assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
+    bad = ctl(a, "pool", "create", "Bad_Name", "--cidr", "10.81.0.0/24")
+    assert bad.returncode == 2 and "invalid pool name" in bad.stderr
+    again = ctl(a, "pool", "create", "blue", "--cidr", "10.82.0.0/24")
+    assert again.returncode == 2 and "pool blue already exists" in again.stderr
+    overlap = ctl(a, "pool", "create", "blue2", "--cidr", "10.80.0.128/25")
+    assert overlap.returncode == 2 and "overlaps pool blue (10.80.0.0/24)" in overlap.stderr
+    missing = ctl(a, "pool", "show", "nope")
+    assert missing.returncode == 2 and "pool nope does not exist" in missing.stderr
+    drained = json.loads(ok(a, "pool", "drain", "blue", "-o", "json"))
+    assert drained["state"] == "draining"
+    assert json.loads(ok(a, "pool", "drain", "blue", "-o", "json"))["state"] == "draining"  # idempotent
+    assert json.loads(ok(a, "pool", "drain", "blue", "--undo", "-o", "json"))["state"] == "active"
+    assert "pool blue deleted" in ok(a, "pool", "delete", "blue")
+    assert ctl(a, "pool", "delete", "blue").returncode == 2
+    assert [p["name"] for p in json.loads(ok(a, "pool", "list", "-o", "json"))["pools"]] == ["six"]
+    check_ok(a)
+
+
+def test_dual_stack_add_from_named_pools_and_two_networks_share_one_pool(daemons: Any) -> None:
+    """ADD from named pools v4+v6 in one transaction; two networks naming one pool never get the same address;
+    the pool's routes and gateway are in the result; DEL releases through the handle."""
+    a = daemons("A")
+    ok(a, "pool", "create", "shared4", "--cidr", "10.83.0.0/24", "--route", "10.99.0.0/16")
+    ok(a, "pool", "create", "shared6", "--cidr", "fd00:83::/64")
+    net1 = named("net1", [["shared4"], ["shared6"]])
+    net2 = named("net2", [["shared4"]])
+    first = run_cni("ADD", net1, socket=a.cni_socket, container_id="c1")
+    assert first.rc == 0, first
+    assert first.ips == ["10.83.0.2/24", "fd00:83::2/64"]
+    assert [ip["gateway"] for ip in first.json["ips"]] == ["10.83.0.1", "fd00:83::1"]
+    assert {"dst": "10.99.0.0/16"} in first.json["routes"]
+    second = run_cni("ADD", net2, socket=a.cni_socket, container_id="c1")  # same container ID, other network
+    assert second.ips == ["10.83.0.3/24"]
+    third = run_cni("ADD", net1, socket=a.cni_socket, container_id="c2")
+    assert third.ips == ["10.83.0.4/24", "fd00:83::3/64"]
+    # the address records live under the pool network @shared4, once, whatever network asked
+    assert keys(a, "ips/@shared4/") == ["ips/@shared4/v4/0a530002", "ips/@shared4/v4/0a530003",
+                                        "ips/@shared4/v4/0a530004"]
+    assert keys(a, "ips/net1/") == [] and keys(a, "ips/net2/") == []
+    shown = json.loads(ok(a, "pool", "show", "shared4", "-o", "json"))
+    assert (shown["allocated"], shown["blocks"]) == (3, 1)
+    listed = json.loads(ok(a, "list", "--pool", "@shared4/10.83.0.0/24", "-o", "json"))
+    assert sorted((x["network"], x["containerID"]) for x in listed["allocations"]) == \
+        [("net1", "c1"), ("net1", "c2"), ("net2", "c1")]
+    assert run_cni("DEL", net2, socket=a.cni_socket, container_id="c1").rc == 0
+    again = run_cni("ADD", net2, socket=a.cni_socket, container_id="c3")
+    assert again.ips == ["10.83.0.3/24"]
+    check_ok(a)
+
+
+def test_unknown_pool_name_and_pools_beside_ranges_are_code_7(daemons: Any) -> None:
+    a = daemons("A")
+    out = run_cni("ADD", named("net1", [["nosuch"]]), socket=a.cni_socket)
+    assert out.code == 7 and "unknown pool nosuch" in out.json["msg"], out
+    both = named("net1", [["nosuch"]])
+    both["ipam"]["ranges"] = [[{"subnet": "10.84.0.0/24"}]]
+    out = run_cni("ADD", both, socket=a.cni_socket)
+    assert out.code == 7 and "ipam.pools and ipam.ranges are both set" in out.json["msg"], out
+    # an ADD right after pool create (through another daemon) finds the pool: a name the cache does not know is
+    # read from etcd before it is called unknown
+    b = daemons("B")
+    ok(b, "pool", "create", "fresh", "--cidr", "10.84.0.0/24")
+    assert run_cni("ADD", named("net1", [["fresh"]]), socket=a.cni_socket).ips == ["10.84.0.2/24"]
+    check_ok(a)
+
+
+def test_selection_by_namespace(daemons: Any) -> None:
+    """The first pool in list order whose namespaceSelector matches the pod's namespace; none: code 7 naming the
+    namespace, the node and the pools considered."""
+    a = daemons("A")
+    ok(a, "pool", "create", "team-a", "--cidr", "10.85.1.0/24",
+       "--namespace-selector", "kubernetes.io/metadata.name=team-a")
+    ok(a, "pool", "create", "team-b", "--cidr", "10.85.2.0/24",
+       "--namespace-selector", "kubernetes.io/metadata.name=team-b")
+    conf = named("net1", [["team-a", "team-b"]])
+    assert run_cni("ADD", conf, socket=a.cni_socket, container_id="p1", args=k8s("team-b", "p1")).ips == \
+        ["10.85.2.2/24"]
+    assert run_cni("ADD", conf, socket=a.cni_socket, container_id="p2", args=k8s("team-a", "p2")).ips == \
+        ["10.85.1.2/24"]
+    out = run_cni("ADD", conf, socket=a.cni_socket, container_id="p3", args=k8s("other", "p3"))
+    assert out.code == 7, out
+    assert "no pool of team-a, team-b selects namespace other on node A" in out.json["msg"]
+    out = run_cni("ADD", conf, socket=a.cni_socket, container_id="p4")  # no K8S_POD_NAMESPACE
+    assert out.code == 7 and "namespace (none)" in out.json["msg"], out
+    check_ok(a)
+
+
+def test_selection_by_node_labels(daemons: Any) -> None:
+    """Two daemons with different --node-labels take addresses from the pools their labels select."""
+    a = daemons("A", extra_args=["--node-labels", "zone=a,rack=r1"])
+    b = daemons("B", env={"IPAMD_NODE_LABELS": "zone=b"})
+    ok(a, "pool", "create", "zone-a", "--cidr", "10.86.1.0/24", "--node-selector", "zone=a")
+    ok(a, "pool", "create", "zone-b", "--cidr", "10.86.2.0/24", "--node-selector", "zone=b")
+    ok(a, "pool", "create", "anywhere", "--cidr", "10.86.3.0/24")
+    conf = named("net1", [["zone-a", "zone-b", "anywhere"]])
+    assert run_cni("ADD", conf, socket=a.cni_socket, container_id="x1").ips == ["10.86.1.2/24"]
+    assert run_cni("ADD", conf, socket=b.cni_socket, container_id="x2").ips == ["10.86.2.2/24"]
+    only_b = named("net2", [["zone-b"]])
+    out = run_cni("ADD", only_b, socket=a.cni_socket, container_id="x3")
+    assert out.code == 7 and "on node A" in out.json["msg"] and "zone=a" in out.json["details"], out
+    # a full zone pool falls through to the next matching pool of the range set
+    ok(a, "pool", "create", "tiny", "--cidr", "10.86.4.0/30", "--node-selector", "zone=b")
+    tiny_first = named("net3", [["tiny", "anywhere"]])
+    assert run_cni("ADD", tiny_first, socket=b.cni_socket, container_id="t1").ips == ["10.86.4.2/30"]
+    assert run_cni("ADD", tiny_first, socket=b.cni_socket, container_id="t2").ips == ["10.86.3.2/24"]
+    check_ok(a)
+
+
+def test_b27_refused_delete_drain_del_then_delete(daemons: Any) -> None:
+    """B27 with named pools: delete refused with the live count; drain moves new ADDs to the next pool (none:
+    code 100 naming the draining pool); DEL releases through the handle; the empty pool is deleted, its blocks
+    and records are gone, and it is never used again."""
+    a = daemons("A")
+    ok(a, "pool", "create", "old", "--cidr", "10.64.0.0/24")
+    ok(a, "pool", "create", "new", "--cidr", "10.65.0.0/24")
+    conf = named("net1", [["old", "new"]])
+    assert run_cni("ADD", conf, socket=a.cni_socket, container_id="c1").ips == ["10.64.0.2/24"]
+    refused = ctl(a, "pool", "delete", "old")
+    assert refused.returncode == 3, refused
+    assert "pool old still holds 1 address(es)" in refused.stderr
+    # the admin API's status and CNI code
+    with grpc.insecure_channel("unix:" + a.grpc_socket) as ch, pytest.raises(grpc.RpcError) as info:
+        pools_pb2_grpc.PoolAdminStub(ch).DeleteNamedPool(pools_pb2.DeleteNamedPoolRequest(name="old"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ("ipamd-cni-code", "120") in tuple(info.value.trailing_metadata())
+    assert keys(a, "poolspecs/") == ["poolspecs/new", "poolspecs/old"]
+    ok(a, "pool", "drain", "old")
+    assert run_cni("ADD", conf, socket=a.cni_socket, container_id="c2").ips == ["10.65.0.2/24"]
+    only_old = named("net2", [["old"]])
+    out = run_cni("ADD", only_old, socket=a.cni_socket, container_id="c3")
+    assert out.code == 100 and "pool old is draining" in out.json["msg"], out
+    # CHECK still knows the drained pool's address
+    prev = {"cniVersion": "1.1.0", "ips": [{"address": "10.64.0.2/24"}]}
+    check_conf = dict(conf, prevResult=prev)
+    assert run_cni("CHECK", check_conf, socket=a.cni_socket, container_id="c1").rc == 0
+    # DEL c1 with a configuration that no longer names the pool: released through the handle
+    assert run_cni("DEL", named("net1", [["new"]]), socket=a.cni_socket, container_id="c1").rc == 0
+    assert keys(a, "ips/@old/") == []
+    assert "pool old deleted (1 empty block(s) removed)" in ok(a, "pool", "delete", "old")
+    assert keys(a, "poolspecs/") == ["poolspecs/new"]
+    assert keys(a, "blocks/@old/") == [] and keys(a, "pools/@old/") == []
+    out = run_cni("ADD", conf, socket=a.cni_socket, container_id="c4")
+    assert out.code == 7 and "unknown pool old" in out.json["msg"], out
+    assert run_cni("ADD", named("net1", [["new"]]), socket=a.cni_socket, container_id="c4").ips == ["10.65.0.3/24"]
+    check_ok(a)
+
+
+def test_delete_racing_an_add_strands_no_address(daemons: Any) -> None:
+    """The ADD picks its address from the pool (spec revision R) and pauses; the pool, still empty, is deleted;
+    the ADD's commit compares the spec's revision, fails, and answers code 7: no address in a deleted pool."""
+    a = daemons("A", env={"IPAMD_FAILPOINTS": "add.after_pick=pause:2:1"})
+    ok(a, "pool", "create", "racy", "--cidr", "10.87.0.0/24")
+    conf = named("net1", [["racy"]])
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(run_cni("ADD", conf, socket=a.cni_socket, container_id="r1")))
+    t.start()
+    deleted = None
+    for _ in range(100):  # the delete goes while the ADD is paused after its pick
+        if "add.after_pick" in a.log():
+            deleted = ctl(a, "pool", "delete", "racy")
+            break
+        time.sleep(0.02)
+    t.join(30)
+    assert deleted is not None and deleted.returncode == 0, deleted
+    out = result[0]
+    assert out.code == 7 and "unknown pool racy" in out.json["msg"], out
+    assert keys(a, "ips/@racy/") == [] and keys(a, "handles/net1/") == [] and keys(a, "poolspecs/") == []
+    check_ok(a)
+
+
+def test_kubernetes_node_labels_select_pools(daemons: Any, fake: Any, workdir: str) -> None:
+    """Kubernetes mode: the Node object's labels (fake API server) are matched by nodeSelector, followed by the
+    watch when they change; --node-labels win on a conflict."""
+    from fakekube import write_kubeconfig
+
+    fake.add_node("k1")
+    kubeconfig = write_kubeconfig(workdir + "/kubeconfig", fake.url, fake.token)
+    d = daemons("k1", extra_args=["--kubernetes", "--kubeconfig", kubeconfig, "--node-labels", "tier=gold"])
+    ok(d, "pool", "create", "east", "--cidr", "10.89.1.0/24", "--node-selector", "topology.kubernetes.io/zone=east")
+    ok(d, "pool", "create", "gold", "--cidr", "10.89.2.0/24", "--node-selector", "tier=gold")
+    east = named("net1", [["east"]])
+    out = run_cni("ADD", east, socket=d.cni_socket, container_id="k1")
+    assert out.code == 7, out  # the node has no zone label yet
+    fake.update_node("k1", lambda o: o["metadata"].__setitem__("labels", {"topology.kubernetes.io/zone": "east",
+                                                                          "tier": "silver"}))
+    wait_for(lambda: run_cni("ADD", east, socket=d.cni_socket, container_id="k1").ips == ["10.89.1.2/24"],
+             "the node's new label to select pool east", timeout=15)
+    assert run_cni("ADD", named("net2", [["gold"]]), socket=d.cni_socket, container_id="k2").ips == ["10.89.2.2/24"]
+    check_ok(d)
+
+
+def test_drained_pool_retried_add_status_and_requested_address(daemons: Any) -> None:
+    """After a drain: a retried ADD of an attachment that holds an address of the pool returns it unchanged (T42,
+    B06); STATUS answers 50 when every pool of a range set is draining, 0 while one is active; a requested address
+    in the draining pool is 101 (B27: no new allocation from it)."""
+    a = daemons("A")
+    ok(a, "pool", "create", "d1", "--cidr", "10.90.0.0/24", "--namespace-selector", "kubernetes.io/metadata.name=x")
+    conf = named("net1", [["d1"]])
+    first = run_cni("ADD", conf, socket=a.cni_socket, container_id="c1", args=k8s("x", "c1"))
+    assert first.ips == ["10.90.0.2/24"], first
+    assert run_cni("STATUS", conf, socket=a.cni_socket, container_id=None, if_name=None, netns=None).rc == 0
+    ok(a, "pool", "drain", "d1")
+    again = run_cni("ADD", conf, socket=a.cni_socket, container_id="c1", args=k8s("x", "c1"))
+    assert again.rc == 0 and again.ips == ["10.90.0.2/24"], again
+    status = run_cni("STATUS", conf, socket=a.cni_socket, container_id=None, if_name=None, netns=None)
+    assert status.code == 50 and "pool d1 is draining" in status.json["msg"], status
+    wanted = dict(conf, runtimeConfig={"ips": ["10.90.0.9"]})
+    out = run_cni("ADD", wanted, socket=a.cni_socket, container_id="c2", args=k8s("x", "c2"))
+    assert out.code == 100 and "pool d1 is draining" in out.json["msg"], out  # nothing left in the range set
+    ok(a, "pool", "create", "d2", "--cidr", "10.91.0.0/24")
+    both = named("net1", [["d1", "d2"]])
+    out = run_cni("ADD", dict(both, runtimeConfig={"ips": ["10.90.0.9"]}), socket=a.cni_socket, container_id="c2",
+                  args=k8s("x", "c2"))
+    assert out.code == 101 and "10.90.0.9 is in pool d1" in out.json["msg"], out
+    assert run_cni("STATUS", both, socket=a.cni_socket, container_id=None, if_name=None, netns=None).rc == 0
+    ok(a, "pool", "drain", "d1", "--undo")
+    out = run_cni("ADD", wanted, socket=a.cni_socket, container_id="c2", args=k8s("x", "c2"))
+    assert out.ips == ["10.90.0.9/24"], out
+    assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c1").rc == 0
+    assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c2").rc == 0
+    assert "pool d1 deleted" in ok(a, "pool", "delete", "d1")
+    check_ok(a)
+
+
+def test_concurrent_adds_and_a_delete_from_a_barrier(daemons: Any) -> None:
+    """Eight ADDs through two daemons and a delete released together: either the delete commits first (every ADD
+    that follows answers 7 and holds nothing) or an ADD does (the delete is refused with the count); never an address
+    in a deleted pool."""
+    a, b = daemons("A"), daemons("B")
+    ok(a, "pool", "create", "herd", "--cidr", "10.92.0.0/24", "--block-size", "28")
+    conf = named("net1", [["herd"]])
+    barrier = threading.Barrier(9)
+    adds: list[Any] = []
+    deleted: list[Any] = []
+
+    def add(i: int) -> None:
+        barrier.wait(30)
+        adds.append(run_cni("ADD", conf, socket=(a, b)[i % 2].cni_socket, container_id="h%d" % i))
+
+    def delete() -> None:
+        barrier.wait(30)
+        deleted.append(ctl(a, "pool", "delete", "herd"))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)] + [threading.Thread(target=delete)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    held = keys(a, "ips/@herd/")
+    got = [x for x in adds if x.rc == 0]
+    assert all(x.code == 7 for x in adds if x.rc != 0), adds
+    assert len(held) == len(got) == len({ip for x in got for ip in x.ips})
+    if deleted[0].returncode == 0:
+        assert keys(a, "poolspecs/") == [] and held == [] and keys(a, "blocks/@herd/") == []
+    else:
+        assert deleted[0].returncode == 3 and "still holds" in deleted[0].stderr, deleted[0]
+        assert keys(a, "poolspecs/") == ["poolspecs/herd"] and held
+    check_ok(a)
