@@ -76,7 +76,8 @@ def test_ipamctl_pool_create_list_show_drain_delete(daemons: Any) -> None:
              "3", "--release-cooldown-seconds", "30", "--gateway-mode", "block")
     assert out.split("\n")[0].split() == ["NAME", "CIDR", "BLOCK", "GATEWAY", "STATE", "SIZE", "ALLOCATED", "BLOCKS",
                                           "MAX/NODE", "NODES", "NAMESPACES"]
-    assert out.split("\n")[1].split() == ["blue", "10.80.0.0/24", "/28", "block", "active", "252", "0", "0", "3",
+    # block mode: each of the 16 /28 blocks keeps its first, gateway and last address: 16 * 13 - 1 excluded = 207
+    assert out.split("\n")[1].split() == ["blue", "10.80.0.0/24", "/28", "block", "active", "207", "0", "0", "3",
                                           "*", "team=blue"]
     spec_file = a.dir + "/six.json"
     with open(spec_file, "w") as fh:
@@ -149,6 +150,30 @@ def test_dual_stack_add_from_named_pools_and_two_networks_share_one_pool(daemons
     assert run_cni("DEL", net2, socket=a.cni_socket, container_id="c1").rc == 0
     again = run_cni("ADD", net2, socket=a.cni_socket, container_id="c3")
     assert again.ips == ["10.83.0.3/24"]
+    check_ok(a)
+
+
+def test_named_pools_in_block_and_point_to_point_modes(daemons: Any) -> None:
+    """A named pool's gatewayMode shapes the result as a network's gatewayMode does (docs/configuration.md "Gateway
+    modes"): block mode gives each node its block's gateway and prefix, pointToPoint a /32 or /128 with the
+    link-local gateway and its default route; a gateway key beside either mode is refused with exit status 2."""
+    a, b = daemons("A"), daemons("B")
+    ok(a, "pool", "create", "blk4", "--cidr", "10.86.0.0/24", "--block-size", "26", "--gateway-mode", "block")
+    ok(a, "pool", "create", "p2p6", "--cidr", "fd00:86::/64", "--gateway-mode", "pointToPoint")
+    refused = ctl(a, "pool", "create", "bad", "--cidr", "10.87.0.0/24", "--gateway-mode", "pointToPoint",
+                  "--gateway", "10.87.0.1")
+    assert refused.returncode == 2 and "cannot be set with gatewayMode pointToPoint" in refused.stderr, refused
+    net = named("net1", [["blk4"], ["p2p6"]])
+    on_a = run_cni("ADD", net, socket=a.cni_socket, container_id="c1")
+    on_b = run_cni("ADD", net, socket=b.cni_socket, container_id="c2")
+    assert on_a.rc == 0 and on_b.rc == 0, (on_a, on_b)
+    # each node claims its own block: B's IPv4 block is .64/26 (gateway .65), its IPv6 /122 block starts at ::40
+    assert (on_a.ips, on_b.ips) == (["10.86.0.2/26", "fd00:86::1/128"], ["10.86.0.66/26", "fd00:86::40/128"])
+    assert [ip["gateway"] for ip in on_a.json["ips"]] == ["10.86.0.1", "fe80::1"]
+    assert on_b.json["ips"][0]["gateway"] == "10.86.0.65"
+    assert {"dst": "::/0", "gw": "fe80::1"} in on_a.json["routes"]
+    for d, cid in ((a, "c1"), (b, "c2")):
+        assert run_cni("DEL", net, socket=d.cni_socket, container_id=cid).rc == 0
     check_ok(a)
 
 
