@@ -165,8 +165,9 @@ def _pool_rows(pools: Sequence[PoolInfo]) -> str:
     from .domain.inventory import format_percent
 
     return render_table(
-        ["POOL", "SUBNET", "RANGE", "BLOCK", "SIZE", "ALLOCATED", "FREE", "BLOCKS", "USED%"],
-        [[p.pool, p.subnet, "%s-%s" % (p.range_start, p.range_end), "/%d" % p.block_prefix, str(p.size),
+        ["POOL", "SUBNET", "RANGE", "BLOCK", "GATEWAY", "SIZE", "ALLOCATED", "FREE", "BLOCKS", "USED%"],
+        [[p.pool, p.subnet, "%s-%s" % (p.range_start, p.range_end), "/%d" % p.block_prefix,
+          p.gateway if p.gateway_mode == "subnet" and p.gateway else p.gateway_mode, str(p.size),
           str(p.allocated), str(p.free), str(p.blocks), format_percent(p.utilisation)] for p in pools])
 
 

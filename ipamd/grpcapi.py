@@ -289,7 +289,8 @@ class PoolAdminServicer(pools_pb2_grpc.PoolAdminServicer):
 def _pool_msg(p: PoolInfo) -> ipam_pb2.PoolInfo:
     return ipam_pb2.PoolInfo(pool=p.pool, network=p.network, subnet=p.subnet, range_start=p.range_start,
                              range_end=p.range_end, gateway=p.gateway, block_size=p.block_prefix, size=str(p.size),
-                             allocated=p.allocated, free=str(p.free), blocks=p.blocks, utilisation=p.utilisation)
+                             allocated=p.allocated, free=str(p.free), blocks=p.blocks, utilisation=p.utilisation,
+                             gateway_mode=p.gateway_mode)
 
 
 def _block_msg(b: BlockInfo) -> ipam_pb2.BlockInfo:

@@ -176,7 +176,7 @@ def _from_msg(msg: Any) -> Allocation:
 
 def _pool_from_msg(m: Any) -> PoolInfo:
     return PoolInfo(m.pool, m.network, m.subnet, m.range_start, m.range_end, m.gateway, m.block_size, int(m.size),
-                    m.allocated, m.blocks)
+                    m.allocated, m.blocks, m.gateway_mode or "subnet")
 
 
 def _block_from_msg(m: Any) -> BlockInfo:

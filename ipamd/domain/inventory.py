@@ -69,7 +69,8 @@ def parse_pool_ref(text: str) -> str:
 class PoolInfo:
     """One pool record with its figures: ``size`` usable addresses of its range, ``allocated`` address records
     inside its subnet (any pool of the network: an address is unique in its network), ``blocks`` claimed by any
-    node; ``block_prefix`` is the pool's fixed block size as a prefix length."""
+    node; ``block_prefix`` is the pool's fixed block size as a prefix length; ``gateway_mode`` the pool record's
+    ``gatewayMode`` (docs/configuration.md "Gateway modes")."""
 
     pool: str
     network: str
@@ -81,6 +82,7 @@ class PoolInfo:
     size: int
     allocated: int
     blocks: int
+    gateway_mode: str = "subnet"
 
     @property
     def free(self) -> int:
@@ -94,7 +96,8 @@ class PoolInfo:
     def to_json(self) -> dict[str, Any]:
         return {"pool": self.pool, "network": self.network, "subnet": self.subnet, "rangeStart": self.range_start,
                 "rangeEnd": self.range_end, "gateway": self.gateway or None, "blockSize": self.block_prefix,
-                "size": self.size, "allocated": self.allocated, "free": self.free, "blocks": self.blocks,
+                "gatewayMode": self.gateway_mode, "size": self.size, "allocated": self.allocated, "free": self.free,
+                "blocks": self.blocks,
                 "utilisation": self.utilisation}
 
 
@@ -104,7 +107,7 @@ def pool_info(pool_id: str, record: PoolRecord, allocated: int, blocks: int) -> 
     return PoolInfo(pool_id, record.network or pool_id.split("/", 1)[0], str(rng.subnet),
                     str(to_ip(rng.family, rng.start)), str(to_ip(rng.family, rng.end)),
                     str(to_ip(rng.family, rng.gateway)) if rng.gateway is not None else "", record.block_prefix,
-                    rng.usable_count(), allocated, blocks)
+                    rng.usable_count(), allocated, blocks, rng.mode)
 
 
 @dataclass(frozen=True, slots=True)

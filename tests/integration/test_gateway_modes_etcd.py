@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from harness import cni_config, run_cni
+from harness import cni_config, daemon_ipamctl, run_cni
 
 from ipamd.domain.model import PoolRecord
 from ipamd.store.etcd import EtcdStore
@@ -51,6 +51,12 @@ def test_two_nodes_in_block_mode_each_get_their_own_blocks_gateway(daemons):
     rec = PoolRecord.decode(kv.value)
     assert (rec.range.mode, rec.range.gateway, rec.block_prefix) == ("block", None, 26)
     assert json.loads(kv.value)["gatewayMode"] == "block"
+    listed = daemon_ipamctl(a, "pools", "-o", "json")  # the operator's view names the mode
+    assert listed.returncode == 0, listed.stderr
+    (pool,) = json.loads(listed.stdout)["pools"]
+    assert (pool["gatewayMode"], pool["gateway"], pool["size"]) == ("block", None, 4 * 61)
+    table = daemon_ipamctl(a, "pools")
+    assert table.stdout.splitlines()[1].split()[4] == "block", table.stdout
 
     check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)

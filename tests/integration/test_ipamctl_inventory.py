@@ -63,17 +63,17 @@ def test_pools_figures_in_text_and_json(cluster: tuple[Any, Any]) -> None:
     a, b = cluster
     text = ok(b, "pools")  # any node's daemon answers for the cluster
     assert rows(text) == [
-        ["POOL", "SUBNET", "RANGE", "BLOCK", "SIZE", "ALLOCATED", "FREE", "BLOCKS", "USED%"],
-        [P4, "10.9.0.0/28", "10.9.0.1-10.9.0.14", "/29", "13", "8", "5", "2", "61.54%"],
-        [P6, "fd00:9::/64", "fd00:9::1-fd00:9::ffff:ffff:ffff:ffff", "/122", str(SIZE6), "3", str(SIZE6 - 3), "2",
-         "<0.01%"],
+        ["POOL", "SUBNET", "RANGE", "BLOCK", "GATEWAY", "SIZE", "ALLOCATED", "FREE", "BLOCKS", "USED%"],
+        [P4, "10.9.0.0/28", "10.9.0.1-10.9.0.14", "/29", "10.9.0.1", "13", "8", "5", "2", "61.54%"],
+        [P6, "fd00:9::/64", "fd00:9::1-fd00:9::ffff:ffff:ffff:ffff", "/122", "fd00:9::1", str(SIZE6), "3",
+         str(SIZE6 - 3), "2", "<0.01%"],
     ]
     doc = json.loads(ok(a, "pools", "-o", "json"))
     assert doc["revision"] > 0
     p4, p6 = doc["pools"]
     assert p4 == {"pool": P4, "network": "net4", "subnet": "10.9.0.0/28", "rangeStart": "10.9.0.1",
-                  "rangeEnd": "10.9.0.14", "gateway": "10.9.0.1", "blockSize": 29, "size": 13, "allocated": 8,
-                  "free": 5, "blocks": 2, "utilisation": pytest.approx(800 / 13)}
+                  "rangeEnd": "10.9.0.14", "gateway": "10.9.0.1", "blockSize": 29, "gatewayMode": "subnet", "size": 13,
+                  "allocated": 8, "free": 5, "blocks": 2, "utilisation": pytest.approx(800 / 13)}
     assert (p6["size"], p6["allocated"], p6["free"], p6["blocks"], p6["blockSize"]) == (SIZE6, 3, SIZE6 - 3, 2, 122)
     assert p6["utilisation"] == pytest.approx(300 / SIZE6)
     one = json.loads(ok(a, "pools", "--pool", "net6/fd00:9::/64", "-o", "json"))["pools"]
@@ -109,7 +109,7 @@ def test_usage_per_pool_and_per_node(cluster: tuple[Any, Any]) -> None:
     a, _b = cluster
     text = ok(a, "usage")
     pools, _, nodes = text.partition("\n\n")
-    assert rows(pools)[1][4:] == ["13", "8", "5", "2", "61.54%"]
+    assert rows(pools)[1][4:] == ["10.9.0.1", "13", "8", "5", "2", "61.54%"]
     assert rows(nodes) == [
         ["NODE", "ALIVE", "BLOCKS", "CAPACITY", "USED", "FREE", "USED%", "BORROWED-IN", "ALLOCATED",
          "BORROWED-ELSEWHERE"],
