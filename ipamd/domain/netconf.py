@@ -344,16 +344,20 @@ def parse_netconf(conf: dict[str, Any], name: str) -> NetConf:
     routes = _routes(ipam)
     _check_route_gateways(routes, range_sets)
     routes = _default_routes(routes, ipam.get("routes") is not None, range_sets)
-    check_netns = ipam.get("checkNetns", True)
-    if not isinstance(check_netns, bool):
-        raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))
-    check_node = ipam.get("checkNode", True)
-    if not isinstance(check_node, bool):
-        raise InvalidConfig("ipam.checkNode %r is not true or false" % (check_node,))
+    return NetConf(name=name, range_sets=tuple(range_sets), routes=routes, warnings=warnings, **_link_keys(ipam))
+
+
+def _link_keys(ipam: dict[str, Any]) -> dict[str, Any]:
+    """The keys that mean the same with ``ranges`` and with ``pools``: ``dns``, ``socket``, ``checkNetns`` and
+    ``checkNode`` (booleans, default true), as :class:`NetConf` keyword arguments. Raises :class:`InvalidConfig`."""
+    checks = {}
+    for key, arg in (("checkNetns", "check_netns"), ("checkNode", "check_node")):
+        value = ipam.get(key, True)
+        if not isinstance(value, bool):
+            raise InvalidConfig("ipam.%s %r is not true or false" % (key, value))
+        checks[arg] = value
     socket = ipam.get("socket")
-    return NetConf(name=name, range_sets=tuple(range_sets), routes=routes, dns=_dns(ipam),
-                   socket=socket if isinstance(socket, str) else None, warnings=warnings, check_netns=check_netns,
-                   check_node=check_node)
+    return {"dns": _dns(ipam), "socket": socket if isinstance(socket, str) else None, **checks}
 
 
 def _pool_names(ipam: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
@@ -386,17 +390,8 @@ def _named_netconf(ipam: dict[str, Any], name: str, pool_names: tuple[tuple[str,
     """A configuration of named pools: the pools' own keys (blockSize, exclude, cooldown, ...) live in their specs,
     so those keys here are ignored with a warning."""
     ignored = tuple("ignoring ipam.%s: the named pools' specs say it" % k for k in POOL_OWN_KEYS if k in ipam)
-    routes = _routes(ipam)
-    check_netns = ipam.get("checkNetns", True)
-    if not isinstance(check_netns, bool):
-        raise InvalidConfig("ipam.checkNetns %r is not true or false" % (check_netns,))
-    check_node = ipam.get("checkNode", True)
-    if not isinstance(check_node, bool):
-        raise InvalidConfig("ipam.checkNode %r is not true or false" % (check_node,))
-    socket = ipam.get("socket")
-    return NetConf(name=name, range_sets=(), routes=routes, dns=_dns(ipam),
-                   socket=socket if isinstance(socket, str) else None, warnings=warnings + ignored,
-                   check_netns=check_netns, check_node=check_node, pool_names=pool_names)
+    return NetConf(name=name, range_sets=(), routes=_routes(ipam), warnings=warnings + ignored,
+                   pool_names=pool_names, **_link_keys(ipam))
 
 
 def check_route_gateways(routes: tuple[Route, ...], range_sets: tuple[tuple[Pool, ...], ...]) -> None:
