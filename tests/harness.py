@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from ipamd.check import check_store
 from ipamd.embedded import etcd_binary, etcd_command, free_port, stop_process, wait_for_port
@@ -460,6 +462,15 @@ def wait_for(cond: Callable[[], object], what: str, timeout: float = 20.0) -> No
             return
         time.sleep(0.02)
     raise AssertionError("timed out waiting for %s" % what)
+
+
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` on a daemon's ``/metrics`` (``port`` on 127.0.0.1) whose labels include
+    every pair of ``labels`` (none: all label sets); 0 when there is none."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def daemon_ipamctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

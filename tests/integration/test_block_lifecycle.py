@@ -12,13 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import Daemon, EtcdCluster, assert_invariants, cni_config, run_cni, wait_for
+from harness import Daemon, assert_invariants, cni_config, metric_sum, run_cni, wait_for
 from test_field_concurrency import block_owners, read_kind
 
 from ipamd.embedded import free_port
@@ -202,19 +200,6 @@ def read_handles(endpoints: str, prefix: str) -> dict[str, list[str]]:
     return out
 
 
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    """A single member this test may kill and restart (the session etcd is shared with other tests)."""
-    cluster = EtcdCluster(1).start()
-    yield cluster
-    cluster.stop()
-
-
-def metric(port: int, name: str, label: str) -> float:
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and label in line)
 
 
 @pytest.mark.parametrize("failpoint", ["blockrelease.before_release=pause:2:1", "blockrelease.read=error:3"])
@@ -241,8 +226,8 @@ def test_block_release_loop_survives_etcd_killed_and_unexpected_errors(own_etcd,
             time.sleep(2.5)  # the paused release now runs against a dead etcd, fails, backs off, retries
             member.start(new=False)
             own_etcd.wait_healthy()
-        wait_for(lambda: metric(port, "ipamd_blocks_released_total", "pool=") == 1, "the release", timeout=40)
-        assert metric(port, "ipamd_background_errors_total", 'loop="blockrelease"') > 0
+        wait_for(lambda: metric_sum(port, "ipamd_blocks_released_total") == 1, "the release", timeout=40)
+        assert metric_sum(port, "ipamd_background_errors_total", loop="blockrelease") > 0
         assert block_owners(own_etcd.endpoints, prefix) == {net("10.34.0.0/28"): "A"}
         assert d.proc is not None and d.proc.poll() is None
         out = add(conf, d, "c-after")

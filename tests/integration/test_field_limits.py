@@ -22,16 +22,14 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from cni_conformance_util import NO_ATTACHMENT, assert_ok_empty
-from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni, snapshot_counts, wait_for
+from harness import CniOutput, Daemon, EtcdCluster, cni_config, metric_sum, run_cni, snapshot_counts, wait_for
 from ipamd_client import IpamClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from ipamd.domain.errors import IpamError
 from ipamd.embedded import free_port
@@ -64,12 +62,6 @@ def added(out: CniOutput) -> str:
     assert len(out.ips) == 1, out
     return out.ips[0]
 
-
-def scrape(port: int, name: str) -> float:
-    """Sum over all label sets of the samples named ``name`` on a daemon's /metrics (0 when absent)."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
 
 
 def ipamctl(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -184,7 +176,7 @@ def test_b05_values_stay_small_and_add_cost_stays_flat_with_4000_held(small_requ
     assert cost_first["range"] <= 0.05 and cost_last["range"] <= 0.05, (cost_first, cost_last)
     assert cost_last["bytes_in"] <= 1.1 * cost_first["bytes_in"], (cost_first, cost_last)
     assert "too large" not in d.log()
-    assert scrape(port, "ipamd_pool_exhausted_total") == 0
+    assert metric_sum(port, "ipamd_pool_exhausted_total") == 0
 
 
 # -- B24 ----------------------------------------------------------------------------------------------------------
@@ -220,7 +212,7 @@ def test_b24_gc_releases_300_attachments_in_batches_within_the_limit(daemons, re
     counts = snapshot_counts(d.endpoints, d.prefix)
     assert counts["ips"] == 0 and counts["handles"] == 0, counts
     assert not [k for k in values(d) if k.startswith(("ips/", "handles/"))]
-    assert scrape(port, "ipamd_gc_released_total") == 300
+    assert metric_sum(port, "ipamd_gc_released_total") == 300
     assert_check_clean(d)
     # the released addresses are allocatable again, lowest first
     assert added(add(d, conf, "again")) == "10.61.0.2/22"
@@ -277,5 +269,5 @@ def test_b24_gc_killed_between_batches_keeps_the_invariants_and_a_rerun_finishes
     assert_ok_empty(gc(again, conf, []))
     counts = snapshot_counts(again.endpoints, again.prefix)
     assert counts["handles"] == counts["ips"] == 0, counts
-    assert scrape(port, "ipamd_gc_released_total") == 240
+    assert metric_sum(port, "ipamd_gc_released_total") == 240
     assert_check_clean(again)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from cni_conformance_util import assert_err, assert_ok_empty, handle_ips, parse_stdout, read_handle
-from harness import CniOutput, Daemon, cni_config, run_cni, snapshot_counts
+from harness import CniOutput, Daemon, cni_config, metric_sum, run_cni, snapshot_counts
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipamd.embedded import free_port
@@ -213,12 +213,6 @@ def test_b30_block_size_31_and_32_work_and_shorter_than_pool_is_code_7(daemons):
 # -- B34 ----------------------------------------------------------------------------------------------------------
 
 
-def scrape_sum(port: int, name: str) -> float:
-    """Sum over all label sets of the samples named ``name`` on the daemon's /metrics (0 when absent)."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name)
-
 
 def gauge(port: int, name: str, pool: str) -> float | None:
     """The sample ``name{pool="<pool>"}`` on the daemon's /metrics (``None`` when absent)."""
@@ -250,7 +244,7 @@ def test_b34_pool_exhausted_error_code_message_and_single_json(daemons, plugin):
     pool = "net1/0a4f0000-29"
     for n in range(1, 6):
         assert address(add(d, conf, "c%d" % n)) == "10.79.0.%d/29" % (n + 1)
-    before = scrape_sum(port, "ipamd_pool_exhausted_total")
+    before = metric_sum(port, "ipamd_pool_exhausted_total")
     assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
 
     full = add(d, conf, "c6")
@@ -261,7 +255,7 @@ def test_b34_pool_exhausted_error_code_message_and_single_json(daemons, plugin):
                    "details": "network net1: 5 of 5 usable addresses allocated; node A owns 1 block(s); "
                               "0 unclaimed blocks"}, err
     assert "Traceback" not in full.stderr, full
-    assert scrape_sum(port, "ipamd_pool_exhausted_total") == before + 1
+    assert metric_sum(port, "ipamd_pool_exhausted_total") == before + 1
     assert gauge(port, "ipamd_pool_exhausted_total", pool) == 1
     assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
     assert gauge(port, "ipamd_pool_allocated_addresses", pool) == 5
@@ -275,7 +269,7 @@ def test_b34_pool_exhausted_error_code_message_and_single_json(daemons, plugin):
     assert address(add(d, conf, "c6")) == "10.79.0.4/29"
     assert handle_ips(d, "net1", "c6", "eth0") == ["10.79.0.4/29"]
     assert gauge(port, "ipamd_pool_free_addresses", pool) == 0
-    assert scrape_sum(port, "ipamd_pool_exhausted_total") == before + 1
+    assert metric_sum(port, "ipamd_pool_exhausted_total") == before + 1
     assert counts(d)["ips"] == 5
 
 
@@ -300,7 +294,7 @@ def test_b34_two_nodes_full_block_borrows_from_the_other_nodes_block_unless_stri
     assert address(add(b, conf, "b1")) == "10.80.0.16/27"
     assert blocks(a, "net1") == {"10.80.0.0/28": "A", "10.80.0.16/28": "B"}
 
-    before = scrape_sum(port, "ipamd_pool_exhausted_total")
+    before = metric_sum(port, "ipamd_pool_exhausted_total")
     refused = add(a, strict, "a16")
     assert refused.rc == 1, refused
     err = assert_err(refused, 100, "1.1.0")
@@ -308,7 +302,7 @@ def test_b34_two_nodes_full_block_borrows_from_the_other_nodes_block_unless_stri
     assert err["msg"] == "no free address for node A in pool 10.80.0.0/27 (strictAffinity)", err
     assert "14 free address(es) in blocks owned by other nodes" in err["details"], err
     assert "0 unclaimed blocks" in err["details"], err
-    assert scrape_sum(port, "ipamd_pool_exhausted_total") == before + 1
+    assert metric_sum(port, "ipamd_pool_exhausted_total") == before + 1
     assert read_handle(a, "net1", "a16", "eth0") is None and counts(a)["ips"] == 15
 
     borrowed = ipaddress.ip_interface(address(add(a, conf, "a16")))

@@ -9,11 +9,9 @@ unexpected (non-etcd) error inside the loop.
 from __future__ import annotations
 
 import time
-import urllib.request
-from collections.abc import Iterator
 
 import pytest
-from harness import Daemon, EtcdCluster, cni_config, run_cni
+from harness import Daemon, EtcdCluster, cni_config, metric_sum, run_cni
 
 from ipamd.embedded import free_port
 from ipamd.store.etcd import EtcdStore
@@ -21,19 +19,6 @@ from ipamd.store.etcd import EtcdStore
 STEPS = ["sync.read", "lease.keepalive", "lease.grant", "lease.put"]
 
 
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    """A single member this test may kill and restart (the session etcd is shared with other tests)."""
-    cluster = EtcdCluster(1).start()
-    yield cluster
-    cluster.stop()
-
-
-def metric(port: int, name: str, label: str) -> float:
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and label in line)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +61,7 @@ def test_loop_survives_etcd_killed_at_each_step(own_etcd: EtcdCluster, prefix: s
         wait_for(lambda: node_record_on_lease(own_etcd.endpoints, prefix, "A"), 30, "the node record")
         out = run_cni("ADD", cni_config("loops", subnet="10.77.0.0/24"), socket=d.cni_socket)
         assert out.rc == 0 and out.ips == ["10.77.0.2/24"], out
-        assert metric(port, "ipamd_background_errors_total", "loop=") > 0
+        assert metric_sum(port, "ipamd_background_errors_total") > 0
         assert d.proc is not None and d.proc.poll() is None
     finally:
         assert d.stop() == 0
@@ -91,7 +76,7 @@ def test_loop_survives_an_unexpected_error(own_etcd: EtcdCluster, prefix: str, w
     d.start(wait_ready=False)
     try:
         d.wait_ready(60)
-        assert metric(port, "ipamd_background_errors_total", "loop=") >= 3
+        assert metric_sum(port, "ipamd_background_errors_total") >= 3
         assert "unexpected error" in d.log() and "Traceback" in d.log()
         out = run_cni("ADD", cni_config("loops", subnet="10.77.0.0/24"), socket=d.cni_socket)
         assert out.rc == 0, out

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
-from harness import CniOutput, Daemon, EtcdCluster, cni_config, run_cni
+from harness import CniOutput, Daemon, cni_config, run_cni
 
 from ipamd.embedded import free_port
 from ipamd.store.etcd import EtcdStore
@@ -39,13 +39,6 @@ def proxies() -> Iterator[ProxyFactory]:
     for p in made:
         p.stop()
 
-
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    """A single member this module may slow down or stop (the session etcd is shared)."""
-    cluster = EtcdCluster(1).start()
-    yield cluster
-    cluster.stop()
 
 
 def add(d: Daemon, container: str, subnet: str = "10.50.0.0/24", **kw: object) -> CniOutput:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from harness import EtcdCluster, cni_config, run_cni
 from views import assert_view_matches
 
@@ -19,13 +17,6 @@ from ipamd.domain.netconf import parse_netconf
 from ipamd.service import IpamService
 from ipamd.store.etcd import EtcdStore
 from ipamd.testing.faultproxy import FaultProxy
-
-
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(1).start()
-    yield cluster
-    cluster.stop()
 
 
 def converge(store: EtcdStore, svc: IpamService, timeout: float = 30.0) -> None:
