@@ -216,9 +216,9 @@ class KubeApi:
         raise ValueError("kind %r is not one of %s" % (kind, self.KINDS))
 
     def list(self, kind: str, field_selector: str = "", page_size: int = PAGE_SIZE) -> tuple[list[Obj], str]:
-        """Every ``kind`` ("pods", "nodes" or "namespaces") object matching ``field_selector``, in pages of ``page_size`` from one
-        consistent snapshot: ``(items, resourceVersion)``. Raises :class:`KubeExpired` when a page's continue token
-        expired (list again), the other errors of the tree."""
+        """Every ``kind`` ("pods", "nodes" or "namespaces") object matching ``field_selector``, in pages of
+        ``page_size`` from one consistent snapshot: ``(items, resourceVersion)``. Raises :class:`KubeExpired` when a
+        page's continue token expired (list again), the other errors of the tree."""
         func = self._lister(kind)
         items: list[Obj] = []
         token = ""

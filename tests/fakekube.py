@@ -6,9 +6,10 @@ drive the real client library (``kubernetes``) against this server. What it impl
 (api-concepts "Efficient detection of changes", "Watch bookmarks", "Retrieving large results sets in chunks"):
 
 - ``GET /api/v1/nodes``, ``/api/v1/nodes/{name}``, ``/api/v1/pods``, ``/api/v1/namespaces/{ns}/pods``,
-  ``/api/v1/namespaces/{ns}/pods/{name}``, ``/api/v1/namespaces`` and ``/api/v1/namespaces/{name}``; lists carry ``metadata.resourceVersion``; ``limit`` and ``continue``
-  page a consistent snapshot; ``fieldSelector`` with ``=``, ``==`` and ``!=`` on ``metadata.name``,
-  ``metadata.namespace``, ``spec.nodeName`` (pods) and ``status.phase`` (pods), others answer 400;
+  ``/api/v1/namespaces/{ns}/pods/{name}``, ``/api/v1/namespaces`` and ``/api/v1/namespaces/{name}``; lists carry
+  ``metadata.resourceVersion``; ``limit`` and ``continue`` page a consistent snapshot; ``fieldSelector`` with
+  ``=``, ``==`` and ``!=`` on ``metadata.name``, ``metadata.namespace``, ``spec.nodeName`` (pods) and
+  ``status.phase`` (pods, namespaces), others answer 400;
 - ``watch=true`` with ``resourceVersion``: a chunked stream of JSON lines (``{"type","object"}``) with every change
   after that version, then new ones until ``timeoutSeconds``; without a version, synthetic ADDED events first. An
   object that starts or stops matching the field selector is ADDED or DELETED, as the real watch cache does;

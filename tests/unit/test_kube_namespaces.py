@@ -119,7 +119,7 @@ def test_410_gone_lists_again() -> None:
 
 
 def test_malformed_namespace_is_a_kube_error() -> None:
-    with pytest.raises(KubeError, match="namespace without metadata.name"):
+    with pytest.raises(KubeError, match=r"namespace without metadata\.name"):
         NamespaceInfo.from_obj({"metadata": {"labels": {}}})
     assert NamespaceInfo.from_obj({"metadata": {"name": "n", "labels": ["not", "a", "map"]}}).labels == ()
 
