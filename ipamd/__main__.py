@@ -280,6 +280,7 @@ def run(cfg: config_mod.DaemonConfig) -> int:
         service.reconciler.checks.append(kube.owner_check)  # after the netns check: a dead sandbox is gone
         nodes_view = kube.nodes
         service.node_labels_source = lambda: nodes_view.labels(cfg.node_name)  # named pools' nodeSelector
+        service.namespace_labels = kube.namespaces.labels  # namespaceSelector: the Namespace objects' labels
         loops += [threading.Thread(target=supervise, name=name, daemon=True,
                                    args=(name, body, stop, metrics.loop_errors.labels(name).inc, 0.2, 10.0))
                   for name, body in kube.loops()]

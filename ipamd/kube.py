@@ -21,6 +21,9 @@ What the daemon gets from the API (docs/architecture.md "Kubernetes mode"):
   is by pod UID, never by pod name (field case B20); a terminating pod keeps its addresses (field case B21); when
   the view is not current (no list yet, the API server unreachable, the watch broken or expired) the answer is
   "unknown", never "gone".
+- :class:`NamespaceView` lists and watches every namespace (cluster-scoped) for its labels, which named pools'
+  ``namespaceSelector`` matches (docs/configuration.md "Named pools"); when it is not current, or does not show the
+  namespace yet, the answer is "unknown" (``None``) and a selector that needs those labels makes ADD answer 11.
 
 Both views follow the API's list-then-watch protocol: a list gives the state and its ``resourceVersion``, a watch
 from that version streams every change after it (with ``allowWatchBookmarks``, so a quiet watch still advances its
@@ -171,7 +174,7 @@ class KubeApi:
     connect and each read of a list; a watch's read may wait its server-side timeout plus ``timeout``.
     Thread-safe (the client's connection pool is)."""
 
-    KINDS = ("pods", "nodes")
+    KINDS = ("pods", "nodes", "namespaces")
 
     def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
         self._client = api_client
@@ -208,12 +211,14 @@ class KubeApi:
             return self._core.list_pod_for_all_namespaces  # type: ignore[no-any-return]
         if kind == "nodes":
             return self._core.list_node  # type: ignore[no-any-return]
+        if kind == "namespaces":
+            return self._core.list_namespace  # type: ignore[no-any-return]
         raise ValueError("kind %r is not one of %s" % (kind, self.KINDS))
 
     def list(self, kind: str, field_selector: str = "", page_size: int = PAGE_SIZE) -> tuple[list[Obj], str]:
-        """Every ``kind`` ("pods" or "nodes") object matching ``field_selector``, in pages of ``page_size`` from one
-        consistent snapshot: ``(items, resourceVersion)``. Raises :class:`KubeExpired` when a page's continue token
-        expired (list again), the other errors of the tree."""
+        """Every ``kind`` ("pods", "nodes" or "namespaces") object matching ``field_selector``, in pages of
+        ``page_size`` from one consistent snapshot: ``(items, resourceVersion)``. Raises :class:`KubeExpired` when a
+        page's continue token expired (list again), the other errors of the tree."""
         func = self._lister(kind)
         items: list[Obj] = []
         token = ""
@@ -335,6 +340,26 @@ class NodeInfo:
         return cls(name, str(meta.get("uid", "")), tuple(str(c) for c in cidrs), ready,
                    meta.get("deletionTimestamp") is not None,
                    tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict) else ())
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    """A namespace as the namespace view keeps it: ``name`` and ``labels`` (``metadata.labels`` as sorted pairs;
+    named pools' ``namespaceSelector`` matches them)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_obj(cls, obj: Obj) -> NamespaceInfo:
+        """Raises :class:`KubeError` for an object without ``metadata.name``."""
+        meta = _meta(obj, "namespace")
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            raise KubeError("namespace without metadata.name")
+        labels = meta.get("labels") or {}
+        return cls(name, tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict)
+                   else ())
 
 
 def _resource_version(obj: Obj) -> str:
@@ -535,6 +560,43 @@ class NodeView(_Reflector[NodeInfo]):
             return node.pod_cidrs if node is not None else None
 
 
+class NamespaceView(_Reflector[NamespaceInfo]):
+    """Every namespace of the cluster, by name, with its labels, from a list and a watch (module docstring), for
+    named pools' ``namespaceSelector``. Thread-safe: one thread runs :meth:`round`, any thread asks :meth:`labels`.
+
+    Why a watch and not a ``get`` per ADD with a short cache: an ADD then never waits for the API server (a cache
+    miss would put a round trip, or a timeout, inside the CNI deadline), a changed label is seen as soon as the watch
+    delivers it (a cache would serve the old one for its TTL), and the cost is small and known: namespaces are few
+    (tens to a few thousand) and rarely change, and the list-and-watch code is the node view's.
+    """
+
+    def __init__(self, api: KubeApi, watch_seconds: int = WATCH_SECONDS) -> None:
+        super().__init__(api, "namespaces", "", watch_seconds)
+
+    def _decode(self, obj: Obj) -> NamespaceInfo:
+        return NamespaceInfo.from_obj(obj)
+
+    def _key(self, item: NamespaceInfo) -> str:
+        return item.name
+
+    @property
+    def current(self) -> bool:
+        """A list completed and no list or watch failed since."""
+        with self._lock:
+            return self._synced
+
+    def labels(self, name: str) -> dict[str, str] | None:
+        """``metadata.labels`` of namespace ``name`` plus ``kubernetes.io/metadata.name: <name>`` (which the API
+        server sets on every namespace; added here too so the answer never lacks it); ``None`` ("unknown") when the
+        view is not current (not listed yet, the API server unreachable, the watch broken or expired) or does not
+        show ``name`` (created a moment ago and not yet delivered by the watch). O(labels)."""
+        with self._lock:
+            ns = self._items.get(name) if self._synced else None
+            if ns is None:
+                return None
+            return {**dict(ns.labels), "kubernetes.io/metadata.name": name}
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSnapshot:
     """The node view at one moment: ``nodes`` by name, ``deleted`` (name -> monotonic seconds when the deletion
@@ -701,8 +763,9 @@ class KubeMode:
     """Kubernetes mode in the daemon (``--kubernetes``, docs/configuration.md): the API client, the node view,
     this node's pod view, with ``--kube-pod-cidr-blocks`` the podCIDR block claimer, and with a
     ``node_removal_grace`` > 0 (seconds, ``--kube-node-removal-grace``) the removal of nodes deleted from the API
-    (:class:`ipamd.noderemoval.NodeRemover` over :meth:`NodeView.snapshot`). :meth:`loops` are the background
-    rounds for :func:`ipamd.concurrency.supervise`; :attr:`owner_check` is the reconciler's check
+    (:class:`ipamd.noderemoval.NodeRemover` over :meth:`NodeView.snapshot`), and the namespace view
+    (:attr:`namespaces`, whose :meth:`NamespaceView.labels` named pools' ``namespaceSelector`` matches). :meth:`loops`
+    are the background rounds for :func:`ipamd.concurrency.supervise`; :attr:`owner_check` is the reconciler's check
     (:class:`PodOwnerCheck` over :attr:`pods`)."""
 
     def __init__(self, api: KubeApi, node: str, store: Store | None = None, cache: NodeCache | None = None,
@@ -712,6 +775,7 @@ class KubeMode:
         self.api = api
         self.nodes = NodeView(api, watch_seconds, own_node=node)
         self.pods = PodView(api, node, self.nodes, watch_seconds)
+        self.namespaces = NamespaceView(api, watch_seconds)
         #: for the reconciler's checks (ipamd.reconciler): judges attachments by this node's pods
         self.owner_check = PodOwnerCheck(self.pods)
         self.claimer: PodCidrClaimer | None = None
@@ -723,10 +787,11 @@ class KubeMode:
                                        metrics=metrics, failpoints=failpoints)
 
     def loops(self) -> list[tuple[str, Callable[[], float | None]]]:
-        """``(name, round)`` of each background loop: ``kube-nodes``, ``kube-pods``, ``podcidr`` (with podCIDR
-        blocks) and ``kube-node-removal`` (with a node removal grace period)."""
+        """``(name, round)`` of each background loop: ``kube-nodes``, ``kube-pods``, ``kube-namespaces``,
+        ``podcidr`` (with podCIDR blocks) and ``kube-node-removal`` (with a node removal grace period)."""
         out: list[tuple[str, Callable[[], float | None]]] = [("kube-nodes", self.nodes.round),
-                                                              ("kube-pods", self.pods.round)]
+                                                              ("kube-pods", self.pods.round),
+                                                              ("kube-namespaces", self.namespaces.round)]
         if self.claimer is not None:
             out.append(("podcidr", self.claimer.round))
         if self.remover is not None:
@@ -737,6 +802,7 @@ class KubeMode:
         """Stop the open watches and close the client; idempotent."""
         self.pods.close()
         self.nodes.close()
+        self.namespaces.close()
         try:
             self.api.close()
         except KubeError as exc:

@@ -98,7 +98,8 @@ class IpamService:
     pools that overlap the node's own addresses and routes at ADD (:class:`ipamd.nodecheck.NodeCheck`; ``None``:
     no such check, as in the in-memory tests); ``node_labels`` this node's labels, matched by named pools'
     ``nodeSelector`` (docs/configuration.md "Named pools"); ``namespace_labels`` looks up a namespace's labels
-    (Kubernetes mode; ``None``: only ``kubernetes.io/metadata.name``).
+    (Kubernetes mode: the Namespace object's, ``None`` when they are not known now; without it, only
+    ``kubernetes.io/metadata.name``).
     """
 
     def __init__(self, store: Store, node: str, *, request_timeout: float = 8.0, etcd_timeout: float = 2.0,
@@ -106,7 +107,7 @@ class IpamService:
                  failpoints: Failpoints | None = None, reconcile_interval: float = 0.0,
                  reconcile_grace: float = 600.0, inspector: NamespaceInspector | None = None,
                  node_check: NodeCheck | None = None, node_labels: Mapping[str, str] | None = None,
-                 namespace_labels: Callable[[str], Mapping[str, str]] | None = None) -> None:
+                 namespace_labels: Callable[[str], Mapping[str, str] | None] | None = None) -> None:
         self.store = store
         self.node = node
         self.request_timeout = request_timeout
@@ -211,11 +212,12 @@ class IpamService:
                 if found is not None:
                     specs[name] = found
         labels = self.namespace_labels(namespace) if self.namespace_labels is not None and namespace else None
+        unknown = self.namespace_labels is not None and bool(namespace) and labels is None
         node_labels = self.node_labels
         if self.node_labels_source is not None:
             node_labels = {**(self.node_labels_source() or {}), **self.node_labels}
         return resolve(netconf, specs, self.node, node_labels, namespace, labels,
-                       include_draining=include_draining, any_namespace=any_namespace)
+                       include_draining=include_draining, any_namespace=any_namespace, namespace_unknown=unknown)
 
     def with_pool_routes(self, netconf: NetConf, allocations: list[Allocation] | tuple[Allocation, ...]) -> NetConf:
         """``netconf`` with the routes of the named pools ``allocations`` came from appended (their specs as this

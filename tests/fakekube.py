@@ -1,13 +1,15 @@
-"""A small kube-apiserver double on loopback that speaks the real REST and watch protocol for nodes and pods.
+"""A small kube-apiserver double on loopback that speaks the real REST and watch protocol for nodes, pods and
+namespaces.
 
 No kube-apiserver can be installed here, so the Kubernetes tests (docs/field-cases.md B20, B21; issue 8 item 6)
 drive the real client library (``kubernetes``) against this server. What it implements, as the real one does
 (api-concepts "Efficient detection of changes", "Watch bookmarks", "Retrieving large results sets in chunks"):
 
-- ``GET /api/v1/nodes``, ``/api/v1/nodes/{name}``, ``/api/v1/pods``, ``/api/v1/namespaces/{ns}/pods`` and
-  ``/api/v1/namespaces/{ns}/pods/{name}``; lists carry ``metadata.resourceVersion``; ``limit`` and ``continue``
-  page a consistent snapshot; ``fieldSelector`` with ``=``, ``==`` and ``!=`` on ``metadata.name``,
-  ``metadata.namespace``, ``spec.nodeName`` (pods) and ``status.phase`` (pods), others answer 400;
+- ``GET /api/v1/nodes``, ``/api/v1/nodes/{name}``, ``/api/v1/pods``, ``/api/v1/namespaces/{ns}/pods``,
+  ``/api/v1/namespaces/{ns}/pods/{name}``, ``/api/v1/namespaces`` and ``/api/v1/namespaces/{name}``; lists carry
+  ``metadata.resourceVersion``; ``limit`` and ``continue`` page a consistent snapshot; ``fieldSelector`` with
+  ``=``, ``==`` and ``!=`` on ``metadata.name``, ``metadata.namespace``, ``spec.nodeName`` (pods) and
+  ``status.phase`` (pods, namespaces), others answer 400;
 - ``watch=true`` with ``resourceVersion``: a chunked stream of JSON lines (``{"type","object"}``) with every change
   after that version, then new ones until ``timeoutSeconds``; without a version, synthetic ADDED events first. An
   object that starts or stops matching the field selector is ADDED or DELETED, as the real watch cache does;
@@ -43,7 +45,9 @@ Obj = dict[str, Any]
 _FIELDS = {
     "pods": {"metadata.name", "metadata.namespace", "spec.nodeName", "status.phase"},
     "nodes": {"metadata.name"},
+    "namespaces": {"metadata.name", "status.phase"},
 }
+_API_KIND = {"pods": "Pod", "nodes": "Node", "namespaces": "Namespace"}
 
 
 def _now() -> str:
@@ -113,7 +117,7 @@ class FakeKube:
         self.cond = threading.Condition()
         self.rv = 100
         self.compacted = 0
-        self.objects: dict[str, dict[str, Obj]] = {"pods": {}, "nodes": {}}
+        self.objects: dict[str, dict[str, Obj]] = {"pods": {}, "nodes": {}, "namespaces": {}}
         self.history: list[_Event] = []
         self.streams: set[_Stream] = set()
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -264,6 +268,31 @@ class FakeKube:
     def delete_node(self, name: str) -> Obj:
         return self._commit("nodes", name, "DELETED", None)
 
+    def add_namespace(self, name: str, labels: dict[str, str] | None = None) -> Obj:
+        """A Namespace with ``labels`` plus ``kubernetes.io/metadata.name`` (which the real API server always
+        sets)."""
+        obj = {"metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": _now(),
+                            "labels": {**(labels or {}), "kubernetes.io/metadata.name": name}},
+               "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+        return self._commit("namespaces", name, "ADDED", obj)
+
+    def label_namespace(self, name: str, labels: dict[str, str | None]) -> Obj:
+        """Set (a value) or remove (``None``) labels of namespace ``name``, as ``kubectl label`` does."""
+        def change(obj: Obj) -> None:
+            current = obj["metadata"].setdefault("labels", {})
+            for k, v in labels.items():
+                if v is None:
+                    current.pop(k, None)
+                else:
+                    current[k] = v
+        with self.cond:
+            obj = copy.deepcopy(self.objects["namespaces"][name])
+            change(obj)
+            return self._commit("namespaces", name, "MODIFIED", obj)
+
+    def delete_namespace(self, name: str) -> Obj:
+        return self._commit("namespaces", name, "DELETED", None)
+
     def add_pod(self, namespace: str, name: str, node: str, uid: str | None = None, pod_ips: tuple[str, ...] = (),
                 phase: str = "Running") -> Obj:
         obj = {"metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
@@ -317,7 +346,7 @@ class FakeKube:
                 meta["continue"] = nxt
                 meta["remainingItemCount"] = len(items) - limit
                 items = items[:limit]
-            return 200, {"kind": "PodList" if kind == "pods" else "NodeList", "apiVersion": "v1", "metadata": meta,
+            return 200, {"kind": _API_KIND[kind] + "List", "apiVersion": "v1", "metadata": meta,
                          "items": items}
 
     def stream_events(self, stream: _Stream, since: int | None, namespace: str | None,
@@ -325,7 +354,7 @@ class FakeKube:
         """Watch events for ``stream`` after ``since`` (None: synthetic ADDED for the current objects first),
         until ``timeout`` seconds, a drop, or a hang."""
         kind, match = stream.kind, stream.match
-        api_kind = "Pod" if kind == "pods" else "Node"
+        api_kind = _API_KIND[kind]
 
         def wrap(type_: str, obj: Obj) -> Obj:
             return {"type": type_, "object": {"kind": api_kind, "apiVersion": "v1", **obj}}
@@ -439,21 +468,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
         rest = parts[2:]
-        if len(rest) >= 2 and rest[0] == "namespaces":
+        if len(rest) >= 3 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
-        if not rest or rest[0] not in ("pods", "nodes") or (rest[0] == "nodes" and namespace is not None):
+        if not rest or rest[0] not in _API_KIND or (rest[0] != "pods" and namespace is not None):
             self._send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
             return
         kind = rest[0]
         if len(rest) == 2:
-            key = rest[1] if kind == "nodes" else "%s/%s" % (namespace, rest[1])
+            key = "%s/%s" % (namespace, rest[1]) if kind == "pods" else rest[1]
             with fake.cond:
                 obj = fake.objects[kind].get(key)
                 obj = copy.deepcopy(obj) if obj is not None else None
             if obj is None:
                 self._send_json(404, status(404, "NotFound", '%s "%s" not found' % (kind, rest[1])))
             else:
-                self._send_json(200, {"kind": "Pod" if kind == "pods" else "Node", "apiVersion": "v1", **obj})
+                self._send_json(200, {"kind": _API_KIND[kind], "apiVersion": "v1", **obj})
             return
         try:
             match = parse_selector(kind, params.get("fieldSelector", ""))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .addr import LINK_LOCAL_GATEWAY, Range, to_ip
-from .errors import InvalidConfig, PoolExhausted
+from .errors import InvalidConfig, PoolExhausted, TryAgainLater
 from .netconf import (
     MAX_COOLDOWN,
     POOL_NAME_RE,
@@ -243,9 +243,20 @@ def parse_pool_spec(obj: object) -> PoolSpec:
                     _selector(obj.get("namespaceSelector"), where + " namespaceSelector"), state)
 
 
+def needs_namespace_labels(selector: tuple[tuple[str, str], ...], namespace: str) -> bool:
+    """Whether ``selector`` (``matchLabels`` pairs) could match namespace ``namespace`` and its verdict depends on a
+    label other than ``kubernetes.io/metadata.name``: False for an empty selector, for one of the name label only,
+    and for one whose name label names another namespace (it matches nothing here, whatever the other labels).
+    Pure."""
+    if not any(k != NAMESPACE_NAME_LABEL for k, _ in selector):
+        return False
+    return all(v == namespace for k, v in selector if k == NAMESPACE_NAME_LABEL)
+
+
 def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: str, node_labels: Mapping[str, str],
             namespace: str, namespace_labels: Mapping[str, str] | None = None, *,
-            include_draining: bool = False, any_namespace: bool = False) -> NetConf:
+            include_draining: bool = False, any_namespace: bool = False,
+            namespace_unknown: bool = False) -> NetConf:
     """Resolve ``netconf.pool_names`` against ``specs`` (name -> (spec, mod_revision)) into range sets.
 
     Within one range set, the candidates are the named pools, in list order, whose ``nodeSelector`` matches
@@ -256,9 +267,15 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
     allocator takes the first candidate with a free address (the routes of the pools it took are added to the
     result by :func:`with_pool_routes`). A configuration without ``pool_names`` is returned unchanged.
 
+    ``namespace_unknown``: the namespace's labels could not be read (Kubernetes mode, the namespace view not current
+    or not yet showing ``namespace``): only the name label is known, and a range set with a pool whose
+    ``nodeSelector`` matches and whose ``namespaceSelector`` depends on another label (:func:`needs_namespace_labels`)
+    is :class:`TryAgainLater` (11) rather than resolved with the name label alone, which could skip the pool the
+    namespace is selected for and give an address from a later one (docs/decisions.md "Named pools").
+
     Raises :class:`InvalidConfig` (7) for a name with no spec, or a range set with no pool matching (naming the
     namespace, the node and the pools considered); :class:`PoolExhausted` (100) when every matching pool of a range
-    set is draining (field case B27). Pure.
+    set is draining (field case B27); :class:`TryAgainLater` (11) as above. Pure.
     """
     if not netconf.pool_names:
         return netconf
@@ -272,6 +289,17 @@ def resolve(netconf: NetConf, specs: Mapping[str, tuple[PoolSpec, int]], node: s
         if missing:
             raise InvalidConfig("ipam.pools[%d]: unknown pool %s" % (i, ", ".join(missing)),
                                 "create it first: ipamctl pool create %s --cidr CIDR" % missing[0])
+        if namespace_unknown and not any_namespace:
+            blind = [n for n in names if selects(specs[n][0].node_selector, node_labels)
+                     and needs_namespace_labels(specs[n][0].namespace_selector, namespace)]
+            if blind:
+                raise TryAgainLater("ipam.pools[%d]: the labels of namespace %s are not known yet (Kubernetes API "
+                                    "unreachable or namespace view not current): pool %s selects by them"
+                                    % (i, namespace or "(none)", ", ".join(blind)),
+                                    "namespaceSelector %s; ipamd_background_errors_total{loop=\"kube-namespaces\"}"
+                                    " and the daemon's log say why" % "; ".join(
+                                        "%s %s" % (n, _labels_text(dict(specs[n][0].namespace_selector)))
+                                        for n in blind))
         matching = [specs[n] for n in names
                     if selects(specs[n][0].node_selector, node_labels)
                     and (any_namespace or selects(specs[n][0].namespace_selector, ns_labels))]

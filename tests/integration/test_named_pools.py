@@ -318,6 +318,80 @@ def test_kubernetes_node_labels_select_pools(daemons: Any, fake: Any, workdir: s
     check_ok(d)
 
 
+def kube_daemon(daemons: Any, fake: Any, workdir: str, name: str = "k1") -> Any:
+    from fakekube import write_kubeconfig
+
+    fake.add_node(name)
+    kubeconfig = write_kubeconfig(workdir + "/kubeconfig", fake.url, fake.token)
+    return daemons(name, extra_args=["--kubernetes", "--kubeconfig", kubeconfig])
+
+
+def test_kubernetes_namespace_labels_select_pools(daemons: Any, fake: Any, workdir: str) -> None:
+    """Kubernetes mode: namespaceSelector matches the Namespace objects' labels (fake API server): pods of namespaces
+    labelled team=a and team=b get addresses from pools ta and tb, a namespace with neither matches nothing (7); a
+    label changed on a Namespace is seen by the next ADD once the watch delivered it."""
+    fake.add_namespace("alpha", {"team": "a"})
+    fake.add_namespace("beta", {"team": "b"})
+    fake.add_namespace("gamma")
+    d = kube_daemon(daemons, fake, workdir)
+    ok(d, "pool", "create", "ta", "--cidr", "10.93.1.0/24", "--namespace-selector", "team=a")
+    ok(d, "pool", "create", "tb", "--cidr", "10.93.2.0/24", "--namespace-selector", "team=b")
+    conf = named("net1", [["ta", "tb"]])
+
+    def add(ns: str, pod: str) -> Any:
+        return run_cni("ADD", conf, socket=d.cni_socket, container_id=pod, args=k8s(ns, pod))
+
+    wait_for(lambda: add("alpha", "a1").code != 11, "the namespace view to list", timeout=15)
+    assert add("alpha", "a1").ips == ["10.93.1.2/24"]
+    assert add("beta", "b1").ips == ["10.93.2.2/24"]
+    out = add("gamma", "g1")
+    assert out.code == 7 and "no pool of ta, tb selects namespace gamma" in out.json["msg"], out
+    assert "team=a" in out.json["details"], out
+    fake.label_namespace("gamma", {"team": "b"})
+    wait_for(lambda: add("gamma", "g1").ips == ["10.93.2.3/24"], "gamma's new label to select pool tb", timeout=15)
+    fake.label_namespace("alpha", {"team": "b"})
+    wait_for(lambda: add("alpha", "a2").ips == ["10.93.2.4/24"], "alpha's new label to select pool tb", timeout=15)
+    assert add("alpha", "a1").ips == ["10.93.1.2/24"]  # a retried ADD keeps what it has (T42)
+    assert len(keys(d, "ips/@ta/")) == 1, keys(d, "ips/@ta/")
+    assert len(keys(d, "ips/@tb/")) == 3
+    check_ok(d)
+
+
+def test_kubernetes_namespace_labels_unknown_is_try_again_later(daemons: Any, fake: Any, workdir: str) -> None:
+    """The API server unreachable (the namespace view not current): an ADD whose pools select by namespace labels
+    answers 11 and writes nothing; a pool selected by the name label alone is still served; a namespace the view
+    does not show yet is 11 too; once the server is back, the next ADD gets the labelled pool."""
+    fake.add_namespace("alpha", {"team": "a"})
+    d = kube_daemon(daemons, fake, workdir)
+    ok(d, "pool", "create", "ta", "--cidr", "10.94.1.0/24", "--namespace-selector", "team=a")
+    ok(d, "pool", "create", "rest", "--cidr", "10.94.9.0/24")
+    ok(d, "pool", "create", "ops", "--cidr", "10.94.3.0/24", "--namespace-selector",
+       "kubernetes.io/metadata.name=ops")
+    conf = named("net1", [["ta", "rest"]])
+    ops = named("net2", [["ops"]])
+
+    def add(ns: str, pod: str, c: Any = conf) -> Any:
+        return run_cni("ADD", c, socket=d.cni_socket, container_id=pod, args=k8s(ns, pod))
+
+    wait_for(lambda: add("alpha", "a1").code != 11, "the namespace view to list", timeout=15)
+    assert add("alpha", "a1").ips == ["10.94.1.2/24"]
+    out = add("fresh", "f1")  # no such Namespace (yet): its labels are unknown, never "none"
+    assert out.code == 11 and "labels of namespace fresh are not known" in out.json["msg"], out
+    fake.stop()
+    wait_for(lambda: add("alpha", "a2").code == 11, "the view to notice the API server is gone", timeout=15)
+    out = add("alpha", "a2")
+    assert "pool ta" in out.json["msg"] and "team=a" in out.json["details"], out
+    assert not [k for k in keys(d, "handles/net1/") if "a2" in k], keys(d, "handles/net1/")
+    assert add("ops", "o1", ops).ips == ["10.94.3.2/24"]  # decidable by the name label alone
+    assert len(keys(d, "ips/@rest/")) == 0  # never the catch-all pool in place of ta
+    check_ok(d)
+    fake.start()
+    wait_for(lambda: add("alpha", "a2").code != 11, "the view to list again", timeout=30)
+    assert add("alpha", "a2").ips == ["10.94.1.3/24"]
+    assert len(keys(d, "ips/@rest/")) == 0
+    check_ok(d)
+
+
 def test_drained_pool_retried_add_status_and_requested_address(daemons: Any) -> None:
     """After a drain: a retried ADD of an attachment that holds an address of the pool returns it unchanged (T42,
     B06); STATUS answers 50 when every pool of a range set is draining, 0 while one is active; a requested address

@@ -239,7 +239,8 @@ def test_ports_agree():
 def test_rbac_grants_what_the_daemon_reads_and_nothing_more():
     role = find("ClusterRole", "ipamd")
     rules = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    assert rules == {("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("pods", "list"), ("pods", "watch")}
+    assert rules == {("nodes", "get"), ("nodes", "list"), ("nodes", "watch"), ("pods", "list"), ("pods", "watch"),
+                     ("namespaces", "get"), ("namespaces", "list"), ("namespaces", "watch")}
     binding = find("ClusterRoleBinding", "ipamd")
     assert binding["roleRef"]["name"] == "ipamd"
     sa = find("ServiceAccount", "ipamd")

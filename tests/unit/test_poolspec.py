@@ -15,10 +15,17 @@ import pytest
 
 from ipamd.check import analyse, check_snapshot
 from ipamd.domain.cni import Attachment
-from ipamd.domain.errors import InvalidConfig, PoolExhausted, PoolInUse
+from ipamd.domain.errors import InvalidConfig, PoolExhausted, PoolInUse, TryAgainLater
 from ipamd.domain.model import poolspec_key
 from ipamd.domain.netconf import parse_netconf
-from ipamd.domain.poolspec import PoolSpec, parse_labels, parse_pool_spec, resolve, selects
+from ipamd.domain.poolspec import (
+    PoolSpec,
+    needs_namespace_labels,
+    parse_labels,
+    parse_pool_spec,
+    resolve,
+    selects,
+)
 from ipamd.service import IpamService
 from ipamd.store.base import Delete, Put, prefix_end
 from ipamd.store.memory import MemoryStore
@@ -165,6 +172,66 @@ def test_resolution_order_selectors_draining_and_unknown() -> None:
     assert resolve(named_conf([["za"]]), drained, "n1", {"zone": "a"}, "db", include_draining=True).range_sets
     with pytest.raises(InvalidConfig, match="mixes address families"):
         resolve(named_conf([["rest", "v6"]]), specs, "n1", {}, "")
+
+
+def test_namespace_labels_select_and_unknown_labels_are_try_again_later() -> None:
+    """namespaceSelector matches the namespace's labels (Kubernetes mode: the Namespace object's) plus the name
+    label; while they are unknown, a range set with a node-matching pool whose selector needs another label is 11,
+    never resolved with the name label alone (which would skip pool a and pick the catch-all)."""
+    a = parse_pool_spec({"name": "a", "cidr": "10.1.0.0/24", "namespaceSelector": {"team": "a"}})
+    b = parse_pool_spec({"name": "b", "cidr": "10.2.0.0/24", "namespaceSelector": {"team": "b"}})
+    byname = parse_pool_spec({"name": "byname", "cidr": "10.3.0.0/24",
+                              "namespaceSelector": {"kubernetes.io/metadata.name": "ops"}})
+    other = parse_pool_spec({"name": "other", "cidr": "10.4.0.0/24",
+                             "namespaceSelector": {"kubernetes.io/metadata.name": "x", "team": "a"}})
+    elsewhere = parse_pool_spec({"name": "elsewhere", "cidr": "10.5.0.0/24", "nodeSelector": {"zone": "z"},
+                                 "namespaceSelector": {"team": "a"}})
+    rest = parse_pool_spec({"name": "rest", "cidr": "10.6.0.0/24"})
+    specs = specs_of(a, b, byname, other, elsewhere, rest)
+    nc = named_conf([["a", "b", "rest"]])
+    got = resolve(nc, specs, "n1", {}, "ns1", {"team": "b"})
+    assert [p.id for p in got.range_sets[0]] == ["@b/0a020000-24", "@rest/0a060000-24"]
+    got = resolve(nc, specs, "n1", {}, "ns1", {"team": "a"})
+    assert [p.id for p in got.range_sets[0]] == ["@a/0a010000-24", "@rest/0a060000-24"]
+    with pytest.raises(TryAgainLater) as info:
+        resolve(nc, specs, "n1", {}, "ns1", None, namespace_unknown=True)
+    assert info.value.cni_code == 11
+    assert "labels of namespace ns1 are not known" in info.value.msg and "pool a, b" in info.value.msg
+    assert "team=a" in info.value.details
+    # decidable without the labels: name-label selectors, a name label naming another namespace, another node's pool
+    got = resolve(named_conf([["other", "elsewhere", "byname", "rest"]]), specs, "n1", {}, "ops", None,
+                  namespace_unknown=True)
+    assert [p.id for p in got.range_sets[0]] == ["@byname/0a030000-24", "@rest/0a060000-24"]
+    # STATUS (any namespace) never needs them
+    assert resolve(nc, specs, "n1", {}, "", None, any_namespace=True, namespace_unknown=True).range_sets
+    assert needs_namespace_labels((("team", "a"),), "ns1")
+    assert needs_namespace_labels((("kubernetes.io/metadata.name", "ns1"), ("team", "a")), "ns1")
+    assert not needs_namespace_labels((("kubernetes.io/metadata.name", "ns2"), ("team", "a")), "ns1")
+    assert not needs_namespace_labels((("kubernetes.io/metadata.name", "ns1"),), "ns1")
+    assert not needs_namespace_labels((), "ns1")
+
+
+def test_service_asks_the_namespace_labels_source_and_answers_11_when_unknown() -> None:
+    """IpamService.resolve passes the source's labels; a source answering None (view not current) is code 11 for a
+    selector that needs them; without a source (outside Kubernetes mode) only the name label counts, as before."""
+    store = MemoryStore()
+    create(store, name="a", cidr="10.1.0.0/24", namespaceSelector={"team": "a"})
+    create(store, name="rest", cidr="10.6.0.0/24")
+    known: dict[str, dict[str, str]] = {"ns1": {"team": "a"}}
+    asked: list[str] = []
+
+    def source(ns: str) -> dict[str, str] | None:
+        asked.append(ns)
+        return known.get(ns)
+
+    svc = service(store, namespace_labels=source)
+    nc = named_conf([["a", "rest"]])
+    assert [p.id for p in svc.resolve(nc, "ns1").range_sets[0]] == ["@a/0a010000-24", "@rest/0a060000-24"]
+    with pytest.raises(TryAgainLater):
+        svc.resolve(nc, "ns2")
+    assert asked == ["ns1", "ns2"]
+    plain = service(store)
+    assert [p.id for p in plain.resolve(nc, "ns1").range_sets[0]] == ["@rest/0a060000-24"]
 
 
 # --- the service on the memory store ------------------------------------------------------------------------------
