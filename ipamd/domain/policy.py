@@ -249,7 +249,7 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
             continue
         if st.taken is None:
             return Load((st.block,))
-        value = _first_free_own(rng, st, reserved, cooling_on)
+        value = None if gateway_held(rng, st.block, st.taken) else _first_free_own(rng, st, reserved, cooling_on)
         if value is not None:
             return Pick(st.block, value, "own", st.mod_revision, st.cooling.get(value, 0))
         state.drop_room(first)  # full (or full of reservations: the cache puts it back when they settle)
@@ -260,6 +260,8 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
         if n == 0:  # every block the walk passed over to get here is claimed: start here next time
             state.claim_floor = max(state.claim_floor, blk.first)
         cool = state.unclaimed_cooling.get(blk.first, {})
+        if gateway_held(rng, blk, state.unclaimed_taken.get(blk.first, ())):
+            continue
         value = rng.first_free(blk.first, blk.last, Busy(state.unclaimed_taken.get(blk.first, ()), reserved,
                                                           cool if cooling_on else ()))
         if value is not None:
@@ -293,6 +295,15 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
     return Exhausted(len(ours), allocated, free_elsewhere, limit)
 
 
+def gateway_held(rng: Range, block: Block, taken: Container[int] | None) -> bool:
+    """True in ``block`` mode when the block's gateway address (its first + 1) has an address record: it was
+    handed to a pod before the pool switched to ``gatewayMode`` block (subnet or pointToPoint mode reserve no such
+    address). A new pod of the block would get that pod's address as its gateway, and the bridge would put it on
+    the node beside the pod, so the block gives no address until that pod is gone (docs/decisions.md "Gateway
+    modes"). ``taken``: the block's address records as known (``None``: not read, nothing known). Pure."""
+    return rng.per_block and taken is not None and block.first + 1 in taken
+
+
 def at_block_limit(pool: Pool, node: str, state: PoolState) -> bool:
     """True when ``node`` owns at least ``pool.max_blocks`` blocks of the pool (never with ``max_blocks`` 0).
     Cost: one pass over the pool's claimed blocks, only when the node's own blocks are full."""
@@ -310,7 +321,7 @@ def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState
     rng = pool.range
     best: tuple[int, int, Pick] | None = None
     for st in state.blocks.values():
-        if st.node != node and pool.strict_affinity:
+        if (st.node != node and pool.strict_affinity) or gateway_held(rng, st.block, st.taken):
             continue
         taken = st.taken or set()
         for value, rev in st.cooling.items():
@@ -322,6 +333,8 @@ def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState
         if first in state.blocks:
             continue
         taken = state.unclaimed_taken.get(first, set())
+        if rng.per_block and first + 1 in taken:
+            continue
         for value, rev in cool.items():
             if rng.usable(value) and value not in taken and value not in reserved \
                     and (best is None or (rev, value) < best[:2]):
@@ -370,6 +383,12 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     if st is not None and st.node != node and rng.mode == "block":
         raise AddressUnavailable("requested address %s is in block %s of node %s; gatewayMode block never borrows "
                                  "(its gateway is on that node)" % (to_ip(rng.family, value), block.cidr(), st.node))
+    held = state.unclaimed_taken.get(block.first) if st is None else st.taken
+    if gateway_held(rng, block, held):
+        raise AddressUnavailable("requested address %s is in block %s, whose gateway %s is held by a pod allocated "
+                                 "before the pool's gatewayMode became block" % (to_ip(rng.family, value),
+                                                                                block.cidr(),
+                                                                                to_ip(rng.family, block.first + 1)))
     if st is None:
         if at_block_limit(pool, node, state):
             raise AddressUnavailable("requested address %s lies in an unclaimed block of pool %s and node %s already "

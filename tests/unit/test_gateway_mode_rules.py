@@ -272,6 +272,27 @@ def test_block_mode_exhaustion_does_not_borrow_from_another_node() -> None:
     assert not check_snapshot(store.dump())
 
 
+def test_switch_to_block_mode_skips_blocks_whose_gateway_a_live_pod_holds() -> None:
+    """Subnet mode handed out 10.1.2.2-.17 (blocks /28); the network then switches to gatewayMode block. Block
+    10.1.2.16/28's gateway .17 is a live pod's address: an ADD must not give a pod .18/28 with gateway .17 (the
+    bridge would put the pod's address on the node), nor take an address requested there; it claims the next
+    block instead. Once that pod is DELed, the block gives addresses again."""
+    store = MemoryStore()
+    a = service(store, "A")
+    sub = parse(blockSize=28)
+    for i in range(16):
+        a.add(Attachment("n1", "s%d" % i, "eth0"), sub)
+    blk = parse(gatewayMode="block", blockSize=28)
+    got = a.add(Attachment("n1", "b1", "eth0"), blk)
+    assert [(x.cidr, x.gateway) for x in got] == [("10.1.2.34/28", ip("10.1.2.33"))]
+    with pytest.raises(AddressUnavailable, match=re.escape("whose gateway 10.1.2.17 is held")):
+        a.add(Attachment("n1", "b2", "eth0"), blk, requested={0: (blk.range_sets[0][0], ip("10.1.2.20"))})
+    a.delete(Attachment("n1", "s15", "eth0"))
+    got = a.add(Attachment("n1", "b3", "eth0"), blk)
+    assert [(x.cidr, x.gateway) for x in got] == [("10.1.2.18/28", ip("10.1.2.17"))]
+    assert not check_snapshot(store.dump())
+
+
 # --- node check ---------------------------------------------------------------------------------------------------
 
 def pfx(text: str) -> Prefix:
