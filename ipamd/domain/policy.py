@@ -37,7 +37,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .addr import BITS, Block, Range, block_of, candidate_blocks, to_ip
-from .errors import AddressUnavailable
+from .errors import AddressUnavailable, InvalidConfig
 from .model import PoolRecord, pool_subnet
 from .netconf import Pool
 
@@ -218,10 +218,20 @@ class Busy:
 def sized(pool: Pool, block_prefix: int) -> Pool:
     """``pool`` with its range's reserved addresses computed for the block size in force (the pool record's, fixed
     by the first claim, which may differ from the configuration's ``blockSize``): in ``block`` mode each block's
-    first, gateway and IPv4 last addresses depend on it. The same ``pool`` when nothing changes (the common case)."""
+    first, gateway and IPv4 last addresses depend on it. The same ``pool`` when nothing changes (the common case).
+
+    Raises :class:`InvalidConfig` (7) in ``block`` mode when the size in force leaves a block fewer than 4
+    addresses (a pool whose first claim, in another mode, fixed ``/31`` or ``/32`` blocks): no block could hold a
+    pod besides its first, gateway and last address, and the configuration's own ``blockSize`` cannot change that
+    (docs/configuration.md "Gateway modes")."""
     rng = pool.range
     if rng.mode == "subnet" or rng.block_prefix == block_prefix:
         return pool
+    if rng.mode == "block" and block_prefix > BITS[rng.family] - 2:
+        raise InvalidConfig("pool %s has blocks of /%d, fixed by its first claim; gatewayMode block needs blocks of "
+                            "at least 4 addresses" % (rng.subnet, block_prefix),
+                            "the pool record's blockSize cannot change under live blocks: use another subnet for "
+                            "gatewayMode block, or keep this pool's mode")
     return dataclasses.replace(pool, range=dataclasses.replace(rng, block_prefix=block_prefix))
 
 

@@ -97,3 +97,19 @@ def test_switch_to_block_mode_never_gives_a_live_pods_address_as_gateway(daemons
     assert out.rc == 0 and out.json["ips"] == [{"address": "10.36.0.18/28", "gateway": "10.36.0.17"}], out
     for cid in ["s%d" % i for i in range(15)] + ["b1", "b3"]:
         assert run_cni("DEL", blk, socket=a.cni_socket, container_id=cid).rc == 0
+
+
+def test_block_mode_on_a_pool_with_host_blocks_fixed_is_code_7(daemons):
+    """A pool first claimed with blockSize 32 (subnet mode), then configured in gatewayMode block with the default
+    /26: the record's /32 is in force, no block holds a pod. ADD is 7 naming the fixed size (was 100, "0 unclaimed
+    blocks"); the live pod keeps its address, ``ipamctl check`` exits 0."""
+    a = daemons("A")
+    sub = cni_config(name="hb", version="1.0.0", subnet="10.37.0.0/24", blockSize=32)
+    assert run_cni("ADD", sub, socket=a.cni_socket, container_id="s0").rc == 0
+    blk = cni_config(name="hb", version="1.0.0", subnet="10.37.0.0/24", gatewayMode="block")
+    out = run_cni("ADD", blk, socket=a.cni_socket, container_id="b1")
+    assert out.code == 7 and "has blocks of /32, fixed by its first claim" in out.json["msg"], out
+    check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                            "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "OK: all invariants hold" in check.stdout, check.stdout + check.stderr
+    assert run_cni("DEL", sub, socket=a.cni_socket, container_id="s0").rc == 0

@@ -213,6 +213,25 @@ def test_block_mode_uses_the_block_size_in_force() -> None:
     assert choose_requested(pool, 26, "A", PoolState(pool.id), ip("10.1.2.17")).value == ip("10.1.2.17")
 
 
+@pytest.mark.parametrize("subnet, fixed, size", [("10.1.2.0/24", 32, 26), ("10.1.2.0/24", 31, 26),
+                                                 ("fd00::/120", 128, 122), ("fd00::/120", 127, 122)])
+def test_block_mode_on_a_pool_whose_record_fixed_tiny_blocks_is_code_7(subnet: str, fixed: int, size: int) -> None:
+    """A pool first claimed in subnet mode with /32 (or /31, /128, /127) blocks, then configured in block mode
+    with a valid blockSize: the record's size is in force and leaves no address in any block. The ADD is 7 naming
+    the fixed size, not 100 "0 unclaimed blocks" (there are plenty, none usable)."""
+    store = MemoryStore()
+    a = service(store, "A")
+    a.add(Attachment("n1", "s0", "eth0"), parse(blockSize=fixed, blockSize6=fixed, ranges=[[{"subnet": subnet}]]))
+    blk = parse(gatewayMode="block", blockSize=size, blockSize6=size, ranges=[[{"subnet": subnet}]])
+    with pytest.raises(InvalidConfig, match=re.escape("has blocks of /%d, fixed by its first claim" % fixed)):
+        a.add(Attachment("n1", "b1", "eth0"), blk)
+    pool = blk.range_sets[0][0]
+    value = pool.range.network + 5
+    with pytest.raises(InvalidConfig, match="gatewayMode block needs blocks of at least 4 addresses"):
+        a.add(Attachment("n1", "b2", "eth0"), blk, requested={0: (pool, value)})
+    assert not check_snapshot(store.dump())
+
+
 # --- the service: result shapes per mode, v4 and v6, and the invariant check -------------------------------------
 
 def service(store: MemoryStore, node: str = "A") -> IpamService:
