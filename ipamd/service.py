@@ -175,7 +175,7 @@ class IpamService:
         """
         self._require_ready()
         if self.node_check is not None:
-            self.node_check.require(netconf)
+            self.node_check.require(netconf, self.cache.block_prefix)
         deadline = time.monotonic() + self.request_timeout
         wanted = requested or {}
         state = _AddState()

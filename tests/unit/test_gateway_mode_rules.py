@@ -340,3 +340,26 @@ def test_node_check_accepts_what_the_modes_put_on_the_node(mode: str, thing: Any
     state = NodeState(addresses=(thing,) if isinstance(thing, NodeAddress) else (),
                       routes=(thing,) if isinstance(thing, NodeRoute) else ())
     assert bool(node_conflicts(rng, state)) is conflicts
+
+
+def test_node_check_judges_block_mode_by_the_block_size_in_force() -> None:
+    """A block-mode pool first claimed with blockSize 28 (its record fixes /28); the bridge then carries
+    10.1.2.1/28. A configuration saying blockSize 26 still allocates /28 blocks, and the service's node check
+    accepts .1/28 as the pool's own (judged by the configuration's /26 it refused every ADD with 7)."""
+    from ipamd.nodecheck import NodeCheck
+
+    store = MemoryStore()
+    svc = service(store, "A")
+    first = parse(gatewayMode="block", blockSize=28)
+    assert [x.cidr for x in svc.add(Attachment("n1", "c1", "eth0"), first)] == ["10.1.2.2/28"]
+    bridge = NodeState(addresses=(NodeAddress(pfx("10.1.2.1/28"), "cni0", "bridge"),),
+                       routes=(NodeRoute(pfx("10.1.2.0/28"), None, "cni0", "bridge"),))
+    svc.node_check = NodeCheck("A", lambda: bridge)
+    resized = parse(gatewayMode="block", blockSize=26)
+    assert [(x.cidr, x.gateway) for x in svc.add(Attachment("n1", "c2", "eth0"), resized)] == \
+        [("10.1.2.3/28", ip("10.1.2.1"))]
+    # a stranger's address inside the pool is still a conflict
+    svc.node_check = NodeCheck("A", lambda: NodeState(addresses=(NodeAddress(pfx("10.1.2.17/28"), "eth9", ""),)))
+    with pytest.raises(InvalidConfig, match=re.escape("overlaps the node's address 10.1.2.17/28 on eth9")):
+        svc.add(Attachment("n1", "c3", "eth0"), resized)
+    assert not check_snapshot(store.dump())
