@@ -29,6 +29,7 @@ from .domain.errors import (
     AddressUnavailable,
     CheckMismatch,
     CheckNoAllocation,
+    InvalidConfig,
     NotAvailable,
     PoolExhausted,
     TryAgainLater,
@@ -38,10 +39,12 @@ from .domain.model import (
     POOLS,
     Allocation,
     HandleRecord,
+    IpRecord,
     PoolRecord,
     blocks_prefix,
     cooling_range,
     handle_key,
+    ip_key,
     ips_range,
     pool_network,
 )
@@ -212,14 +215,14 @@ class IpamService:
             decision = self.cache.plan(pool, value)
             if not isinstance(decision, Pick):  # choose_requested answers a Pick or raises
                 raise TryAgainLater("no plan for requested address %s" % to_ip(pool.range.family, value))
-            return PlannedAddress(index, pool, decision, True, self._guard(pool, decision))
+            return PlannedAddress(index, pool, decision, True, self._settled_guard(pool, decision, True))
         exhausted: list[tuple[Pool, Exhausted]] = []
         for pool in rset:
             fresh = state.fresh.setdefault(pool.id, set())
             while True:
                 decision = self.cache.plan(pool, fresh=fresh)
                 if isinstance(decision, Pick):
-                    return PlannedAddress(index, pool, decision, False, self._guard(pool, decision))
+                    return PlannedAddress(index, pool, decision, False, self._settled_guard(pool, decision, False))
                 if isinstance(decision, Wait):
                     if not decision.event.wait(remaining(deadline)):
                         raise DeadlinePassed()
@@ -294,6 +297,15 @@ class IpamService:
                              % (pool.network, sum(e.allocated for _, e in found), usable, self.node, owned,
                                 unclaimed))
 
+    def _settled_guard(self, pool: Pool, pick: Pick, requested: bool) -> PoolGuard:
+        """:meth:`_guard`, ending the pick's reservation (and a claim in flight) when it raises: the pick is not
+        planned yet, so :meth:`_add_once` would not settle it."""
+        try:
+            return self._guard(pool, pick)
+        except BaseException:
+            self.cache.settle(pool, pick, requested)
+            raise
+
     def _guard(self, pool: Pool, pick: Pick) -> PoolGuard:
         """The pool record part of an ADD: created by the first claim (fixing the block size), rewritten only when
         the configuration's range changed; a claim also proves the record (block size) it planned with."""
@@ -303,8 +315,31 @@ class IpamService:
         if record is None:
             return PoolGuard(("version", 0), spec)
         if raw != spec:
+            self._gateway_free(pool)
             return PoolGuard(("mod", revision), spec)
         return PoolGuard(("mod", revision) if pick.mode == "claim" else None, None)
+
+    def _gateway_free(self, pool: Pool) -> None:
+        """Before an ADD rewrites a pool record (the configuration changed: another mode, another gateway), make sure
+        the pool-wide gateway it would hand out is not a live pod's address (allocated in ``pointToPoint`` mode,
+        which reserves no gateway, or in ``block`` mode, or before the gateway moved): every new pod would get
+        that pod's address as its gateway, and ``bridge`` with ``isGateway`` would put it on the node. Raises
+        :class:`InvalidConfig` (7) naming the holder; the record keeps its old configuration until the pod is gone
+        (docs/decisions.md "Gateway modes"). One read, only when the record changes. Raises the store's errors."""
+        gw = pool.range.gateway
+        if gw is None:
+            return
+        kvs, _ = self.store.read(ip_key(pool.network, pool.range.family, gw), None, self.etcd_timeout)
+        if not kvs:
+            return
+        try:
+            holder = IpRecord.decode(kvs[0].value).handle
+        except ValueError:
+            holder = "an undecodable address record"
+        raise InvalidConfig("gateway %s of pool %s is the address of %s (allocated under the pool's previous "
+                            "configuration)" % (to_ip(pool.range.family, gw), pool.range.subnet, holder),
+                            "every new pod would get that pod's address as its gateway: DEL it (or keep the "
+                            "previous gatewayMode/gateway) before switching the network's configuration")
 
     def _spec(self, pool: Pool, prefix: int) -> bytes:
         """The pool record this configuration asks for (its cooldown included, so every release path can read it)."""

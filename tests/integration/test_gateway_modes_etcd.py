@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from harness import cni_config, run_cni
 
@@ -113,3 +114,34 @@ def test_block_mode_on_a_pool_with_host_blocks_fixed_is_code_7(daemons):
                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "OK: all invariants hold" in check.stdout, check.stdout + check.stderr
     assert run_cni("DEL", sub, socket=a.cni_socket, container_id="s0").rc == 0
+
+
+def test_switch_to_subnet_mode_while_a_pod_holds_the_gateway_is_code_7(daemons):
+    """pointToPoint hands out network+1 (10.38.0.1/32 to p0 on node A). The network's configuration switches to
+    subnet mode, whose gateway is .1: node B's ADD (which would claim a block) is 7 naming p0 (it used to give
+    every new pod gateway 10.38.0.1, p0's address), the pool record stays pointToPoint, and B's next ADD with the
+    old configuration is answered at once (the refused claim left nothing in flight). After p0's DEL the new
+    configuration works: 10.38.0.x/24 via .1."""
+    a, b = daemons("A"), daemons("B")
+    ptp = cni_config(name="p2s", version="1.0.0", subnet="10.38.0.0/24", gatewayMode="pointToPoint", blockSize=28)
+    out = run_cni("ADD", ptp, socket=a.cni_socket, container_id="p0")
+    assert out.rc == 0 and out.json["ips"] == [{"address": "10.38.0.1/32", "gateway": "169.254.1.1"}], out
+    sub = cni_config(name="p2s", version="1.0.0", subnet="10.38.0.0/24", blockSize=28)
+    refused = run_cni("ADD", sub, socket=b.cni_socket, container_id="s1")
+    assert refused.code == 7 and "gateway 10.38.0.1 of pool 10.38.0.0/24 is the address of p2s/p0/eth0" \
+        in refused.json["msg"], refused
+    store = EtcdStore(a.endpoints, a.prefix)
+    try:
+        (kv,) = store.read("pools/p2s/", "pools/p2s0", 5.0)[0]
+    finally:
+        store.close()
+    assert PoolRecord.decode(kv.value).range.mode == "pointToPoint"
+    started = time.monotonic()
+    again = run_cni("ADD", ptp, socket=b.cni_socket, container_id="p1")
+    assert again.rc == 0 and time.monotonic() - started < 2.0, again
+    assert run_cni("DEL", ptp, socket=a.cni_socket, container_id="p0").rc == 0
+    out = run_cni("ADD", sub, socket=b.cni_socket, container_id="s1")
+    assert out.rc == 0 and out.json["ips"][0]["gateway"] == "10.38.0.1", out
+    assert out.json["ips"][0]["address"] != "10.38.0.1/24"
+    for d, conf, cid in ((b, ptp, "p1"), (b, sub, "s1")):
+        assert run_cni("DEL", conf, socket=d.cni_socket, container_id=cid).rc == 0

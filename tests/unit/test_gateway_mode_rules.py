@@ -363,3 +363,32 @@ def test_node_check_judges_block_mode_by_the_block_size_in_force() -> None:
     with pytest.raises(InvalidConfig, match=re.escape("overlaps the node's address 10.1.2.17/28 on eth9")):
         svc.add(Attachment("n1", "c3", "eth0"), resized)
     assert not check_snapshot(store.dump())
+
+
+@pytest.mark.parametrize("before, after, holder", [
+    ({"gatewayMode": "pointToPoint"}, {}, "10.1.2.1"),  # pointToPoint hands out network+1, subnet's gateway
+    ({}, {"ranges": [[{"subnet": "10.1.2.0/24", "gateway": "10.1.2.2"}]]}, "10.1.2.2"),  # the gateway moved
+])
+def test_switch_to_a_gateway_a_live_pod_holds_is_code_7(before: dict[str, Any], after: dict[str, Any],
+                                                        holder: str) -> None:
+    """A configuration change that makes the pool-wide gateway an address a live pod holds: the ADD is 7 naming
+    the holder (it used to give every new pod that pod's address as gateway), the pool record keeps the previous
+    configuration, nothing is left reserved (the next ADD of the old configuration and, after the holder's DEL,
+    of the new one succeed)."""
+    store = MemoryStore()
+    svc = service(store, "A")
+    old = parse(**before)
+    got = [svc.add(Attachment("n1", "p%d" % i, "eth0"), old)[0].cidr.split("/")[0] for i in range(2)]
+    assert holder in got
+    new = parse(**after)
+    pool_id = new.range_sets[0][0].id
+    record = store.read("pools/" + pool_id, None, 1)[0]
+    with pytest.raises(InvalidConfig, match=re.escape("gateway %s of pool 10.1.2.0/24 is the address of n1/p"
+                                                      % holder)):
+        svc.add(Attachment("n1", "s1", "eth0"), new)
+    assert store.read("pools/" + pool_id, None, 1)[0] == record
+    assert svc.add(Attachment("n1", "p2", "eth0"), old)  # the old configuration still works (no leaked claim)
+    svc.delete(Attachment("n1", "p%d" % got.index(holder), "eth0"))
+    (alloc,) = svc.add(Attachment("n1", "s1", "eth0"), new)
+    assert alloc.gateway == ip(holder) and alloc.value != ip(holder)
+    assert not check_snapshot(store.dump())
