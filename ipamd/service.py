@@ -47,6 +47,7 @@ from .domain.model import (
     ip_key,
     ips_range,
     pool_network,
+    pool_subnet,
 )
 from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
@@ -312,20 +313,39 @@ class IpamService:
         record, raw, revision = self.cache.pool_record(pool.id)
         prefix = pick.block.prefixlen if record is None else record.block_prefix
         spec = self._spec(pool, prefix)
+        if raw != spec and (record is not None or self._overlapped(pool)):
+            self._gateway_free(pool)  # a changed configuration, or a new pool over another of the network
         if record is None:
             return PoolGuard(("version", 0), spec)
         if raw != spec:
-            self._gateway_free(pool)
             return PoolGuard(("mod", revision), spec)
         return PoolGuard(("mod", revision) if pick.mode == "claim" else None, None)
 
+    def _overlapped(self, pool: Pool) -> bool:
+        """True if the view knows another pool of ``pool``'s network whose subnet holds ``pool``'s gateway (a
+        widened or moved subnet): only then can a new pool's gateway already be a pod's address. No I/O."""
+        gw = pool.range.gateway
+        if gw is None:
+            return False
+        for pid in self.cache.pool_ids():
+            if pid == pool.id or pool_network(pid) != pool.network:
+                continue
+            try:
+                other = pool_subnet(pid)
+            except ValueError:
+                continue
+            if other.family == pool.range.family and other.first <= gw <= other.last:
+                return True
+        return False
+
     def _gateway_free(self, pool: Pool) -> None:
-        """Before an ADD rewrites a pool record (the configuration changed: another mode, another gateway), make sure
-        the pool-wide gateway it would hand out is not a live pod's address (allocated in ``pointToPoint`` mode,
-        which reserves no gateway, or in ``block`` mode, or before the gateway moved): every new pod would get
+        """Before an ADD writes a pool record (the configuration changed: another mode, another gateway; or a new
+        pool over a network's live addresses, e.g. a widened subnet), make sure the pool-wide gateway it would hand
+        out is not a live pod's address (allocated in ``pointToPoint`` mode, which reserves no gateway, or in
+        ``block`` mode, or before the gateway moved): every new pod would get
         that pod's address as its gateway, and ``bridge`` with ``isGateway`` would put it on the node. Raises
         :class:`InvalidConfig` (7) naming the holder; the record keeps its old configuration until the pod is gone
-        (docs/decisions.md "Gateway modes"). One read, only when the record changes. Raises the store's errors."""
+        (docs/decisions.md "Gateway modes"). One read, only when the record is written. Raises the store's errors."""
         gw = pool.range.gateway
         if gw is None:
             return

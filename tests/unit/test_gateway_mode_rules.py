@@ -368,6 +368,7 @@ def test_node_check_judges_block_mode_by_the_block_size_in_force() -> None:
 @pytest.mark.parametrize("before, after, holder", [
     ({"gatewayMode": "pointToPoint"}, {}, "10.1.2.1"),  # pointToPoint hands out network+1, subnet's gateway
     ({}, {"ranges": [[{"subnet": "10.1.2.0/24", "gateway": "10.1.2.2"}]]}, "10.1.2.2"),  # the gateway moved
+    ({"gatewayMode": "pointToPoint", "ranges": [[{"subnet": "10.1.2.0/25"}]]}, {}, "10.1.2.1"),  # a new, wider pool
 ])
 def test_switch_to_a_gateway_a_live_pod_holds_is_code_7(before: dict[str, Any], after: dict[str, Any],
                                                         holder: str) -> None:
