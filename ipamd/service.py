@@ -214,7 +214,10 @@ class IpamService:
         if requested is not None:
             pool, value = requested
             decision = self.cache.plan(pool, value)
-            if not isinstance(decision, Pick):  # choose_requested answers a Pick or raises
+            if isinstance(decision, Load):  # block mode: the block's addresses first (is its gateway a pod's?)
+                self._load(pool, decision.blocks, deadline)
+                decision = self.cache.plan(pool, value)
+            if not isinstance(decision, Pick):  # choose_requested answers a Pick (or a Load once) or raises
                 raise TryAgainLater("no plan for requested address %s" % to_ip(pool.range.family, value))
             return PlannedAddress(index, pool, decision, True, self._settled_guard(pool, decision, True))
         exhausted: list[tuple[Pool, Exhausted]] = []

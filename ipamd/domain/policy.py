@@ -368,7 +368,7 @@ def _first_free_own(rng: Range, st: BlockState, reserved: Container[int], coolin
     return rng.first_free(value + 1, st.block.last, Busy(taken, reserved, cooling))
 
 
-def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick:
+def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick | Load:
     """The pick for a requested address (docs/cni-contract.md §5.3): in our block, in another node's block
     (borrowed), or claiming the unclaimed block that holds it (so every address lies in an owned block,
     invariant 2). Whether it is free is for the transaction's compare to decide (a cached "taken" may be stale).
@@ -378,7 +378,9 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     IPv4 broadcast, excluded, outside the range; in ``block`` mode a block's first, gateway or IPv4 last address),
     or, in ``block`` mode, lies in another node's block (no borrowing: docs/decisions.md "Gateway modes"), or lies
     in an unclaimed block while the node already owns ``maxBlocksPerNode`` blocks of the pool (docs/decisions.md
-    "Block lifecycle").
+    "Block lifecycle"), or, in ``block`` mode, lies in a block whose gateway a pod holds (:func:`gateway_held`);
+    to know that, a claimed block whose addresses were not read yet is answered with a :class:`Load` first.
+    Raises :class:`InvalidConfig` (7) as :func:`sized`.
     """
     pool = sized(pool, block_prefix)
     rng = pool.range
@@ -393,6 +395,8 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     if st is not None and st.node != node and rng.mode == "block":
         raise AddressUnavailable("requested address %s is in block %s of node %s; gatewayMode block never borrows "
                                  "(its gateway is on that node)" % (to_ip(rng.family, value), block.cidr(), st.node))
+    if rng.per_block and st is not None and st.taken is None:
+        return Load((st.block,))  # block mode: whether its gateway is a pod's is known once its addresses are read
     held = state.unclaimed_taken.get(block.first) if st is None else st.taken
     if gateway_held(rng, block, held):
         raise AddressUnavailable("requested address %s is in block %s, whose gateway %s is held by a pod allocated "

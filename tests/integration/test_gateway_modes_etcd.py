@@ -79,7 +79,8 @@ def test_dual_stack_block_ipv4_and_point_to_point_ipv6(daemons):
 def test_switch_to_block_mode_never_gives_a_live_pods_address_as_gateway(daemons):
     """A network in subnet mode (blockSize 28) holds 10.36.0.2-.17; its configuration switches to gatewayMode
     block. Block 10.36.0.16/28's gateway .17 is pod s15's address: the next ADD claims 10.36.0.32/28 (pod .34/28,
-    gateway .33) instead of giving .18/28 with gateway .17, and an address requested in 10.36.0.16/28 is 101.
+    gateway .33) instead of giving .18/28 with gateway .17, and an address requested in 10.36.0.16/28 is 101 (also
+    from the restarted daemon, which has not read that block yet).
     After s15's DEL the block serves again. ``ipamctl check`` exits 0 (the old pods are warnings)."""
     a = daemons("A")
     sub = cni_config(name="sw", version="1.0.0", subnet="10.36.0.0/24", blockSize=28)
@@ -89,6 +90,10 @@ def test_switch_to_block_mode_never_gives_a_live_pods_address_as_gateway(daemons
     out = run_cni("ADD", blk, socket=a.cni_socket, container_id="b1")
     assert out.rc == 0 and out.json["ips"] == [{"address": "10.36.0.34/28", "gateway": "10.36.0.33"}], out
     req = run_cni("ADD", {**blk, "args": {"cni": {"ips": ["10.36.0.20"]}}}, socket=a.cni_socket, container_id="b2")
+    assert req.code == 101 and "gateway 10.36.0.17 is held" in req.json["msg"], req
+    a.stop()  # a restarted daemon has not read the block's addresses: it reads them before answering
+    a.start()
+    req = run_cni("ADD", {**blk, "args": {"cni": {"ips": ["10.36.0.21"]}}}, socket=a.cni_socket, container_id="b2")
     assert req.code == 101 and "gateway 10.36.0.17 is held" in req.json["msg"], req
     check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)

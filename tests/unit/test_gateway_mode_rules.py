@@ -306,6 +306,11 @@ def test_switch_to_block_mode_skips_blocks_whose_gateway_a_live_pod_holds() -> N
     assert [(x.cidr, x.gateway) for x in got] == [("10.1.2.34/28", ip("10.1.2.33"))]
     with pytest.raises(AddressUnavailable, match=re.escape("whose gateway 10.1.2.17 is held")):
         a.add(Attachment("n1", "b2", "eth0"), blk, requested={0: (blk.range_sets[0][0], ip("10.1.2.20"))})
+    # a daemon that has not read the block yet (a restart) reads it before answering a requested address
+    fresh_daemon = service(store, "A")
+    with pytest.raises(AddressUnavailable, match=re.escape("whose gateway 10.1.2.17 is held")):
+        fresh_daemon.add(Attachment("n1", "b2", "eth0"), blk,
+                         requested={0: (blk.range_sets[0][0], ip("10.1.2.20"))})
     a.delete(Attachment("n1", "s15", "eth0"))
     got = a.add(Attachment("n1", "b3", "eth0"), blk)
     assert [(x.cidr, x.gateway) for x in got] == [("10.1.2.18/28", ip("10.1.2.17"))]
