@@ -196,9 +196,10 @@ class IpamService:
             try:
                 for index, rset in enumerate(netconf.range_sets):
                     planned.append(self._plan(index, rset, requested.get(index), state, deadline))
-            except (PoolExhausted, AddressUnavailable):
+            except (PoolExhausted, AddressUnavailable, InvalidConfig):
                 # a retried ADD of an attachment that already holds its addresses must succeed even when the pool
-                # is now full or its requested address is (by itself) taken (B06, T42)
+                # is now full, its requested address is (by itself) taken (B06, T42), or the pool's new
+                # configuration cannot be used yet (its gateway is a pod's, its blocks too small for block mode)
                 existing = self._read_handle(att.handle, deadline)
                 if existing is not None:
                     return self._existing(existing, requested)

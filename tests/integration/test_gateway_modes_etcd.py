@@ -144,6 +144,8 @@ def test_switch_to_subnet_mode_while_a_pod_holds_the_gateway_is_code_7(daemons):
     started = time.monotonic()
     again = run_cni("ADD", ptp, socket=b.cni_socket, container_id="p1")
     assert again.rc == 0 and time.monotonic() - started < 2.0, again
+    repeated = run_cni("ADD", sub, socket=a.cni_socket, container_id="p0")  # B06: the holder's retried ADD
+    assert repeated.rc == 0 and repeated.json["ips"] == [{"address": "10.38.0.1/32", "gateway": "169.254.1.1"}]
     assert run_cni("DEL", ptp, socket=a.cni_socket, container_id="p0").rc == 0
     out = run_cni("ADD", sub, socket=b.cni_socket, container_id="s1")
     assert out.rc == 0 and out.json["ips"][0]["gateway"] == "10.38.0.1", out

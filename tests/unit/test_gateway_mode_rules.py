@@ -394,6 +394,9 @@ def test_switch_to_a_gateway_a_live_pod_holds_is_code_7(before: dict[str, Any], 
         svc.add(Attachment("n1", "s1", "eth0"), new)
     assert store.read("pools/" + pool_id, None, 1)[0] == record
     assert svc.add(Attachment("n1", "p2", "eth0"), old)  # the old configuration still works (no leaked claim)
+    # a repeated ADD of the holder with the new configuration answers what it holds (B06, T42)
+    holder_att = Attachment("n1", "p%d" % got.index(holder), "eth0")
+    assert [a.value for a in svc.add(holder_att, new)] == [ip(holder)]
     svc.delete(Attachment("n1", "p%d" % got.index(holder), "eth0"))
     (alloc,) = svc.add(Attachment("n1", "s1", "eth0"), new)
     assert alloc.gateway == ip(holder) and alloc.value != ip(holder)
