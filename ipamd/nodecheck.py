@@ -18,13 +18,14 @@ for each that overlaps the node, and remembers the clear ones.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 from .domain.addr import Range
-from .domain.netconf import NetConf
+from .domain.netconf import NetConf, Pool
 from .domain.nodecheck import NodeAddress, NodeRoute, NodeState, node_conflict_error, node_conflicts
 from .metrics import Metrics
 
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 ObserveNode = Callable[[], NodeState]
 _Key = tuple[int, int, int, int | None, str, int]
 _Verdict = tuple[str, Range, tuple[NodeAddress | NodeRoute, ...]]
+
+
+def _in_force(rng: Range, block_prefix: int) -> Range:
+    """``rng`` with the block size in force (the routed modes judge the node's block gateways and routes by it)."""
+    if rng.mode == "subnet" or rng.block_prefix == block_prefix:
+        return rng
+    return dataclasses.replace(rng, block_prefix=block_prefix)
 
 
 def _key(rng: Range) -> _Key:
@@ -59,14 +67,18 @@ class NodeCheck:
         self._lock = threading.Lock()
         self._allowed: dict[_Key, float] = {}  # pool -> until when it is allowed without looking
 
-    def require(self, netconf: NetConf) -> None:
+    def require(self, netconf: NetConf, block_prefix: Callable[[Pool], int] | None = None) -> None:
         """Raise :class:`~ipamd.domain.errors.InvalidConfig` (code 7) naming the pool's subnet and the node's
         conflicting address or route (with its interface) if a pool of ``netconf`` overlaps the node; return when
         every pool is clear, remembered clear, or could not be checked. Nothing when ``netconf.check_node`` is
-        false. Read-only."""
+        false. Read-only. ``block_prefix(pool)``: the pool's block size in force (its record's, fixed by the first
+        claim; the daemon's cache knows it), which decides in ``block`` mode which block gateways and prefixes the
+        node carries, whatever the configuration's ``blockSize`` says (docs/configuration.md "Gateway modes");
+        without it the configuration's is used."""
         if not netconf.check_node:
             return
-        pools = [(p.network, p.range) for rset in netconf.range_sets for p in rset]
+        pools = [(p.network, p.range if block_prefix is None else _in_force(p.range, block_prefix(p)))
+                 for rset in netconf.range_sets for p in rset]
         for network, rng, conflicts in self._verdicts(pools):
             if conflicts:
                 raise node_conflict_error(rng, network, self.node, conflicts)

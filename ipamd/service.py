@@ -30,6 +30,7 @@ from .domain.errors import (
     AddressUnavailable,
     CheckMismatch,
     CheckNoAllocation,
+    InvalidConfig,
     NotAvailable,
     PoolExhausted,
     TryAgainLater,
@@ -40,12 +41,15 @@ from .domain.model import (
     POOLSPECS,
     Allocation,
     HandleRecord,
+    IpRecord,
     PoolRecord,
     blocks_prefix,
     cooling_range,
     handle_key,
+    ip_key,
     ips_range,
     pool_network,
+    pool_subnet,
     poolspec_key,
 )
 from .domain.netconf import NetConf, Pool
@@ -245,7 +249,7 @@ class IpamService:
         deadline = time.monotonic() + self.request_timeout
         if self.node_check is not None:
             self.node_check.require(self.resolve(netconf, (pod or {}).get("namespace", ""), include_draining=True,
-                                                 deadline=deadline))
+                                                 deadline=deadline), self.cache.block_prefix)
         wanted = requested or {}
         state = _AddState()
         with self._locks.hold(att.handle):
@@ -265,9 +269,10 @@ class IpamService:
                     _check_requested_pools(netconf, requested)
                 for index, rset in enumerate(netconf.range_sets):
                     planned.append(self._plan(index, rset, requested.get(index), state, deadline))
-            except (PoolExhausted, AddressUnavailable):
+            except (PoolExhausted, AddressUnavailable, InvalidConfig):
                 # a retried ADD of an attachment that already holds its addresses must succeed even when the pool
-                # is now full or its requested address is (by itself) taken (B06, T42)
+                # is now full, its requested address is (by itself) taken (B06, T42), or the pool's new
+                # configuration cannot be used yet (its gateway is a pod's, its blocks too small for block mode)
                 existing = self._read_handle(att.handle, deadline)
                 if existing is not None:
                     return self._existing(existing, requested)
@@ -286,16 +291,19 @@ class IpamService:
         if requested is not None:
             pool, value = requested
             decision = self.cache.plan(pool, value)
-            if not isinstance(decision, Pick):  # choose_requested answers a Pick or raises
+            if isinstance(decision, Load):  # block mode: the block's addresses first (is its gateway a pod's?)
+                self._load(pool, decision.blocks, deadline)
+                decision = self.cache.plan(pool, value)
+            if not isinstance(decision, Pick):  # choose_requested answers a Pick (or a Load once) or raises
                 raise TryAgainLater("no plan for requested address %s" % to_ip(pool.range.family, value))
-            return PlannedAddress(index, pool, decision, True, self._guard(pool, decision))
+            return PlannedAddress(index, pool, decision, True, self._settled_guard(pool, decision, True))
         exhausted: list[tuple[Pool, Exhausted]] = []
         for pool in rset:
             fresh = state.fresh.setdefault(pool.id, set())
             while True:
                 decision = self.cache.plan(pool, fresh=fresh)
                 if isinstance(decision, Pick):
-                    return PlannedAddress(index, pool, decision, False, self._guard(pool, decision))
+                    return PlannedAddress(index, pool, decision, False, self._settled_guard(pool, decision, False))
                 if isinstance(decision, Wait):
                     if not decision.event.wait(remaining(deadline)):
                         raise DeadlinePassed()
@@ -370,17 +378,68 @@ class IpamService:
                              % (pool.network, sum(e.allocated for _, e in found), usable, self.node, owned,
                                 unclaimed))
 
+    def _settled_guard(self, pool: Pool, pick: Pick, requested: bool) -> PoolGuard:
+        """:meth:`_guard`, ending the pick's reservation (and a claim in flight) when it raises: the pick is not
+        planned yet, so :meth:`_add_once` would not settle it."""
+        try:
+            return self._guard(pool, pick)
+        except BaseException:
+            self.cache.settle(pool, pick, requested)
+            raise
+
     def _guard(self, pool: Pool, pick: Pick) -> PoolGuard:
         """The pool record part of an ADD: created by the first claim (fixing the block size), rewritten only when
         the configuration's range changed; a claim also proves the record (block size) it planned with."""
         record, raw, revision = self.cache.pool_record(pool.id)
         prefix = pick.block.prefixlen if record is None else record.block_prefix
         spec = self._spec(pool, prefix)
+        if raw != spec and (record is not None or self._overlapped(pool)):
+            self._gateway_free(pool)  # a changed configuration, or a new pool over another of the network
         if record is None:
             return PoolGuard(("version", 0), spec)
         if raw != spec:
             return PoolGuard(("mod", revision), spec)
         return PoolGuard(("mod", revision) if pick.mode == "claim" else None, None)
+
+    def _overlapped(self, pool: Pool) -> bool:
+        """True if the view knows another pool of ``pool``'s network whose subnet holds ``pool``'s gateway (a
+        widened or moved subnet): only then can a new pool's gateway already be a pod's address. No I/O."""
+        gw = pool.range.gateway
+        if gw is None:
+            return False
+        for pid in self.cache.pool_ids():
+            if pid == pool.id or pool_network(pid) != pool.network:
+                continue
+            try:
+                other = pool_subnet(pid)
+            except ValueError:
+                continue
+            if other.family == pool.range.family and other.first <= gw <= other.last:
+                return True
+        return False
+
+    def _gateway_free(self, pool: Pool) -> None:
+        """Before an ADD writes a pool record (the configuration changed: another mode, another gateway; or a new
+        pool over a network's live addresses, e.g. a widened subnet), make sure the pool-wide gateway it would hand
+        out is not a live pod's address (allocated in ``pointToPoint`` mode, which reserves no gateway, or in
+        ``block`` mode, or before the gateway moved): every new pod would get
+        that pod's address as its gateway, and ``bridge`` with ``isGateway`` would put it on the node. Raises
+        :class:`InvalidConfig` (7) naming the holder; the record keeps its old configuration until the pod is gone
+        (docs/decisions.md "Gateway modes"). One read, only when the record is written. Raises the store's errors."""
+        gw = pool.range.gateway
+        if gw is None:
+            return
+        kvs, _ = self.store.read(ip_key(pool.network, pool.range.family, gw), None, self.etcd_timeout)
+        if not kvs:
+            return
+        try:
+            holder = IpRecord.decode(kvs[0].value).handle
+        except ValueError:
+            holder = "an undecodable address record"
+        raise InvalidConfig("gateway %s of pool %s is the address of %s (allocated under the pool's previous "
+                            "configuration)" % (to_ip(pool.range.family, gw), pool.range.subnet, holder),
+                            "every new pod would get that pod's address as its gateway: DEL it (or keep the "
+                            "previous gatewayMode/gateway) before switching the network's configuration")
 
     def _spec(self, pool: Pool, prefix: int) -> bytes:
         """The pool record this configuration asks for (its cooldown included, so every release path can read it)."""

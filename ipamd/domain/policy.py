@@ -37,7 +37,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .addr import BITS, Block, Range, block_of, candidate_blocks, to_ip
-from .errors import AddressUnavailable
+from .errors import AddressUnavailable, InvalidConfig
 from .model import PoolRecord, pool_subnet
 from .netconf import Pool
 
@@ -218,10 +218,20 @@ class Busy:
 def sized(pool: Pool, block_prefix: int) -> Pool:
     """``pool`` with its range's reserved addresses computed for the block size in force (the pool record's, fixed
     by the first claim, which may differ from the configuration's ``blockSize``): in ``block`` mode each block's
-    first, gateway and IPv4 last addresses depend on it. The same ``pool`` when nothing changes (the common case)."""
+    first, gateway and IPv4 last addresses depend on it. The same ``pool`` when nothing changes (the common case).
+
+    Raises :class:`InvalidConfig` (7) in ``block`` mode when the size in force leaves a block fewer than 4
+    addresses (a pool whose first claim, in another mode, fixed ``/31`` or ``/32`` blocks): no block could hold a
+    pod besides its first, gateway and last address, and the configuration's own ``blockSize`` cannot change that
+    (docs/configuration.md "Gateway modes")."""
     rng = pool.range
     if rng.mode == "subnet" or rng.block_prefix == block_prefix:
         return pool
+    if rng.mode == "block" and block_prefix > BITS[rng.family] - 2:
+        raise InvalidConfig("pool %s has blocks of /%d, fixed by its first claim; gatewayMode block needs blocks of "
+                            "at least 4 addresses" % (rng.subnet, block_prefix),
+                            "the pool record's blockSize cannot change under live blocks: use another subnet for "
+                            "gatewayMode block, or keep this pool's mode")
     return dataclasses.replace(pool, range=dataclasses.replace(rng, block_prefix=block_prefix))
 
 
@@ -249,7 +259,7 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
             continue
         if st.taken is None:
             return Load((st.block,))
-        value = _first_free_own(rng, st, reserved, cooling_on)
+        value = None if gateway_held(rng, st.block, st.taken) else _first_free_own(rng, st, reserved, cooling_on)
         if value is not None:
             return Pick(st.block, value, "own", st.mod_revision, st.cooling.get(value, 0))
         state.drop_room(first)  # full (or full of reservations: the cache puts it back when they settle)
@@ -260,6 +270,8 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
         if n == 0:  # every block the walk passed over to get here is claimed: start here next time
             state.claim_floor = max(state.claim_floor, blk.first)
         cool = state.unclaimed_cooling.get(blk.first, {})
+        if gateway_held(rng, blk, state.unclaimed_taken.get(blk.first, ())):
+            continue
         value = rng.first_free(blk.first, blk.last, Busy(state.unclaimed_taken.get(blk.first, ()), reserved,
                                                           cool if cooling_on else ()))
         if value is not None:
@@ -293,6 +305,15 @@ def choose(pool: Pool, block_prefix: int, node: str, state: PoolState, reserved:
     return Exhausted(len(ours), allocated, free_elsewhere, limit)
 
 
+def gateway_held(rng: Range, block: Block, taken: Container[int] | None) -> bool:
+    """True in ``block`` mode when the block's gateway address (its first + 1) has an address record: it was
+    handed to a pod before the pool switched to ``gatewayMode`` block (subnet or pointToPoint mode reserve no such
+    address). A new pod of the block would get that pod's address as its gateway, and the bridge would put it on
+    the node beside the pod, so the block gives no address until that pod is gone (docs/decisions.md "Gateway
+    modes"). ``taken``: the block's address records as known (``None``: not read, nothing known). Pure."""
+    return rng.per_block and taken is not None and block.first + 1 in taken
+
+
 def at_block_limit(pool: Pool, node: str, state: PoolState) -> bool:
     """True when ``node`` owns at least ``pool.max_blocks`` blocks of the pool (never with ``max_blocks`` 0).
     Cost: one pass over the pool's claimed blocks, only when the node's own blocks are full."""
@@ -310,7 +331,7 @@ def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState
     rng = pool.range
     best: tuple[int, int, Pick] | None = None
     for st in state.blocks.values():
-        if st.node != node and pool.strict_affinity:
+        if (st.node != node and pool.strict_affinity) or gateway_held(rng, st.block, st.taken):
             continue
         taken = st.taken or set()
         for value, rev in st.cooling.items():
@@ -322,6 +343,8 @@ def _earliest_cooling(pool: Pool, block_prefix: int, node: str, state: PoolState
         if first in state.blocks:
             continue
         taken = state.unclaimed_taken.get(first, set())
+        if rng.per_block and first + 1 in taken:
+            continue
         for value, rev in cool.items():
             if rng.usable(value) and value not in taken and value not in reserved \
                     and (best is None or (rev, value) < best[:2]):
@@ -345,7 +368,7 @@ def _first_free_own(rng: Range, st: BlockState, reserved: Container[int], coolin
     return rng.first_free(value + 1, st.block.last, Busy(taken, reserved, cooling))
 
 
-def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick:
+def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState, value: int) -> Pick | Load:
     """The pick for a requested address (docs/cni-contract.md §5.3): in our block, in another node's block
     (borrowed), or claiming the unclaimed block that holds it (so every address lies in an owned block,
     invariant 2). Whether it is free is for the transaction's compare to decide (a cached "taken" may be stale).
@@ -355,7 +378,9 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     IPv4 broadcast, excluded, outside the range; in ``block`` mode a block's first, gateway or IPv4 last address),
     or, in ``block`` mode, lies in another node's block (no borrowing: docs/decisions.md "Gateway modes"), or lies
     in an unclaimed block while the node already owns ``maxBlocksPerNode`` blocks of the pool (docs/decisions.md
-    "Block lifecycle").
+    "Block lifecycle"), or, in ``block`` mode, lies in a block whose gateway a pod holds (:func:`gateway_held`);
+    to know that, a claimed block whose addresses were not read yet is answered with a :class:`Load` first.
+    Raises :class:`InvalidConfig` (7) as :func:`sized`.
     """
     pool = sized(pool, block_prefix)
     rng = pool.range
@@ -370,6 +395,14 @@ def choose_requested(pool: Pool, block_prefix: int, node: str, state: PoolState,
     if st is not None and st.node != node and rng.mode == "block":
         raise AddressUnavailable("requested address %s is in block %s of node %s; gatewayMode block never borrows "
                                  "(its gateway is on that node)" % (to_ip(rng.family, value), block.cidr(), st.node))
+    if rng.per_block and st is not None and st.taken is None:
+        return Load((st.block,))  # block mode: whether its gateway is a pod's is known once its addresses are read
+    held = state.unclaimed_taken.get(block.first) if st is None else st.taken
+    if gateway_held(rng, block, held):
+        raise AddressUnavailable("requested address %s is in block %s, whose gateway %s is held by a pod allocated "
+                                 "before the pool's gatewayMode became block" % (to_ip(rng.family, value),
+                                                                                block.cidr(),
+                                                                                to_ip(rng.family, block.first + 1)))
     if st is None:
         if at_block_limit(pool, node, state):
             raise AddressUnavailable("requested address %s lies in an unclaimed block of pool %s and node %s already "

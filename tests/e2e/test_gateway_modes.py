@@ -312,3 +312,38 @@ def test_point_to_point_mode_ipv4_in_a_routed_namespace(netenv, daemons, etcd, p
     assert keys(etcd, prefix, "handles") == [] and keys(etcd, prefix, "ips") == []
     clean = ipamctl_check(d)
     assert clean.returncode == 0 and "OK: all invariants hold" in clean.stdout, clean.stdout + clean.stderr
+
+
+
+def test_block_mode_blocksize_changed_in_the_configuration_keeps_the_node_check_passing(netenv, daemons, etcd,
+                                                                                         prefix, extra_netns):
+    """The block size in force is the pool record's (docs/configuration.md "Gateway modes"): a network in block mode
+    with blockSize 28 puts 10.99.N.1/28 on the bridge; its configuration then says blockSize 26. The next ADD
+    through the bridge (a second namespace) gets 10.99.N.3/28 via .1 (the record's /28), and the node
+    check accepts the bridge's .1/28 as the pool's own (it judged by the configuration's /26 and refused every ADD
+    with 7). CHECK passes for both; DEL; ipamctl check clean."""
+    d = daemons("A", extra_args=["--node-check", "true"])
+    n = netenv.third_octet
+    first = bridge_conf(netenv, d.cni_socket, gatewayMode="block", blockSize=28)
+    cid = netenv.container_id()
+    add1 = netenv.plugin("bridge", "ADD", json.dumps(first).encode(), cid)
+    assert add1.rc == 0, add1
+    assert [(i["address"], i["gateway"]) for i in add1.json["ips"]] == [("10.99.%d.2/28" % n, "10.99.%d.1" % n)]
+    resized = bridge_conf(netenv, d.cni_socket, gatewayMode="block", blockSize=26)
+    cid2, ns2 = netenv.container_id(), extra_netns()
+    add2 = netenv.plugin("bridge", "ADD", json.dumps(resized).encode(), cid2, netns=ns2)
+    assert add2.rc == 0, add2
+    assert [(i["address"], i["gateway"]) for i in add2.json["ips"]] == [("10.99.%d.3/28" % n, "10.99.%d.1" % n)]
+    bridge = [a for link in ip_json("addr", "show", "dev", netenv.bridge) for a in link.get("addr_info", [])
+              if a.get("family") == "inet"]
+    assert ["%s/%d" % (a["local"], a["prefixlen"]) for a in bridge] == ["10.99.%d.1/28" % n]
+    runs = ((first, add1, cid, None), (resized, add2, cid2, ns2))
+    for conf, add, c, ns in runs:
+        check = netenv.plugin("bridge", "CHECK", with_prev(conf, add.json), c, netns=ns)
+        assert (check.rc, check.stdout) == (0, ""), check
+    for conf, add, c, ns in runs:
+        rm = netenv.plugin("bridge", "DEL", with_prev(conf, add.json), c, netns=ns)
+        assert (rm.rc, rm.stdout) == (0, ""), rm
+    assert keys(etcd, prefix, "handles") == [] and keys(etcd, prefix, "ips") == []
+    clean = ipamctl_check(d)
+    assert clean.returncode == 0 and "OK: all invariants hold" in clean.stdout, clean.stdout + clean.stderr

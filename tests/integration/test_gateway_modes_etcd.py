@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from harness import cni_config, daemon_ipamctl, run_cni
 
@@ -79,3 +80,81 @@ def test_dual_stack_block_ipv4_and_point_to_point_ipv6(daemons):
     check = run_cni("CHECK", {**conf, "prevResult": out.json}, socket=d.cni_socket, container_id="c1")
     assert (check.rc, check.stdout) == (0, ""), check
     assert run_cni("DEL", conf, socket=d.cni_socket, container_id="c1").rc == 0
+
+
+def test_switch_to_block_mode_never_gives_a_live_pods_address_as_gateway(daemons):
+    """A network in subnet mode (blockSize 28) holds 10.36.0.2-.17; its configuration switches to gatewayMode
+    block. Block 10.36.0.16/28's gateway .17 is pod s15's address: the next ADD claims 10.36.0.32/28 (pod .34/28,
+    gateway .33) instead of giving .18/28 with gateway .17, and an address requested in 10.36.0.16/28 is 101 (also
+    from the restarted daemon, which has not read that block yet).
+    After s15's DEL the block serves again. ``ipamctl check`` exits 0 (the old pods are warnings)."""
+    a = daemons("A")
+    sub = cni_config(name="sw", version="1.0.0", subnet="10.36.0.0/24", blockSize=28)
+    for i in range(16):
+        assert run_cni("ADD", sub, socket=a.cni_socket, container_id="s%d" % i).rc == 0
+    blk = cni_config(name="sw", version="1.0.0", subnet="10.36.0.0/24", blockSize=28, gatewayMode="block")
+    out = run_cni("ADD", blk, socket=a.cni_socket, container_id="b1")
+    assert out.rc == 0 and out.json["ips"] == [{"address": "10.36.0.34/28", "gateway": "10.36.0.33"}], out
+    req = run_cni("ADD", {**blk, "args": {"cni": {"ips": ["10.36.0.20"]}}}, socket=a.cni_socket, container_id="b2")
+    assert req.code == 101 and "gateway 10.36.0.17 is held" in req.json["msg"], req
+    a.stop()  # a restarted daemon has not read the block's addresses: it reads them before answering
+    a.start()
+    req = run_cni("ADD", {**blk, "args": {"cni": {"ips": ["10.36.0.21"]}}}, socket=a.cni_socket, container_id="b2")
+    assert req.code == 101 and "gateway 10.36.0.17 is held" in req.json["msg"], req
+    check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                            "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "OK: all invariants hold" in check.stdout, check.stdout + check.stderr
+    assert run_cni("DEL", sub, socket=a.cni_socket, container_id="s15").rc == 0
+    out = run_cni("ADD", blk, socket=a.cni_socket, container_id="b3")
+    assert out.rc == 0 and out.json["ips"] == [{"address": "10.36.0.18/28", "gateway": "10.36.0.17"}], out
+    for cid in ["s%d" % i for i in range(15)] + ["b1", "b3"]:
+        assert run_cni("DEL", blk, socket=a.cni_socket, container_id=cid).rc == 0
+
+
+def test_block_mode_on_a_pool_with_host_blocks_fixed_is_code_7(daemons):
+    """A pool first claimed with blockSize 32 (subnet mode), then configured in gatewayMode block with the default
+    /26: the record's /32 is in force, no block holds a pod. ADD is 7 naming the fixed size (was 100, "0 unclaimed
+    blocks"); the live pod keeps its address, ``ipamctl check`` exits 0."""
+    a = daemons("A")
+    sub = cni_config(name="hb", version="1.0.0", subnet="10.37.0.0/24", blockSize=32)
+    assert run_cni("ADD", sub, socket=a.cni_socket, container_id="s0").rc == 0
+    blk = cni_config(name="hb", version="1.0.0", subnet="10.37.0.0/24", gatewayMode="block")
+    out = run_cni("ADD", blk, socket=a.cni_socket, container_id="b1")
+    assert out.code == 7 and "has blocks of /32, fixed by its first claim" in out.json["msg"], out
+    check = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                            "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "OK: all invariants hold" in check.stdout, check.stdout + check.stderr
+    assert run_cni("DEL", sub, socket=a.cni_socket, container_id="s0").rc == 0
+
+
+def test_switch_to_subnet_mode_while_a_pod_holds_the_gateway_is_code_7(daemons):
+    """pointToPoint hands out network+1 (10.38.0.1/32 to p0 on node A). The network's configuration switches to
+    subnet mode, whose gateway is .1: node B's ADD (which would claim a block) is 7 naming p0 (it used to give
+    every new pod gateway 10.38.0.1, p0's address), the pool record stays pointToPoint, and B's next ADD with the
+    old configuration is answered at once (the refused claim left nothing in flight). After p0's DEL the new
+    configuration works: 10.38.0.x/24 via .1."""
+    a, b = daemons("A"), daemons("B")
+    ptp = cni_config(name="p2s", version="1.0.0", subnet="10.38.0.0/24", gatewayMode="pointToPoint", blockSize=28)
+    out = run_cni("ADD", ptp, socket=a.cni_socket, container_id="p0")
+    assert out.rc == 0 and out.json["ips"] == [{"address": "10.38.0.1/32", "gateway": "169.254.1.1"}], out
+    sub = cni_config(name="p2s", version="1.0.0", subnet="10.38.0.0/24", blockSize=28)
+    refused = run_cni("ADD", sub, socket=b.cni_socket, container_id="s1")
+    assert refused.code == 7 and "gateway 10.38.0.1 of pool 10.38.0.0/24 is the address of p2s/p0/eth0" \
+        in refused.json["msg"], refused
+    store = EtcdStore(a.endpoints, a.prefix)
+    try:
+        (kv,) = store.read("pools/p2s/", "pools/p2s0", 5.0)[0]
+    finally:
+        store.close()
+    assert PoolRecord.decode(kv.value).range.mode == "pointToPoint"
+    started = time.monotonic()
+    again = run_cni("ADD", ptp, socket=b.cni_socket, container_id="p1")
+    assert again.rc == 0 and time.monotonic() - started < 2.0, again
+    repeated = run_cni("ADD", sub, socket=a.cni_socket, container_id="p0")  # B06: the holder's retried ADD
+    assert repeated.rc == 0 and repeated.json["ips"] == [{"address": "10.38.0.1/32", "gateway": "169.254.1.1"}]
+    assert run_cni("DEL", ptp, socket=a.cni_socket, container_id="p0").rc == 0
+    out = run_cni("ADD", sub, socket=b.cni_socket, container_id="s1")
+    assert out.rc == 0 and out.json["ips"][0]["gateway"] == "10.38.0.1", out
+    assert out.json["ips"][0]["address"] != "10.38.0.1/24"
+    for d, conf, cid in ((b, ptp, "p1"), (b, sub, "s1")):
+        assert run_cni("DEL", conf, socket=d.cni_socket, container_id=cid).rc == 0

@@ -213,6 +213,25 @@ def test_block_mode_uses_the_block_size_in_force() -> None:
     assert choose_requested(pool, 26, "A", PoolState(pool.id), ip("10.1.2.17")).value == ip("10.1.2.17")
 
 
+@pytest.mark.parametrize("subnet, fixed, size", [("10.1.2.0/24", 32, 26), ("10.1.2.0/24", 31, 26),
+                                                 ("fd00::/120", 128, 122), ("fd00::/120", 127, 122)])
+def test_block_mode_on_a_pool_whose_record_fixed_tiny_blocks_is_code_7(subnet: str, fixed: int, size: int) -> None:
+    """A pool first claimed in subnet mode with /32 (or /31, /128, /127) blocks, then configured in block mode
+    with a valid blockSize: the record's size is in force and leaves no address in any block. The ADD is 7 naming
+    the fixed size, not 100 "0 unclaimed blocks" (there are plenty, none usable)."""
+    store = MemoryStore()
+    a = service(store, "A")
+    a.add(Attachment("n1", "s0", "eth0"), parse(blockSize=fixed, blockSize6=fixed, ranges=[[{"subnet": subnet}]]))
+    blk = parse(gatewayMode="block", blockSize=size, blockSize6=size, ranges=[[{"subnet": subnet}]])
+    with pytest.raises(InvalidConfig, match=re.escape("has blocks of /%d, fixed by its first claim" % fixed)):
+        a.add(Attachment("n1", "b1", "eth0"), blk)
+    pool = blk.range_sets[0][0]
+    value = pool.range.network + 5
+    with pytest.raises(InvalidConfig, match="gatewayMode block needs blocks of at least 4 addresses"):
+        a.add(Attachment("n1", "b2", "eth0"), blk, requested={0: (pool, value)})
+    assert not check_snapshot(store.dump())
+
+
 # --- the service: result shapes per mode, v4 and v6, and the invariant check -------------------------------------
 
 def service(store: MemoryStore, node: str = "A") -> IpamService:
@@ -272,6 +291,32 @@ def test_block_mode_exhaustion_does_not_borrow_from_another_node() -> None:
     assert not check_snapshot(store.dump())
 
 
+def test_switch_to_block_mode_skips_blocks_whose_gateway_a_live_pod_holds() -> None:
+    """Subnet mode handed out 10.1.2.2-.17 (blocks /28); the network then switches to gatewayMode block. Block
+    10.1.2.16/28's gateway .17 is a live pod's address: an ADD must not give a pod .18/28 with gateway .17 (the
+    bridge would put the pod's address on the node), nor take an address requested there; it claims the next
+    block instead. Once that pod is DELed, the block gives addresses again."""
+    store = MemoryStore()
+    a = service(store, "A")
+    sub = parse(blockSize=28)
+    for i in range(16):
+        a.add(Attachment("n1", "s%d" % i, "eth0"), sub)
+    blk = parse(gatewayMode="block", blockSize=28)
+    got = a.add(Attachment("n1", "b1", "eth0"), blk)
+    assert [(x.cidr, x.gateway) for x in got] == [("10.1.2.34/28", ip("10.1.2.33"))]
+    with pytest.raises(AddressUnavailable, match=re.escape("whose gateway 10.1.2.17 is held")):
+        a.add(Attachment("n1", "b2", "eth0"), blk, requested={0: (blk.range_sets[0][0], ip("10.1.2.20"))})
+    # a daemon that has not read the block yet (a restart) reads it before answering a requested address
+    fresh_daemon = service(store, "A")
+    with pytest.raises(AddressUnavailable, match=re.escape("whose gateway 10.1.2.17 is held")):
+        fresh_daemon.add(Attachment("n1", "b2", "eth0"), blk,
+                         requested={0: (blk.range_sets[0][0], ip("10.1.2.20"))})
+    a.delete(Attachment("n1", "s15", "eth0"))
+    got = a.add(Attachment("n1", "b3", "eth0"), blk)
+    assert [(x.cidr, x.gateway) for x in got] == [("10.1.2.18/28", ip("10.1.2.17"))]
+    assert not check_snapshot(store.dump())
+
+
 # --- node check ---------------------------------------------------------------------------------------------------
 
 def pfx(text: str) -> Prefix:
@@ -300,3 +345,59 @@ def test_node_check_accepts_what_the_modes_put_on_the_node(mode: str, thing: Any
     state = NodeState(addresses=(thing,) if isinstance(thing, NodeAddress) else (),
                       routes=(thing,) if isinstance(thing, NodeRoute) else ())
     assert bool(node_conflicts(rng, state)) is conflicts
+
+
+def test_node_check_judges_block_mode_by_the_block_size_in_force() -> None:
+    """A block-mode pool first claimed with blockSize 28 (its record fixes /28); the bridge then carries
+    10.1.2.1/28. A configuration saying blockSize 26 still allocates /28 blocks, and the service's node check
+    accepts .1/28 as the pool's own (judged by the configuration's /26 it refused every ADD with 7)."""
+    from ipamd.nodecheck import NodeCheck
+
+    store = MemoryStore()
+    svc = service(store, "A")
+    first = parse(gatewayMode="block", blockSize=28)
+    assert [x.cidr for x in svc.add(Attachment("n1", "c1", "eth0"), first)] == ["10.1.2.2/28"]
+    bridge = NodeState(addresses=(NodeAddress(pfx("10.1.2.1/28"), "cni0", "bridge"),),
+                       routes=(NodeRoute(pfx("10.1.2.0/28"), None, "cni0", "bridge"),))
+    svc.node_check = NodeCheck("A", lambda: bridge)
+    resized = parse(gatewayMode="block", blockSize=26)
+    assert [(x.cidr, x.gateway) for x in svc.add(Attachment("n1", "c2", "eth0"), resized)] == \
+        [("10.1.2.3/28", ip("10.1.2.1"))]
+    # a stranger's address inside the pool is still a conflict
+    svc.node_check = NodeCheck("A", lambda: NodeState(addresses=(NodeAddress(pfx("10.1.2.17/28"), "eth9", ""),)))
+    with pytest.raises(InvalidConfig, match=re.escape("overlaps the node's address 10.1.2.17/28 on eth9")):
+        svc.add(Attachment("n1", "c3", "eth0"), resized)
+    assert not check_snapshot(store.dump())
+
+
+@pytest.mark.parametrize("before, after, holder", [
+    ({"gatewayMode": "pointToPoint"}, {}, "10.1.2.1"),  # pointToPoint hands out network+1, subnet's gateway
+    ({}, {"ranges": [[{"subnet": "10.1.2.0/24", "gateway": "10.1.2.2"}]]}, "10.1.2.2"),  # the gateway moved
+    ({"gatewayMode": "pointToPoint", "ranges": [[{"subnet": "10.1.2.0/25"}]]}, {}, "10.1.2.1"),  # a new, wider pool
+])
+def test_switch_to_a_gateway_a_live_pod_holds_is_code_7(before: dict[str, Any], after: dict[str, Any],
+                                                        holder: str) -> None:
+    """A configuration change that makes the pool-wide gateway an address a live pod holds: the ADD is 7 naming
+    the holder (it used to give every new pod that pod's address as gateway), the pool record keeps the previous
+    configuration, nothing is left reserved (the next ADD of the old configuration and, after the holder's DEL,
+    of the new one succeed)."""
+    store = MemoryStore()
+    svc = service(store, "A")
+    old = parse(**before)
+    got = [svc.add(Attachment("n1", "p%d" % i, "eth0"), old)[0].cidr.split("/")[0] for i in range(2)]
+    assert holder in got
+    new = parse(**after)
+    pool_id = new.range_sets[0][0].id
+    record = store.read("pools/" + pool_id, None, 1)[0]
+    with pytest.raises(InvalidConfig, match=re.escape("gateway %s of pool 10.1.2.0/24 is the address of n1/p"
+                                                      % holder)):
+        svc.add(Attachment("n1", "s1", "eth0"), new)
+    assert store.read("pools/" + pool_id, None, 1)[0] == record
+    assert svc.add(Attachment("n1", "p2", "eth0"), old)  # the old configuration still works (no leaked claim)
+    # a repeated ADD of the holder with the new configuration answers what it holds (B06, T42)
+    holder_att = Attachment("n1", "p%d" % got.index(holder), "eth0")
+    assert [a.value for a in svc.add(holder_att, new)] == [ip(holder)]
+    svc.delete(Attachment("n1", "p%d" % got.index(holder), "eth0"))
+    (alloc,) = svc.add(Attachment("n1", "s1", "eth0"), new)
+    assert alloc.gateway == ip(holder) and alloc.value != ip(holder)
+    assert not check_snapshot(store.dump())
