@@ -154,7 +154,7 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
     for kv in kvs:
         try:
             if kv.key.startswith(POOLSPECS):
-                PoolSpec.decode(kv.value)
+                PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
                 specs.add(kv.key[len(POOLSPECS):])
             elif kv.key.startswith(POOLS):
                 try:

@@ -39,7 +39,7 @@ class PoolSpecCache:
         fresh: dict[str, tuple[PoolSpec, int]] = {}
         for kv in kvs:
             try:
-                spec = PoolSpec.decode(kv.value)
+                spec = PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
             except ValueError:
                 continue
             fresh[spec.name] = (spec, kv.mod_revision)
@@ -56,7 +56,7 @@ class PoolSpecCache:
             if old is not None and old[1] > kv.mod_revision:
                 return
             try:
-                self._specs[name] = (PoolSpec.decode(kv.value), kv.mod_revision)
+                self._specs[name] = (PoolSpec.decode(kv.value, name), kv.mod_revision)
             except ValueError:
                 self._specs.pop(name, None)
 
@@ -74,7 +74,7 @@ class PoolSpecCache:
                     self._specs.pop(name, None)
                     continue
                 try:
-                    self._specs[name] = (PoolSpec.decode(ev.kv.value), ev.kv.mod_revision)
+                    self._specs[name] = (PoolSpec.decode(ev.kv.value, name), ev.kv.mod_revision)
                 except ValueError:
                     self._specs.pop(name, None)
 
@@ -135,7 +135,7 @@ class PoolAdmin:
                 if kv.key == key:
                     raise InvalidConfig("pool %s already exists" % spec.name, "ipamctl pool show %s" % spec.name)
                 try:
-                    other = PoolSpec.decode(kv.value)
+                    other = PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
                 except ValueError:
                     continue
                 if other.range.overlaps(spec.range):
@@ -156,7 +156,7 @@ class PoolAdmin:
         if not kvs:
             raise InvalidConfig("pool %s does not exist" % name, "ipamctl pool list")
         try:
-            return kvs[0], PoolSpec.decode(kvs[0].value)
+            return kvs[0], PoolSpec.decode(kvs[0].value, name)
         except ValueError as exc:
             raise InvalidConfig("pool %s: the stored spec is not valid (%s)" % (name, exc)) from None
 
@@ -174,7 +174,7 @@ class PoolAdmin:
         out = []
         for kv in kvs:
             try:
-                spec = PoolSpec.decode(kv.value)
+                spec = PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
             except ValueError:
                 log.warning("skipping malformed pool spec %s", kv.key)
                 continue
@@ -188,7 +188,7 @@ class PoolAdmin:
         if not kvs:
             raise InvalidConfig("pool %s does not exist" % name, "ipamctl pool list")
         try:
-            spec = PoolSpec.decode(kvs[0].value)
+            spec = PoolSpec.decode(kvs[0].value, name)
         except ValueError as exc:
             raise InvalidConfig("pool %s: the stored spec is not valid (%s)" % (name, exc)) from None
         return self._view(kvs[0], spec, revision)

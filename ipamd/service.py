@@ -30,6 +30,7 @@ from .domain.errors import (
     AddressUnavailable,
     CheckMismatch,
     CheckNoAllocation,
+    InvalidConfig,
     NotAvailable,
     PoolExhausted,
     TryAgainLater,
@@ -50,7 +51,7 @@ from .domain.model import (
 )
 from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
-from .domain.poolspec import name_of_network, resolve, with_pool_routes
+from .domain.poolspec import PoolSpec, name_of_network, resolve, with_pool_routes
 from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .inventory import Inventory
@@ -210,6 +211,14 @@ class IpamService:
                 found = self.specs.get(name)
                 if found is not None:
                     specs[name] = found
+                elif kvs:  # a spec is stored but not valid: say so, not "unknown pool ... create it"
+                    try:
+                        PoolSpec.decode(kvs[0].value, name)
+                    except ValueError as exc:
+                        raise InvalidConfig("pool %s: the stored spec %s%s is not valid (%s)"
+                                            % (name, POOLSPECS, name, exc),
+                                            "ipamctl check reports it; delete it (ipamctl pool delete %s) and "
+                                            "create it again" % name) from None
         labels = self.namespace_labels(namespace) if self.namespace_labels is not None and namespace else None
         node_labels = self.node_labels
         if self.node_labels_source is not None:

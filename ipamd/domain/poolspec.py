@@ -155,13 +155,19 @@ class PoolSpec:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> PoolSpec:
-        """A stored spec, validated again. Raises ``ValueError`` for anything malformed (something else wrote it)."""
+    def decode(cls, raw: bytes, name: str | None = None) -> PoolSpec:
+        """A stored spec, validated again; ``name``: the name its key ``poolspecs/<name>`` gives, which the spec's
+        own ``name`` must equal (a spec written by hand under another key would otherwise be compared, drained and
+        deleted under one name and allocated from under the other). Raises ``ValueError`` for anything malformed
+        (something else wrote it)."""
         try:
             obj = json.loads(raw)
-            return parse_pool_spec(obj)
+            spec = parse_pool_spec(obj)
         except InvalidConfig as exc:
             raise ValueError("malformed pool spec: %s" % exc.msg) from None
+        if name is not None and spec.name != name:
+            raise ValueError("malformed pool spec: stored as pool %s but names pool %s" % (name, spec.name))
+        return spec
 
     def with_state(self, state: str) -> PoolSpec:
         return replace(self, state=state)

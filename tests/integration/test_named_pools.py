@@ -26,6 +26,7 @@ import grpc
 import pytest
 from harness import cni_config, daemon_ipamctl, run_cni, wait_for
 
+from ipamd.store.base import Put
 from ipamd.store.etcd import EtcdStore
 from ipamd.v1 import pools_pb2, pools_pb2_grpc
 
@@ -384,4 +385,53 @@ def test_concurrent_adds_and_a_delete_from_a_barrier(daemons: Any) -> None:
     else:
         assert deleted[0].returncode == 3 and "still holds" in deleted[0].stderr, deleted[0]
         assert keys(a, "poolspecs/") == ["poolspecs/herd"] and held
+    check_ok(a)
+
+
+def put_raw(d: Any, key: str, value: bytes) -> None:
+    """Write one key under the daemon's prefix as an operator's ``etcdctl put`` would (no validation)."""
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        assert store.txn([], [Put(key, value)], [], 5).succeeded
+    finally:
+        store.close()
+
+
+def test_hand_written_spec_under_another_name_is_refused_everywhere(daemons: Any) -> None:
+    """A spec written by hand at ``poolspecs/mism`` whose ``name`` says ``other`` (copied from another pool and
+    edited): before, the daemons cached it as ``other`` after a sync and as ``mism`` from the watch, an ADD naming
+    ``mism`` compared ``poolspecs/other`` and retried 40 times into code 11, and ``pool list`` showed a pool
+    ``other`` that ``pool show other`` called missing. Now it is a malformed spec like any other: ADD answers code 7
+    at once naming the stored spec, ``pool list`` leaves it out, ``ipamctl check`` reports it, and ``pool delete
+    mism`` removes it; the daemons keep serving."""
+    a, b = daemons("A"), daemons("B")
+    ok(a, "pool", "create", "blue", "--cidr", "10.88.0.0/24")
+    spec = json.loads(ok(a, "pool", "show", "blue", "-o", "json"))
+    for extra in ("allocated", "size", "blocks", "poolId", "specRevision"):
+        spec.pop(extra)
+    spec.update(name="other", cidr="10.89.0.0/24")
+    put_raw(a, "poolspecs/mism", json.dumps(spec).encode())
+    c = daemons("C")  # learns the spec from its first sync, A and B from their watch
+    for d in (a, b, c):
+        started = time.monotonic()
+        out = run_cni("ADD", named("net2", [["mism"]]), socket=d.cni_socket, container_id="m-" + d.node)
+        assert out.code == 7, (d.node, out)
+        assert "stored spec poolspecs/mism is not valid" in out.json["msg"], out
+        assert "stored as pool mism but names pool other" in out.json["msg"], out
+        assert time.monotonic() - started < 5, out
+        out = run_cni("ADD", named("net2", [["other"]]), socket=d.cni_socket, container_id="o-" + d.node)
+        assert out.code == 7 and "unknown pool other" in out.json["msg"], out
+        assert d.health() == "SERVING"
+    assert [p["name"] for p in json.loads(ok(a, "pool", "list", "-o", "json"))["pools"]] == ["blue"]
+    shown = ctl(a, "pool", "show", "mism")
+    assert shown.returncode == 2 and "names pool other" in shown.stderr, shown
+    report = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert report.returncode == 1 and "poolspecs/mism" in report.stdout and "names pool other" in report.stdout, \
+        report
+    assert keys(a, "ips/") == [] and keys(a, "handles/") == []
+    assert "pool mism deleted" in ok(a, "pool", "delete", "mism")
+    assert run_cni("ADD", named("net2", [["blue"]]), socket=c.cni_socket, container_id="ok").ips == ["10.88.0.2/24"]
+    assert run_cni("DEL", named("net2", [["blue"]]), socket=c.cni_socket, container_id="ok").rc == 0
     check_ok(a)

@@ -224,6 +224,24 @@ def test_delete_between_pick_and_commit_fails_the_add() -> None:
     consistent(store)
 
 
+def test_a_stored_spec_must_name_the_pool_of_its_key() -> None:
+    """``poolspecs/a`` holding a spec named ``b`` (written by hand) is malformed: decode refuses it, the cache
+    leaves it out (sync and watch alike), ``ipamctl check`` reports it (invariant 0, undecodable)."""
+    raw = spec(name="b").encode()
+    assert PoolSpec.decode(raw, "b").name == "b"
+    with pytest.raises(ValueError, match="stored as pool a but names pool b"):
+        PoolSpec.decode(raw, "a")
+    store = MemoryStore()
+    store.txn([], [Put(poolspec_key("a"), raw)], [], 1)
+    svc = service(store)
+    assert svc.specs.get("a") is None and svc.specs.get("b") is None
+    with pytest.raises(InvalidConfig, match="stored spec poolspecs/a is not valid"):
+        svc.add(Attachment("net1", "c1", "eth0"), named_conf([["a"]]))
+    findings = analyse(store.dump())
+    assert [(f.invariant, f.key, f.kind) for f in findings] == [(0, "poolspecs/a", "undecodable")]
+    assert "names pool b" in findings[0].message
+
+
 def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     store = MemoryStore()
     create(store, name="gone", cidr="10.88.0.0/24")
