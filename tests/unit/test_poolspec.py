@@ -86,6 +86,7 @@ def test_gateway_modes_follow_the_network_configurations_rules() -> None:
     ({"gatewayMode": "block", "strictAffinity": False}, "strictAffinity false"),
     ({"state": "gone"}, "state"),
     ({"maxBlocksPerNode": -1}, "maxBlocksPerNode"),
+    ({"maxBlocksPerNode": 10**12}, "maxBlocksPerNode 1000000000000 is not an integer from 0 (no limit) to 1048576"),
     ({"releaseCooldownSeconds": 86401}, "releaseCooldownSeconds"),
     ({"strictAffinity": "yes"}, "strictAffinity"),
     ({"exclude": "10.1.0.5"}, "exclude"),
