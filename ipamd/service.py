@@ -124,7 +124,7 @@ class IpamService:
         self.namespace_labels = namespace_labels
         #: named pools' specs (ipamd.namedpools), synced with the view and followed by its watch
         self.specs = PoolSpecCache()
-        self.pool_admin = PoolAdmin(store, request_timeout)
+        self.pool_admin = PoolAdmin(store, request_timeout, self.failpoints)
         self.ready = False
         #: why ADD cannot be served although the first sync is done ("" when it can); STATUS answers 50 with it
         self.unhealthy = ""

@@ -435,3 +435,39 @@ def test_hand_written_spec_under_another_name_is_refused_everywhere(daemons: Any
     assert run_cni("ADD", named("net2", [["blue"]]), socket=c.cni_socket, container_id="ok").ips == ["10.88.0.2/24"]
     assert run_cni("DEL", named("net2", [["blue"]]), socket=c.cni_socket, container_id="ok").rc == 0
     check_ok(a)
+
+
+def test_create_after_an_interrupted_delete_starts_clean(daemons: Any) -> None:
+    """The daemon serving ``pool delete`` dies after deleting the spec and before removing the pool's records
+    (failpoint ``pooldelete.before_cleanup=crash``); the operator creates the pool again (same CIDR with another
+    block size; another CIDR) through another daemon. Before, the new pool ran on the old pool's /28 blocks and pool
+    record (the block size in force is the pool record's) while ``pool show`` said /26, and the old CIDR's records
+    stayed listed under the new pool. Now create finishes the interrupted clean-up first."""
+    a = daemons("A", env={"IPAMD_FAILPOINTS": "pooldelete.before_cleanup=crash"})
+    b = daemons("B")
+    conf = named("net1", [["blue"], ["red"]])
+    ok(b, "pool", "create", "blue", "--cidr", "10.84.0.0/24", "--block-size", "28")
+    ok(b, "pool", "create", "red", "--cidr", "10.85.0.0/24", "--block-size", "28")
+    assert run_cni("ADD", conf, socket=b.cni_socket, container_id="c1").ips == ["10.84.0.2/24", "10.85.0.2/24"]
+    assert run_cni("DEL", conf, socket=b.cni_socket, container_id="c1").rc == 0
+    interrupted = ctl(a, "pool", "delete", "blue")
+    assert interrupted.returncode != 0 and a.proc is not None and a.proc.wait(10) == 137, interrupted
+    a = daemons("A2", env={"IPAMD_FAILPOINTS": "pooldelete.before_cleanup=crash"})
+    assert ctl(a, "pool", "delete", "red").returncode != 0 and a.proc is not None and a.proc.wait(10) == 137
+    assert keys(b, "poolspecs/") == []
+    assert keys(b, "blocks/@blue/") == ["blocks/@blue/0a540000-24/0a540000-28"]  # the interrupted delete's leftovers
+    assert keys(b, "pools/@red/") == ["pools/@red/0a550000-24"]
+    ok(b, "pool", "create", "blue", "--cidr", "10.84.0.0/24")  # blockSize 26 now
+    ok(b, "pool", "create", "red", "--cidr", "10.86.0.0/24")
+    assert keys(b, "blocks/@blue/") == [] and keys(b, "pools/@red/") == [] and keys(b, "blocks/@red/") == []
+    out = run_cni("ADD", conf, socket=b.cni_socket, container_id="c2", args="IP=10.84.0.40")
+    assert out.ips == ["10.84.0.40/24", "10.86.0.2/24"], out
+    assert keys(b, "blocks/@blue/") == ["blocks/@blue/0a540000-24/0a540000-26"]
+    assert keys(b, "pools/@red/") == ["pools/@red/0a560000-24"]
+    blue = json.loads(ok(b, "pool", "show", "blue", "-o", "json"))
+    assert (blue["blockSize"], blue["blocks"], blue["allocated"]) == (26, 1, 1)
+    pools = json.loads(ok(b, "pools", "-o", "json"))
+    assert sorted((p["pool"], p["blockSize"]) for p in pools["pools"]) == \
+        [("@blue/0a540000-24", 26), ("@red/0a560000-24", 26)], pools
+    assert run_cni("DEL", conf, socket=b.cni_socket, container_id="c2").rc == 0
+    check_ok(b)
