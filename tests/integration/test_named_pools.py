@@ -471,3 +471,32 @@ def test_create_after_an_interrupted_delete_starts_clean(daemons: Any) -> None:
         [("@blue/0a540000-24", 26), ("@red/0a560000-24", 26)], pools
     assert run_cni("DEL", conf, socket=b.cni_socket, container_id="c2").rc == 0
     check_ok(b)
+
+
+@pytest.mark.parametrize("obj, needle", [
+    ({"nodeSelecter": {"zone": "a"}}, "unknown key(s) nodeSelecter"),   # was: created, selecting every node
+    ({"strictAffinity": "no"}, "strictAffinity 'no' is not true or false"),  # was: created with strictAffinity true
+    ({"gatewayMode": "block", "strictAffinity": False}, "strictAffinity false"),  # was: created (false not sent)
+    ({"routes": [{"dst": "10.9.0.0/16", "gw": "10.59.0.1", "mtu": 1400}]}, "routes[0] has key(s) mtu"),  # was: mtu lost
+    ({"blockSize": "28"}, "blockSize '28' is not an integer"),          # was: a Python traceback, exit 1
+    ({"maxBlocksPerNode": 2**40}, "maxBlocksPerNode"),                   # was: a traceback (int32 overflow)
+    ({"releaseCooldownSeconds": 1.5}, "releaseCooldownSeconds 1.5"),     # was: a traceback
+    ({"nodeSelector": {"zone": 1}}, "nodeSelector value 1"),             # was: a traceback
+    ({"exclude": "10.59.0.5"}, "exclude '10.59.0.5' is not a list"),     # was: "entry '1' is not an IP address"
+])
+def test_pool_create_from_file_refuses_what_the_api_would_drop(daemons: Any, obj: dict[str, Any],
+                                                                needle: str) -> None:
+    """``ipamctl pool create --from-file`` goes through the ``NamedPool`` message, which carries no unknown key, no
+    ``false`` and no route key but ``dst``/``gw``: a spec file is validated as the daemon validates a stored spec
+    before it is sent, so each of these is exit 2 (code 7) naming the field, and no pool is created."""
+    a = daemons("A")
+    path = a.dir + "/spec.json"
+    with open(path, "w") as fh:
+        json.dump({"cidr": "10.59.0.0/24", **obj}, fh)
+    out = ctl(a, "pool", "create", "p1", "--from-file", path)
+    assert out.returncode == 2 and "error 7" in out.stderr and needle in out.stderr, out
+    assert "Traceback" not in out.stderr
+    assert keys(a, "poolspecs/") == []
+    good = ctl(a, "pool", "create", "p1", "--cidr", "10.59.0.0/24", "--strict-affinity")
+    assert good.returncode == 0 and json.loads(ok(a, "pool", "show", "p1", "-o", "json"))["strictAffinity"] is True
+    assert "pool p1 deleted" in ok(a, "pool", "delete", "p1")
