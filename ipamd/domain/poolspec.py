@@ -163,6 +163,9 @@ class PoolSpec:
         (something else wrote it)."""
         try:
             obj = json.loads(raw)
+        except RecursionError:  # JSON nested deeper than the interpreter's stack (a hostile or broken writer)
+            raise ValueError("malformed pool spec: JSON nested too deeply") from None
+        try:
             spec = parse_pool_spec(obj)
         except InvalidConfig as exc:
             raise ValueError("malformed pool spec: %s" % exc.msg) from None

@@ -500,3 +500,32 @@ def test_pool_create_from_file_refuses_what_the_api_would_drop(daemons: Any, obj
     good = ctl(a, "pool", "create", "p1", "--cidr", "10.59.0.0/24", "--strict-affinity")
     assert good.returncode == 0 and json.loads(ok(a, "pool", "show", "p1", "-o", "json"))["strictAffinity"] is True
     assert "pool p1 deleted" in ok(a, "pool", "delete", "p1")
+
+
+def test_spec_nested_too_deeply_is_malformed_not_an_internal_error(daemons: Any) -> None:
+    """``poolspecs/deep`` holding ``[[[[…`` 100000 deep (written by hand): before, decoding it raised
+    ``RecursionError`` (not ``ValueError``), so every ``pool create`` answered ``error 999: internal error`` and
+    ``ipamctl check`` died with a traceback. Now it is a malformed spec like any other: creates, lists and ADDs go
+    on, a daemon started afterwards syncs and becomes ready, ``ipamctl check`` reports it, delete removes it."""
+    a = daemons("A")
+    ok(a, "pool", "create", "v4", "--cidr", "10.57.0.0/24")
+    put_raw(a, "poolspecs/deep", b"[" * 100000)
+    created = ctl(a, "pool", "create", "v5", "--cidr", "10.58.0.0/24")
+    assert created.returncode == 0, created
+    assert [p["name"] for p in json.loads(ok(a, "pool", "list", "-o", "json"))["pools"]] == ["v4", "v5"]
+    b = daemons("B")  # its first sync reads the spec
+    conf = named("n1", [["v4"], ["v5"]])
+    for d in (a, b):
+        out = run_cni("ADD", conf, socket=d.cni_socket, container_id="c-" + d.node)
+        assert out.rc == 0, out
+        deep = run_cni("ADD", named("n2", [["deep"]]), socket=d.cni_socket, container_id="d-" + d.node)
+        assert deep.code == 7 and "nested too deeply" in deep.json["msg"], deep
+        assert d.health() == "SERVING"
+    report = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert report.returncode == 1 and "poolspecs/deep" in report.stdout and "Traceback" not in report.stderr, report
+    assert "pool deep deleted" in ok(a, "pool", "delete", "deep")
+    for d in (a, b):
+        assert run_cni("DEL", conf, socket=d.cni_socket, container_id="c-" + d.node).rc == 0
+    check_ok(a)

@@ -243,6 +243,16 @@ def test_a_stored_spec_must_name_the_pool_of_its_key() -> None:
     assert "names pool b" in findings[0].message
 
 
+def test_a_spec_nested_too_deeply_is_malformed() -> None:
+    """``[[[[…`` deeper than the interpreter's stack raises ``ValueError`` (skipped, reported), not ``RecursionError``
+    (which reached every caller: pool create's overlap scan, the sync, ``ipamctl check``)."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        PoolSpec.decode(b"[" * 100000, "deep")
+    store = MemoryStore()
+    store.txn([], [Put(poolspec_key("deep"), b"[" * 100000)], [], 1)
+    assert [f.kind for f in analyse(store.dump())] == ["undecodable"]
+
+
 def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     store = MemoryStore()
     create(store, name="gone", cidr="10.88.0.0/24")
