@@ -529,3 +529,20 @@ def test_spec_nested_too_deeply_is_malformed_not_an_internal_error(daemons: Any)
     for d in (a, b):
         assert run_cni("DEL", conf, socket=d.cni_socket, container_id="c-" + d.node).rc == 0
     check_ok(a)
+
+
+def test_keys_a_spec_owns_beside_pools_are_ignored_with_a_warning(daemons: Any) -> None:
+    """``maxBlocksPerNode`` and ``gatewayMode`` beside ``ipam.pools`` are the spec's (as ``strictAffinity``): the
+    ADD follows the spec and says so on stderr. Before, both were dropped without a word: a node went on claiming
+    a second block past ``"maxBlocksPerNode": 1`` and got the subnet's gateway despite ``"gatewayMode": "block"``."""
+    a = daemons("A")
+    ok(a, "pool", "create", "v4", "--cidr", "10.57.0.0/24", "--block-size", "30")
+    conf = named("n1", [["v4"]], maxBlocksPerNode=1, gatewayMode="block")
+    for i in range(3):
+        out = run_cni("ADD", conf, socket=a.cni_socket, container_id="c%d" % i)
+        assert out.ips == ["10.57.0.%d/24" % (i + 2)], out
+        assert "ignoring ipam.maxBlocksPerNode: the named pools' specs say it" in out.stderr, out
+        assert "ignoring ipam.gatewayMode: the named pools' specs say it" in out.stderr, out
+    for i in range(3):
+        assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c%d" % i).rc == 0
+    check_ok(a)
