@@ -457,6 +457,12 @@ def test_create_after_an_interrupted_delete_starts_clean(daemons: Any) -> None:
     assert keys(b, "poolspecs/") == []
     assert keys(b, "blocks/@blue/") == ["blocks/@blue/0a540000-24/0a540000-28"]  # the interrupted delete's leftovers
     assert keys(b, "pools/@red/") == ["pools/@red/0a550000-24"]
+    report = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", b.endpoints,
+                             "--etcd-prefix", b.prefix], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert report.returncode == 0 and "OK: all invariants hold (2 warning(s))" in report.stdout, report
+    assert "WARN pools/@red/0a550000-24: named pool red has no spec poolspecs/red" in report.stdout, report
+    assert "ipamctl pool delete blue removes them" in report.stdout, report
     ok(b, "pool", "create", "blue", "--cidr", "10.84.0.0/24")  # blockSize 26 now
     ok(b, "pool", "create", "red", "--cidr", "10.86.0.0/24")
     assert keys(b, "blocks/@blue/") == [] and keys(b, "pools/@red/") == [] and keys(b, "blocks/@red/") == []

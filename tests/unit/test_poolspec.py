@@ -253,6 +253,25 @@ def test_a_spec_nested_too_deeply_is_malformed() -> None:
     assert [f.kind for f in analyse(store.dump())] == ["undecodable"]
 
 
+def test_check_warns_of_the_records_an_interrupted_delete_left() -> None:
+    """Block and pool records of a named pool without its spec (the delete's clean-up never ran): one warning per
+    pool naming ``ipamctl pool delete``; not a violation (nothing is wrong with an address)."""
+    store = MemoryStore()
+    create(store, name="gone", cidr="10.88.0.0/24")
+    svc = service(store)
+    att = Attachment("net1", "c1", "eth0")
+    svc.add(att, named_conf([["gone"]]))
+    svc.delete(att)
+    store.txn([], [Put("nodes/A", b"{}")], [], 1)  # node A is alive (its lease record)
+    assert not analyse(store.dump())
+    store.txn([], [Delete(poolspec_key("gone"))], [], 1)  # the delete's first transaction, and no clean-up
+    findings = analyse(store.dump())
+    assert [(f.severity, f.kind, f.key) for f in findings] == [("warning", "named-pool-leftover",
+                                                                 "pools/@gone/0a580000-24")]
+    assert "ipamctl pool delete gone removes them" in findings[0].message
+    assert not check_snapshot(store.dump())
+
+
 def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     store = MemoryStore()
     create(store, name="gone", cidr="10.88.0.0/24")
