@@ -197,8 +197,9 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
         rng, pool_revision = pools.get(rec.pool, (None, 0))
         spec_name = name_of_network(network)
         if spec_name is not None and spec_name not in specs:
-            out.append(Finding(2, key, "address of named pool %s, which has no spec %s%s"
-                               % (spec_name, POOLSPECS, spec_name),
+            out.append(Finding(2, key, "address of named pool %s, whose spec %s%s is %s"
+                               % (spec_name, POOLSPECS, spec_name,
+                                  "not valid (see its own finding)" if spec_name in bad_specs else "missing"),
                                kind="no-pool-spec", mod_revision=kv.mod_revision))
         if rng is None or not rec.pool.startswith(network + "/"):
             out.append(Finding(2, key, "pool %r has no (valid) pool record in network %s" % (rec.pool, network),

@@ -279,8 +279,11 @@ def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     svc.add(Attachment("net1", "c1", "eth0"), named_conf([["gone"]]))
     assert not check_snapshot(store.dump())
     store.txn([], [Delete(poolspec_key("gone"))], [], 1)  # behind the admin API's back
-    kinds = [f.kind for f in analyse(store.dump())]
-    assert "no-pool-spec" in kinds
+    found = {f.kind: f.message for f in analyse(store.dump())}
+    assert "poolspecs/gone is missing" in found["no-pool-spec"]
+    store.txn([], [Put(poolspec_key("gone"), b"{not json")], [], 1)  # a spec there, but malformed: not "missing"
+    found = {f.kind: f.message for f in analyse(store.dump())}
+    assert "poolspecs/gone is not valid" in found["no-pool-spec"] and "undecodable" in found
 
 
 def test_status_resolution_ignores_the_namespace_selector() -> None:
