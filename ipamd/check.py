@@ -16,7 +16,8 @@ check``, ``ipamctl repair``, the daemon and every test scenario share one defini
   record ends with its lease).
 - An address record of a named pool (network ``@<name>``) needs the pool's spec ``poolspecs/<name>``: a pool is
   deleted only when it holds no address (docs/etcd-layout.md "Named pools"), so an address without its spec is a
-  violation of invariant 2 (``no-pool-spec``).
+  violation of invariant 2 (``no-pool-spec``); its pool or block records without the spec (an interrupted
+  ``ipamctl pool delete``) are a warning (``named-pool-leftover``) naming the command that removes them.
 - **warning**: listed, never repaired: an address that was usable when it was allocated but is not under the
   pool's current configuration (a range narrowed or an exclude added under live pods, B51: the address record is
   older than the pool record's last change). It stays its holder's until DEL.
@@ -150,11 +151,12 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
     cooling: list[tuple[str, KV]] = []
     nodes: set[str] = set()
     specs: set[str] = set()
+    bad_specs: set[str] = set()
     out: list[Finding] = []
     for kv in kvs:
         try:
             if kv.key.startswith(POOLSPECS):
-                PoolSpec.decode(kv.value)
+                PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
                 specs.add(kv.key[len(POOLSPECS):])
             elif kv.key.startswith(POOLS):
                 try:
@@ -176,6 +178,8 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
                 CoolingRecord.decode(kv.value)
                 cooling.append((ip_key(network, family, value), kv))
         except ValueError as exc:
+            if kv.key.startswith(POOLSPECS):
+                bad_specs.add(kv.key[len(POOLSPECS):])
             out.append(Finding(0, kv.key, "undecodable record: %s" % exc, kind="undecodable",
                                mod_revision=kv.mod_revision))
     used_blocks: set[tuple[str, int, int]] = set()
@@ -193,8 +197,9 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
         rng, pool_revision = pools.get(rec.pool, (None, 0))
         spec_name = name_of_network(network)
         if spec_name is not None and spec_name not in specs:
-            out.append(Finding(2, key, "address of named pool %s, which has no spec %s%s"
-                               % (spec_name, POOLSPECS, spec_name),
+            out.append(Finding(2, key, "address of named pool %s, whose spec %s%s is %s"
+                               % (spec_name, POOLSPECS, spec_name,
+                                  "not valid (see its own finding)" if spec_name in bad_specs else "missing"),
                                kind="no-pool-spec", mod_revision=kv.mod_revision))
         if rng is None or not rec.pool.startswith(network + "/"):
             out.append(Finding(2, key, "pool %r has no (valid) pool record in network %s" % (rec.pool, network),
@@ -253,6 +258,13 @@ def analyse(kvs: Iterable[KV]) -> list[Finding]:
                                repair=Repair((Compare(kv.key, "mod", "==", kv.mod_revision),
                                               Compare(node_key(node), "version", "==", 0),
                                               Compare(start, "version", "==", 0, end)), (kv.key,))))
+    for pool_id in sorted(set(pools) | set(blocks)):
+        spec_name = name_of_network(pool_network(pool_id))
+        if spec_name is not None and spec_name not in specs and spec_name not in bad_specs:
+            out.append(Finding(2, POOLS + pool_id, "named pool %s has no spec %s%s: its pool and block records are "
+                               "what an interrupted delete left; ipamctl pool delete %s removes them"
+                               % (spec_name, POOLSPECS, spec_name, spec_name), severity="warning",
+                               kind="named-pool-leftover", mod_revision=pools.get(pool_id, (None, 0))[1]))
     return out
 
 

@@ -8,7 +8,8 @@ Points: ``add.after_pick``,
 ``add.after_commit``, ``del.before_commit``, ``gc.after_snapshot``, ``gc.before_delete``, ``gc.after_batch`` (a
 release batch of GC committed; requests);
 ``sync.read``, ``lease.keepalive``, ``lease.grant``, ``lease.put`` (background loops, field case B53);
-``noderemoval.after_plan`` (Kubernetes mode: a node's records read, before its removal).
+``noderemoval.after_plan`` (Kubernetes mode: a node's records read, before its removal);
+``pooldelete.before_cleanup`` (``ipamctl pool delete``: the spec deleted, its records not yet).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from .concurrency import remaining
 from .domain.errors import InvalidConfig, PoolInUse, TryAgainLater
 from .domain.model import BLOCKS, COOLING, IPS, POOLS, POOLSPECS, poolspec_key
 from .domain.poolspec import PoolSpec, parse_pool_spec, pool_network_of, validate_pool_name
+from .failpoints import Failpoints
 from .store.base import KV, Compare, Delete, Get, Op, Put, Store, WatchUpdate, prefix_end
 from .txns import MAX_TXN_OPS
 
@@ -39,7 +41,7 @@ class PoolSpecCache:
         fresh: dict[str, tuple[PoolSpec, int]] = {}
         for kv in kvs:
             try:
-                spec = PoolSpec.decode(kv.value)
+                spec = PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
             except ValueError:
                 continue
             fresh[spec.name] = (spec, kv.mod_revision)
@@ -56,7 +58,7 @@ class PoolSpecCache:
             if old is not None and old[1] > kv.mod_revision:
                 return
             try:
-                self._specs[name] = (PoolSpec.decode(kv.value), kv.mod_revision)
+                self._specs[name] = (PoolSpec.decode(kv.value, name), kv.mod_revision)
             except ValueError:
                 self._specs.pop(name, None)
 
@@ -74,7 +76,7 @@ class PoolSpecCache:
                     self._specs.pop(name, None)
                     continue
                 try:
-                    self._specs[name] = (PoolSpec.decode(ev.kv.value), ev.kv.mod_revision)
+                    self._specs[name] = (PoolSpec.decode(ev.kv.value, name), ev.kv.mod_revision)
                 except ValueError:
                     self._specs.pop(name, None)
 
@@ -115,27 +117,34 @@ def _prefix(kind: str, name: str) -> str:
 class PoolAdmin:
     """The admin operations on named pools, each one etcd transaction with compares (docs/etcd-layout.md "Named
     pools"). ``timeout`` bounds each call in seconds. Every method raises :class:`TryAgainLater` (11) when etcd
-    cannot be reached in time."""
+    cannot be reached in time. ``failpoints``: ``pooldelete.before_cleanup`` (tests)."""
 
-    def __init__(self, store: Store, timeout: float = 8.0) -> None:
+    def __init__(self, store: Store, timeout: float = 8.0, failpoints: Failpoints | None = None) -> None:
         self.store = store
         self.timeout = timeout
+        self.failpoints = failpoints or Failpoints()
 
     def create(self, obj: object) -> PoolView:
         """Validate ``obj`` (:func:`ipamd.domain.poolspec.parse_pool_spec`) and store it: ``IF poolspecs/<name>.version
         == 0 AND every spec of poolspecs/ has mod_revision <= R (the revision the other specs were read at) THEN
         put``, so two creates of overlapping pools cannot both commit. Raises :class:`InvalidConfig` (7) for an
         invalid spec, a name already taken, or a CIDR that overlaps another named pool's (an address would be handed
-        out by both). Not idempotent by design: a second create of the same name is refused."""
+        out by both). Not idempotent by design: a second create of the same name is refused.
+
+        A delete of the same name that was interrupted after its spec was gone (daemon killed, etcd lost) left
+        the old pool's blocks, pool and cooling records under ``@<name>``; they are removed first (the delete's
+        clean-up, which compares that no spec exists), so the new pool never runs on the old one's block size or
+        lists the old CIDR's records as its own."""
         spec = parse_pool_spec(obj)
         key = poolspec_key(spec.name)
+        self._cleanup(spec.name, time.monotonic() + self.timeout)
         for _ in range(5):
             kvs, revision = self.store.read(POOLSPECS, prefix_end(POOLSPECS), self.timeout)
             for kv in kvs:
                 if kv.key == key:
                     raise InvalidConfig("pool %s already exists" % spec.name, "ipamctl pool show %s" % spec.name)
                 try:
-                    other = PoolSpec.decode(kv.value)
+                    other = PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
                 except ValueError:
                     continue
                 if other.range.overlaps(spec.range):
@@ -156,7 +165,7 @@ class PoolAdmin:
         if not kvs:
             raise InvalidConfig("pool %s does not exist" % name, "ipamctl pool list")
         try:
-            return kvs[0], PoolSpec.decode(kvs[0].value)
+            return kvs[0], PoolSpec.decode(kvs[0].value, name)
         except ValueError as exc:
             raise InvalidConfig("pool %s: the stored spec is not valid (%s)" % (name, exc)) from None
 
@@ -174,7 +183,7 @@ class PoolAdmin:
         out = []
         for kv in kvs:
             try:
-                spec = PoolSpec.decode(kv.value)
+                spec = PoolSpec.decode(kv.value, kv.key[len(POOLSPECS):])
             except ValueError:
                 log.warning("skipping malformed pool spec %s", kv.key)
                 continue
@@ -188,7 +197,7 @@ class PoolAdmin:
         if not kvs:
             raise InvalidConfig("pool %s does not exist" % name, "ipamctl pool list")
         try:
-            spec = PoolSpec.decode(kvs[0].value)
+            spec = PoolSpec.decode(kvs[0].value, name)
         except ValueError as exc:
             raise InvalidConfig("pool %s: the stored spec is not valid (%s)" % (name, exc)) from None
         return self._view(kvs[0], spec, revision)
@@ -241,6 +250,7 @@ class PoolAdmin:
                 raise TryAgainLater("pool %s changed while it was being deleted%s" % (
                     name, "" if spec_now else " (deleted by someone else)"))
             log.info("named pool %s deleted", name)
+            self.failpoints.hit("pooldelete.before_cleanup")
         removed = self._cleanup(name, deadline)
         if not kvs and not removed:
             raise InvalidConfig("pool %s does not exist" % name, "ipamctl pool list")

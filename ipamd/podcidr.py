@@ -171,7 +171,10 @@ class PodCidrClaimer:
                             self.cache.apply(WatchUpdate((WatchEvent(False, kv),), 0))
                         continue
                     current = txn.decode_failure(result)
-                    raw = current.value if current is not None else b""
+                    if current is None:  # no owner: a named pool deleted since the read (its spec compare failed)
+                        log.info("podCIDR blocks: pool %s is gone; not claiming %s", pool_id, p.block.cidr())
+                        break
+                    raw = current.value
                 try:
                     owner = decode_block_record(raw)
                 except ValueError:

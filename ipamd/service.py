@@ -54,7 +54,7 @@ from .domain.model import (
 )
 from .domain.netconf import NetConf, Pool
 from .domain.policy import Exhausted, Load, Pick
-from .domain.poolspec import name_of_network, resolve, with_pool_routes
+from .domain.poolspec import PoolSpec, name_of_network, resolve, with_pool_routes
 from .failpoints import Failpoints
 from .gc import GarbageCollector
 from .inventory import Inventory
@@ -128,7 +128,7 @@ class IpamService:
         self.namespace_labels = namespace_labels
         #: named pools' specs (ipamd.namedpools), synced with the view and followed by its watch
         self.specs = PoolSpecCache()
-        self.pool_admin = PoolAdmin(store, request_timeout)
+        self.pool_admin = PoolAdmin(store, request_timeout, self.failpoints)
         self.ready = False
         #: why ADD cannot be served although the first sync is done ("" when it can); STATUS answers 50 with it
         self.unhealthy = ""
@@ -215,6 +215,14 @@ class IpamService:
                 found = self.specs.get(name)
                 if found is not None:
                     specs[name] = found
+                elif kvs:  # a spec is stored but not valid: say so, not "unknown pool ... create it"
+                    try:
+                        PoolSpec.decode(kvs[0].value, name)
+                    except ValueError as exc:
+                        raise InvalidConfig("pool %s: the stored spec %s%s is not valid (%s)"
+                                            % (name, POOLSPECS, name, exc),
+                                            "ipamctl check reports it; delete it (ipamctl pool delete %s) and "
+                                            "create it again" % name) from None
         labels = self.namespace_labels(namespace) if self.namespace_labels is not None and namespace else None
         unknown = self.namespace_labels is not None and bool(namespace) and labels is None
         node_labels = self.node_labels

@@ -23,6 +23,7 @@ from .domain.model import (
     ip_key,
     ips_range,
     pool_key,
+    pool_network,
     poolspec_key,
 )
 from .domain.netconf import Pool
@@ -323,12 +324,18 @@ def send_in_batches(items: Sequence[Item], send: Callable[[list[Item]], None], l
 class ClaimBlockTxn(_OneKeyTxn):
     """Claim one block for a node outside an ADD (a podCIDR block, ipamd/podcidr.py): ``IF blocks/<b>.version == 0
     THEN put blocks/<b> {"node"} ELSE get blocks/<b>`` (docs/etcd-layout.md "Transactions"). Never takes over a
-    block someone owns: :meth:`decode_failure` returns the current owner's record."""
+    block someone owns: :meth:`decode_failure` returns the current owner's record. In a named pool (pool network
+    ``@<name>``) it also compares ``poolspecs/<name>.version > 0``, as an ADD compares the spec: once a delete
+    removed the spec nothing may be written into the pool, or its clean-up would miss the block (docs/etcd-layout.md
+    "Named pools"); the failure then reads back no block (``decode_failure`` is ``None``)."""
 
     def __init__(self, pool_id: str, block: Block, node: str) -> None:
         super().__init__(block_key(pool_id, block))
         self.record = encode_block_record(node)
         self.compares = [Compare(self.key, "version", "==", 0)]
+        named = pool_network(pool_id)
+        if named.startswith("@"):
+            self.compares.append(Compare(poolspec_key(named[1:]), "version", ">", 0))
         self.success: list[Op] = [Put(self.key, self.record)]
 
 

@@ -63,6 +63,7 @@ from ipamd.domain.errors import (
     error_for_code,
 )
 from ipamd.domain.inventory import BlockInfo, NodeUsage, PoolInfo
+from ipamd.domain.poolspec import parse_pool_spec
 from ipamd.domain.status import DaemonStatus as Status
 from ipamd.domain.status import PoolStatus
 from ipamd.v1 import ipam_pb2, ipam_pb2_grpc, pools_pb2, pools_pb2_grpc
@@ -204,8 +205,19 @@ def named_pool_json(m: Any) -> dict[str, Any]:
 
 
 def named_pool_msg(spec: dict[str, Any]) -> Any:
-    """A spec object (keys of docs/configuration.md "Named pools") as a ``NamedPool`` message; the daemon validates
-    it. Raises ``TypeError``/``ValueError`` for a value of the wrong type."""
+    """A spec object (keys of docs/configuration.md "Named pools") as a ``NamedPool`` message.
+
+    The object is validated first as the daemon validates a stored spec
+    (:func:`ipamd.domain.poolspec.parse_pool_spec`), because the message cannot say everything a JSON object can:
+    an unknown key (``nodeSelecter``) would be dropped and the pool made without the intended selector, a
+    ``"strictAffinity": "no"`` read as true, a ``false`` one left out, a route's keys other than ``dst`` and ``gw``
+    lost. Raises :class:`InvalidConfig` (7) with the daemon's message for any of those; nothing is sent."""
+    parse_pool_spec(spec)
+    for i, route in enumerate(spec.get("routes") or []):
+        extra = sorted(set(route) - {"dst", "gw"})
+        if extra:
+            raise InvalidConfig("pool %s routes[%d] has key(s) %s, which the PoolAdmin API does not carry"
+                                % (spec.get("name"), i, ", ".join(extra)), "a named pool's routes are dst and gw")
     return pools_pb2.NamedPool(
         name=spec.get("name", ""), cidr=spec.get("cidr", ""), block_size=spec.get("blockSize") or 0,
         gateway_mode=spec.get("gatewayMode", ""), gateway=spec.get("gateway") or "",

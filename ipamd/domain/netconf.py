@@ -35,7 +35,7 @@ ROUTE_KEYS_1_1 = ("mtu", "advmss", "priority", "table", "scope")
 POOL_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 #: ``ipam`` keys that a named pool's spec owns: ignored (with a warning) beside ``ipam.pools``.
 POOL_OWN_KEYS = ("blockSize", "blockSize6", "exclude", "strictAffinity", "releaseCooldownSeconds", "rangeStart",
-                 "rangeEnd", "gateway")
+                 "rangeEnd", "gateway", "gatewayMode", "maxBlocksPerNode")
 
 
 @dataclass(frozen=True, slots=True)

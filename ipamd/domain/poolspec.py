@@ -22,6 +22,7 @@ from typing import Any
 from .addr import LINK_LOCAL_GATEWAY, Range, to_ip
 from .errors import InvalidConfig, PoolExhausted, TryAgainLater
 from .netconf import (
+    MAX_BLOCKS_PER_NODE,
     MAX_COOLDOWN,
     POOL_NAME_RE,
     NetConf,
@@ -155,13 +156,22 @@ class PoolSpec:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> PoolSpec:
-        """A stored spec, validated again. Raises ``ValueError`` for anything malformed (something else wrote it)."""
+    def decode(cls, raw: bytes, name: str | None = None) -> PoolSpec:
+        """A stored spec, validated again; ``name``: the name its key ``poolspecs/<name>`` gives, which the spec's
+        own ``name`` must equal (a spec written by hand under another key would otherwise be compared, drained and
+        deleted under one name and allocated from under the other). Raises ``ValueError`` for anything malformed
+        (something else wrote it)."""
         try:
             obj = json.loads(raw)
-            return parse_pool_spec(obj)
+        except RecursionError:  # JSON nested deeper than the interpreter's stack (a hostile or broken writer)
+            raise ValueError("malformed pool spec: JSON nested too deeply") from None
+        try:
+            spec = parse_pool_spec(obj)
         except InvalidConfig as exc:
             raise ValueError("malformed pool spec: %s" % exc.msg) from None
+        if name is not None and spec.name != name:
+            raise ValueError("malformed pool spec: stored as pool %s but names pool %s" % (name, spec.name))
+        return spec
 
     def with_state(self, state: str) -> PoolSpec:
         return replace(self, state=state)
@@ -174,7 +184,8 @@ def parse_pool_spec(obj: object) -> PoolSpec:
     ``blockSize`` (prefix length; default /26 IPv4, /122 IPv6, never shorter than the CIDR), ``gatewayMode``
     (``subnet`` default, ``block``, ``pointToPoint``), ``gateway`` (optional; default the subnet's first host),
     ``routes``, ``exclude`` (addresses, CIDRs, or ``a-b`` spans), ``releaseCooldownSeconds`` (0 to
-    :data:`~ipamd.domain.netconf.MAX_COOLDOWN`), ``strictAffinity``, ``maxBlocksPerNode`` (>= 0),
+    :data:`~ipamd.domain.netconf.MAX_COOLDOWN`), ``strictAffinity``, ``maxBlocksPerNode`` (0 to
+    :data:`~ipamd.domain.netconf.MAX_BLOCKS_PER_NODE`, as the ``ipam`` key),
     ``nodeSelector``/``namespaceSelector`` (``matchLabels`` maps), ``state`` (``active`` default, ``draining``).
     Raises :class:`InvalidConfig` (7) naming the field and value, with the network configuration's messages for
     the range (field cases B29, B30, B41). Unknown keys are refused (an operator's typo must not pass). Pure.
@@ -233,8 +244,9 @@ def parse_pool_spec(obj: object) -> PoolSpec:
     max_blocks = obj.get("maxBlocksPerNode", 0)
     if max_blocks is None:
         max_blocks = 0
-    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 0:
-        raise InvalidConfig("%s maxBlocksPerNode %r is not a non-negative integer" % (where, max_blocks))
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or not 0 <= max_blocks <= MAX_BLOCKS_PER_NODE:
+        raise InvalidConfig("%s maxBlocksPerNode %r is not an integer from 0 (no limit) to %d"
+                            % (where, max_blocks, MAX_BLOCKS_PER_NODE))
     state = obj.get("state", "active") or "active"
     if state not in STATES:
         raise InvalidConfig("%s state %r is not one of %s" % (where, state, ", ".join(STATES)))

@@ -13,16 +13,27 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from fakekube import FakeKube, write_kubeconfig
 from harness import IPAMD, EtcdCluster, assert_invariants, cni_config, run_cni, wait_for
 
 from ipamd.domain.addr import Block
-from ipamd.domain.model import PoolRecord, block_key, decode_block_record, encode_block_record, pool_key
+from ipamd.domain.model import (
+    POOLS,
+    POOLSPECS,
+    PoolRecord,
+    block_key,
+    decode_block_record,
+    encode_block_record,
+    pool_key,
+)
 from ipamd.domain.netconf import parse_netconf
+from ipamd.namedpools import PoolAdmin
 from ipamd.podcidr import ClaimReport, PodCidrClaimer
 from ipamd.store.base import Put, prefix_end
 from ipamd.store.etcd import EtcdStore
@@ -149,3 +160,39 @@ def test_daemon_with_an_unusable_kubeconfig_exits_2(etcd: EtcdCluster, prefix: s
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "--kubeconfig %s" % path in lines[0], p.stderr
     assert not os.path.exists(os.path.join(workdir, "c.sock"))  # it never served
+
+
+def test_no_block_claimed_in_a_named_pool_deleted_meanwhile(etcd: EtcdCluster, prefix: str,
+                                                            store: EtcdStore) -> None:
+    """A claim round reads ``pools/`` and sees named pool ``np``; the pool (empty) is deleted before the round's
+    claim transactions: spec, pool record, blocks gone. Before, the claim (create-if-absent on the block key only)
+    then wrote ``blocks/@np/…`` into the deleted pool, a block no spec and no pool record explains, which the next
+    ``pool create np`` would inherit. Now a claim in a named pool compares that its spec exists (as an ADD compares
+    it): nothing is written and nothing is reported as another node's."""
+    admin = PoolAdmin(store)
+    spec = admin.create({"name": "np", "cidr": "10.63.0.0/24", "blockSize": 26})
+    pool = spec.spec.pool()
+    store.txn([], [Put(pool_key(pool.id), PoolRecord(pool.network, pool.range, 26).encode())], [], 2.0)
+
+    class DeleteAfterPoolsRead:
+        """The store, with ``ipamctl pool delete np`` landing right after the round's read of ``pools/``."""
+
+        def __init__(self) -> None:
+            self.done = False
+
+        def read(self, key: str, range_end: str | None, timeout: float, **kw: Any) -> Any:
+            out = store.read(key, range_end, timeout, **kw)
+            if key == POOLS and not self.done:
+                self.done = True
+                admin.delete("np", time.monotonic() + 5)
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+    wrapped = DeleteAfterPoolsRead()
+    report = PodCidrClaimer(cast(Any, wrapped), "a", lambda: None).claim(["10.63.0.0/25"])
+    assert wrapped.done
+    assert owners(store, "blocks/@np/") == {}
+    assert not report.claimed and not report.conflicts, report
+    assert not store.read(POOLSPECS, prefix_end(POOLSPECS), 2.0)[0]

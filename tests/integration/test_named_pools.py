@@ -26,6 +26,7 @@ import grpc
 import pytest
 from harness import cni_config, daemon_ipamctl, run_cni, wait_for
 
+from ipamd.store.base import Put
 from ipamd.store.etcd import EtcdStore
 from ipamd.v1 import pools_pb2, pools_pb2_grpc
 
@@ -458,4 +459,170 @@ def test_concurrent_adds_and_a_delete_from_a_barrier(daemons: Any) -> None:
     else:
         assert deleted[0].returncode == 3 and "still holds" in deleted[0].stderr, deleted[0]
         assert keys(a, "poolspecs/") == ["poolspecs/herd"] and held
+    check_ok(a)
+
+
+def put_raw(d: Any, key: str, value: bytes) -> None:
+    """Write one key under the daemon's prefix as an operator's ``etcdctl put`` would (no validation)."""
+    store = EtcdStore(d.endpoints, d.prefix)
+    try:
+        assert store.txn([], [Put(key, value)], [], 5).succeeded
+    finally:
+        store.close()
+
+
+def test_hand_written_spec_under_another_name_is_refused_everywhere(daemons: Any) -> None:
+    """A spec written by hand at ``poolspecs/mism`` whose ``name`` says ``other`` (copied from another pool and
+    edited): before, the daemons cached it as ``other`` after a sync and as ``mism`` from the watch, an ADD naming
+    ``mism`` compared ``poolspecs/other`` and retried 40 times into code 11, and ``pool list`` showed a pool
+    ``other`` that ``pool show other`` called missing. Now it is a malformed spec like any other: ADD answers code 7
+    at once naming the stored spec, ``pool list`` leaves it out, ``ipamctl check`` reports it, and ``pool delete
+    mism`` removes it; the daemons keep serving."""
+    a, b = daemons("A"), daemons("B")
+    ok(a, "pool", "create", "blue", "--cidr", "10.88.0.0/24")
+    spec = json.loads(ok(a, "pool", "show", "blue", "-o", "json"))
+    for extra in ("allocated", "size", "blocks", "poolId", "specRevision"):
+        spec.pop(extra)
+    spec.update(name="other", cidr="10.89.0.0/24")
+    put_raw(a, "poolspecs/mism", json.dumps(spec).encode())
+    c = daemons("C")  # learns the spec from its first sync, A and B from their watch
+    for d in (a, b, c):
+        started = time.monotonic()
+        out = run_cni("ADD", named("net2", [["mism"]]), socket=d.cni_socket, container_id="m-" + d.node)
+        assert out.code == 7, (d.node, out)
+        assert "stored spec poolspecs/mism is not valid" in out.json["msg"], out
+        assert "stored as pool mism but names pool other" in out.json["msg"], out
+        assert time.monotonic() - started < 5, out
+        out = run_cni("ADD", named("net2", [["other"]]), socket=d.cni_socket, container_id="o-" + d.node)
+        assert out.code == 7 and "unknown pool other" in out.json["msg"], out
+        assert d.health() == "SERVING"
+    assert [p["name"] for p in json.loads(ok(a, "pool", "list", "-o", "json"))["pools"]] == ["blue"]
+    shown = ctl(a, "pool", "show", "mism")
+    assert shown.returncode == 2 and "names pool other" in shown.stderr, shown
+    report = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert report.returncode == 1 and "poolspecs/mism" in report.stdout and "names pool other" in report.stdout, \
+        report
+    assert keys(a, "ips/") == [] and keys(a, "handles/") == []
+    assert "pool mism deleted" in ok(a, "pool", "delete", "mism")
+    assert run_cni("ADD", named("net2", [["blue"]]), socket=c.cni_socket, container_id="ok").ips == ["10.88.0.2/24"]
+    assert run_cni("DEL", named("net2", [["blue"]]), socket=c.cni_socket, container_id="ok").rc == 0
+    check_ok(a)
+
+
+def test_create_after_an_interrupted_delete_starts_clean(daemons: Any) -> None:
+    """The daemon serving ``pool delete`` dies after deleting the spec and before removing the pool's records
+    (failpoint ``pooldelete.before_cleanup=crash``); the operator creates the pool again (same CIDR with another
+    block size; another CIDR) through another daemon. Before, the new pool ran on the old pool's /28 blocks and pool
+    record (the block size in force is the pool record's) while ``pool show`` said /26, and the old CIDR's records
+    stayed listed under the new pool. Now create finishes the interrupted clean-up first."""
+    a = daemons("A", env={"IPAMD_FAILPOINTS": "pooldelete.before_cleanup=crash"})
+    b = daemons("B")
+    conf = named("net1", [["blue"], ["red"]])
+    ok(b, "pool", "create", "blue", "--cidr", "10.84.0.0/24", "--block-size", "28")
+    ok(b, "pool", "create", "red", "--cidr", "10.85.0.0/24", "--block-size", "28")
+    assert run_cni("ADD", conf, socket=b.cni_socket, container_id="c1").ips == ["10.84.0.2/24", "10.85.0.2/24"]
+    assert run_cni("DEL", conf, socket=b.cni_socket, container_id="c1").rc == 0
+    interrupted = ctl(a, "pool", "delete", "blue")
+    assert interrupted.returncode != 0 and a.proc is not None and a.proc.wait(10) == 137, interrupted
+    a = daemons("A2", env={"IPAMD_FAILPOINTS": "pooldelete.before_cleanup=crash"})
+    assert ctl(a, "pool", "delete", "red").returncode != 0 and a.proc is not None and a.proc.wait(10) == 137
+    assert keys(b, "poolspecs/") == []
+    assert keys(b, "blocks/@blue/") == ["blocks/@blue/0a540000-24/0a540000-28"]  # the interrupted delete's leftovers
+    assert keys(b, "pools/@red/") == ["pools/@red/0a550000-24"]
+    report = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", b.endpoints,
+                             "--etcd-prefix", b.prefix], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert report.returncode == 0 and "OK: all invariants hold (2 warning(s))" in report.stdout, report
+    assert "WARN pools/@red/0a550000-24: named pool red has no spec poolspecs/red" in report.stdout, report
+    assert "ipamctl pool delete blue removes them" in report.stdout, report
+    ok(b, "pool", "create", "blue", "--cidr", "10.84.0.0/24")  # blockSize 26 now
+    ok(b, "pool", "create", "red", "--cidr", "10.86.0.0/24")
+    assert keys(b, "blocks/@blue/") == [] and keys(b, "pools/@red/") == [] and keys(b, "blocks/@red/") == []
+    out = run_cni("ADD", conf, socket=b.cni_socket, container_id="c2", args="IP=10.84.0.40")
+    assert out.ips == ["10.84.0.40/24", "10.86.0.2/24"], out
+    assert keys(b, "blocks/@blue/") == ["blocks/@blue/0a540000-24/0a540000-26"]
+    assert keys(b, "pools/@red/") == ["pools/@red/0a560000-24"]
+    blue = json.loads(ok(b, "pool", "show", "blue", "-o", "json"))
+    assert (blue["blockSize"], blue["blocks"], blue["allocated"]) == (26, 1, 1)
+    pools = json.loads(ok(b, "pools", "-o", "json"))
+    assert sorted((p["pool"], p["blockSize"]) for p in pools["pools"]) == \
+        [("@blue/0a540000-24", 26), ("@red/0a560000-24", 26)], pools
+    assert run_cni("DEL", conf, socket=b.cni_socket, container_id="c2").rc == 0
+    check_ok(b)
+
+
+@pytest.mark.parametrize("obj, needle", [
+    ({"nodeSelecter": {"zone": "a"}}, "unknown key(s) nodeSelecter"),   # was: created, selecting every node
+    ({"strictAffinity": "no"}, "strictAffinity 'no' is not true or false"),  # was: created with strictAffinity true
+    ({"gatewayMode": "block", "strictAffinity": False}, "strictAffinity false"),  # was: created (false not sent)
+    ({"routes": [{"dst": "10.9.0.0/16", "gw": "10.59.0.1", "mtu": 1400}]}, "routes[0] has key(s) mtu"),  # was: mtu lost
+    ({"blockSize": "28"}, "blockSize '28' is not an integer"),          # was: a Python traceback, exit 1
+    ({"maxBlocksPerNode": 2**40}, "maxBlocksPerNode"),                   # was: a traceback (int32 overflow)
+    ({"releaseCooldownSeconds": 1.5}, "releaseCooldownSeconds 1.5"),     # was: a traceback
+    ({"nodeSelector": {"zone": 1}}, "nodeSelector value 1"),             # was: a traceback
+    ({"exclude": "10.59.0.5"}, "exclude '10.59.0.5' is not a list"),     # was: "entry '1' is not an IP address"
+])
+def test_pool_create_from_file_refuses_what_the_api_would_drop(daemons: Any, obj: dict[str, Any],
+                                                                needle: str) -> None:
+    """``ipamctl pool create --from-file`` goes through the ``NamedPool`` message, which carries no unknown key, no
+    ``false`` and no route key but ``dst``/``gw``: a spec file is validated as the daemon validates a stored spec
+    before it is sent, so each of these is exit 2 (code 7) naming the field, and no pool is created."""
+    a = daemons("A")
+    path = a.dir + "/spec.json"
+    with open(path, "w") as fh:
+        json.dump({"cidr": "10.59.0.0/24", **obj}, fh)
+    out = ctl(a, "pool", "create", "p1", "--from-file", path)
+    assert out.returncode == 2 and "error 7" in out.stderr and needle in out.stderr, out
+    assert "Traceback" not in out.stderr
+    assert keys(a, "poolspecs/") == []
+    good = ctl(a, "pool", "create", "p1", "--cidr", "10.59.0.0/24", "--strict-affinity")
+    assert good.returncode == 0 and json.loads(ok(a, "pool", "show", "p1", "-o", "json"))["strictAffinity"] is True
+    assert "pool p1 deleted" in ok(a, "pool", "delete", "p1")
+
+
+def test_spec_nested_too_deeply_is_malformed_not_an_internal_error(daemons: Any) -> None:
+    """``poolspecs/deep`` holding ``[[[[…`` 100000 deep (written by hand): before, decoding it raised
+    ``RecursionError`` (not ``ValueError``), so every ``pool create`` answered ``error 999: internal error`` and
+    ``ipamctl check`` died with a traceback. Now it is a malformed spec like any other: creates, lists and ADDs go
+    on, a daemon started afterwards syncs and becomes ready, ``ipamctl check`` reports it, delete removes it."""
+    a = daemons("A")
+    ok(a, "pool", "create", "v4", "--cidr", "10.57.0.0/24")
+    put_raw(a, "poolspecs/deep", b"[" * 100000)
+    created = ctl(a, "pool", "create", "v5", "--cidr", "10.58.0.0/24")
+    assert created.returncode == 0, created
+    assert [p["name"] for p in json.loads(ok(a, "pool", "list", "-o", "json"))["pools"]] == ["v4", "v5"]
+    b = daemons("B")  # its first sync reads the spec
+    conf = named("n1", [["v4"], ["v5"]])
+    for d in (a, b):
+        out = run_cni("ADD", conf, socket=d.cni_socket, container_id="c-" + d.node)
+        assert out.rc == 0, out
+        deep = run_cni("ADD", named("n2", [["deep"]]), socket=d.cni_socket, container_id="d-" + d.node)
+        assert deep.code == 7 and "nested too deeply" in deep.json["msg"], deep
+        assert d.health() == "SERVING"
+    report = subprocess.run([sys.executable, "-m", "ipamd.ctl", "check", "--etcd-endpoints", a.endpoints,
+                             "--etcd-prefix", a.prefix], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert report.returncode == 1 and "poolspecs/deep" in report.stdout and "Traceback" not in report.stderr, report
+    assert "pool deep deleted" in ok(a, "pool", "delete", "deep")
+    for d in (a, b):
+        assert run_cni("DEL", conf, socket=d.cni_socket, container_id="c-" + d.node).rc == 0
+    check_ok(a)
+
+
+def test_keys_a_spec_owns_beside_pools_are_ignored_with_a_warning(daemons: Any) -> None:
+    """``maxBlocksPerNode`` and ``gatewayMode`` beside ``ipam.pools`` are the spec's (as ``strictAffinity``): the
+    ADD follows the spec and says so on stderr. Before, both were dropped without a word: a node went on claiming
+    a second block past ``"maxBlocksPerNode": 1`` and got the subnet's gateway despite ``"gatewayMode": "block"``."""
+    a = daemons("A")
+    ok(a, "pool", "create", "v4", "--cidr", "10.57.0.0/24", "--block-size", "30")
+    conf = named("n1", [["v4"]], maxBlocksPerNode=1, gatewayMode="block")
+    for i in range(3):
+        out = run_cni("ADD", conf, socket=a.cni_socket, container_id="c%d" % i)
+        assert out.ips == ["10.57.0.%d/24" % (i + 2)], out
+        assert "ignoring ipam.maxBlocksPerNode: the named pools' specs say it" in out.stderr, out
+        assert "ignoring ipam.gatewayMode: the named pools' specs say it" in out.stderr, out
+    for i in range(3):
+        assert run_cni("DEL", conf, socket=a.cni_socket, container_id="c%d" % i).rc == 0
     check_ok(a)

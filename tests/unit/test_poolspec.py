@@ -93,6 +93,7 @@ def test_gateway_modes_follow_the_network_configurations_rules() -> None:
     ({"gatewayMode": "block", "strictAffinity": False}, "strictAffinity false"),
     ({"state": "gone"}, "state"),
     ({"maxBlocksPerNode": -1}, "maxBlocksPerNode"),
+    ({"maxBlocksPerNode": 10**12}, "maxBlocksPerNode 1000000000000 is not an integer from 0 (no limit) to 1048576"),
     ({"releaseCooldownSeconds": 86401}, "releaseCooldownSeconds"),
     ({"strictAffinity": "yes"}, "strictAffinity"),
     ({"exclude": "10.1.0.5"}, "exclude"),
@@ -291,6 +292,53 @@ def test_delete_between_pick_and_commit_fails_the_add() -> None:
     consistent(store)
 
 
+def test_a_stored_spec_must_name_the_pool_of_its_key() -> None:
+    """``poolspecs/a`` holding a spec named ``b`` (written by hand) is malformed: decode refuses it, the cache
+    leaves it out (sync and watch alike), ``ipamctl check`` reports it (invariant 0, undecodable)."""
+    raw = spec(name="b").encode()
+    assert PoolSpec.decode(raw, "b").name == "b"
+    with pytest.raises(ValueError, match="stored as pool a but names pool b"):
+        PoolSpec.decode(raw, "a")
+    store = MemoryStore()
+    store.txn([], [Put(poolspec_key("a"), raw)], [], 1)
+    svc = service(store)
+    assert svc.specs.get("a") is None and svc.specs.get("b") is None
+    with pytest.raises(InvalidConfig, match="stored spec poolspecs/a is not valid"):
+        svc.add(Attachment("net1", "c1", "eth0"), named_conf([["a"]]))
+    findings = analyse(store.dump())
+    assert [(f.invariant, f.key, f.kind) for f in findings] == [(0, "poolspecs/a", "undecodable")]
+    assert "names pool b" in findings[0].message
+
+
+def test_a_spec_nested_too_deeply_is_malformed() -> None:
+    """``[[[[…`` deeper than the interpreter's stack raises ``ValueError`` (skipped, reported), not ``RecursionError``
+    (which reached every caller: pool create's overlap scan, the sync, ``ipamctl check``)."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        PoolSpec.decode(b"[" * 100000, "deep")
+    store = MemoryStore()
+    store.txn([], [Put(poolspec_key("deep"), b"[" * 100000)], [], 1)
+    assert [f.kind for f in analyse(store.dump())] == ["undecodable"]
+
+
+def test_check_warns_of_the_records_an_interrupted_delete_left() -> None:
+    """Block and pool records of a named pool without its spec (the delete's clean-up never ran): one warning per
+    pool naming ``ipamctl pool delete``; not a violation (nothing is wrong with an address)."""
+    store = MemoryStore()
+    create(store, name="gone", cidr="10.88.0.0/24")
+    svc = service(store)
+    att = Attachment("net1", "c1", "eth0")
+    svc.add(att, named_conf([["gone"]]))
+    svc.delete(att)
+    store.txn([], [Put("nodes/A", b"{}")], [], 1)  # node A is alive (its lease record)
+    assert not analyse(store.dump())
+    store.txn([], [Delete(poolspec_key("gone"))], [], 1)  # the delete's first transaction, and no clean-up
+    findings = analyse(store.dump())
+    assert [(f.severity, f.kind, f.key) for f in findings] == [("warning", "named-pool-leftover",
+                                                                 "pools/@gone/0a580000-24")]
+    assert "ipamctl pool delete gone removes them" in findings[0].message
+    assert not check_snapshot(store.dump())
+
+
 def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     store = MemoryStore()
     create(store, name="gone", cidr="10.88.0.0/24")
@@ -298,8 +346,11 @@ def test_check_flags_an_address_of_a_named_pool_without_its_spec() -> None:
     svc.add(Attachment("net1", "c1", "eth0"), named_conf([["gone"]]))
     assert not check_snapshot(store.dump())
     store.txn([], [Delete(poolspec_key("gone"))], [], 1)  # behind the admin API's back
-    kinds = [f.kind for f in analyse(store.dump())]
-    assert "no-pool-spec" in kinds
+    found = {f.kind: f.message for f in analyse(store.dump())}
+    assert "poolspecs/gone is missing" in found["no-pool-spec"]
+    store.txn([], [Put(poolspec_key("gone"), b"{not json")], [], 1)  # a spec there, but malformed: not "missing"
+    found = {f.kind: f.message for f in analyse(store.dump())}
+    assert "poolspecs/gone is not valid" in found["no-pool-spec"] and "undecodable" in found
 
 
 def test_status_resolution_ignores_the_namespace_selector() -> None:
