@@ -151,8 +151,12 @@ def dumps(obj: dict[str, Any]) -> bytes:
 
 
 def decode(raw: bytes) -> dict[str, Any]:
-    """A record's JSON object. Raises ``ValueError`` when it is not JSON or not an object."""
-    obj = json.loads(raw)
+    """A record's JSON object. Raises ``ValueError`` when it is not JSON, not an object, or nested deeper than the
+    interpreter's stack (a hostile or broken writer: ``RecursionError`` would otherwise escape every reader)."""
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise ValueError("record is JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("record is not a JSON object")
     return obj
