@@ -96,10 +96,9 @@ def _run_verb(service: IpamService, req: CniRequest, stderr: list[str],
         stderr.extend(netconf.warnings)
         pod = {k: req.args[a] for k, a in (("namespace", "K8S_POD_NAMESPACE"), ("name", "K8S_POD_NAME"),
                                              ("uid", "K8S_POD_UID")) if req.args.get(a)}
-        # named pools (ipam.pools) resolved for the pod's namespace: requested addresses are looked up in them
-        requested = requested_addresses(req, service.resolve(netconf, pod.get("namespace", ""),
-                                                             include_draining=True))
-        allocations = service.add(att, netconf, requested=requested, netns=req.netns, pod=pod)
+        # requested addresses are looked up in the named pools (ipam.pools) resolved for the pod's namespace
+        allocations = service.add(att, netconf, netns=req.netns, pod=pod,
+                                  requested_of=lambda resolved: requested_addresses(req, resolved))
         ctx["addresses"] = [a.cidr for a in allocations]
         return render_result(req.cni_version, allocations, service.with_pool_routes(netconf, allocations))
     if req.command == "DEL":

@@ -115,10 +115,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServicer):
         if request.requested_addresses:
             req.conf["runtimeConfig"] = {"ips": list(request.requested_addresses)}
             req.conf.pop("args", None)
-        requested = requested_addresses(req, self.service.resolve(netconf, request.pod.get("namespace", ""),
-                                                                  include_draining=True))
-        allocations = self.service.add(att, netconf, requested=requested, netns=request.netns,
-                                       pod=dict(request.pod))
+        allocations = self.service.add(att, netconf, netns=request.netns, pod=dict(request.pod),
+                                       requested_of=lambda resolved: requested_addresses(req, resolved))
         raw_version = conf.get("cniVersion")
         version = raw_version if isinstance(raw_version, str) and raw_version else "1.1.0"
         rec = HandleRecord(att.network, att.container_id, att.if_name, self.service.node, tuple(allocations),

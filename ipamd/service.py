@@ -243,21 +243,34 @@ class IpamService:
     # -- ADD -----------------------------------------------------------------------------------------------------
 
     def add(self, att: Attachment, netconf: NetConf, *, requested: dict[int, tuple[Pool, int]] | None = None,
-            netns: str = "", pod: dict[str, str] | None = None) -> list[Allocation]:
+            netns: str = "", pod: dict[str, str] | None = None,
+            requested_of: Callable[[NetConf], dict[int, tuple[Pool, int]]] | None = None) -> list[Allocation]:
         """Allocate one address per range set of ``netconf`` for ``att``, all or nothing, in one transaction.
 
         Idempotent: if the attachment already holds addresses they are returned unchanged and nothing is written
-        (docs/conformance.md T42, field case B06). ``requested`` maps range-set index -> (pool, address) that must be
-        honoured exactly. Raises :class:`PoolExhausted` (100), :class:`AddressUnavailable` (101),
-        :class:`TryAgainLater` (11: not ready, etcd unreachable, deadline passed),
+        (docs/conformance.md T42, field case B06), also when its named pools cannot be resolved now (a namespace's
+        labels unknown, a pool drained, deleted or no longer selecting the pod). ``requested`` maps range-set index
+        -> (pool, address) that must be honoured exactly; or ``requested_of(resolved netconf)`` gives them once the
+        named pools are resolved (the CNI and gRPC callers: requested addresses are looked up in the named pools).
+        Raises :class:`PoolExhausted` (100), :class:`AddressUnavailable` (101),
+        :class:`TryAgainLater` (11: not ready, etcd unreachable, deadline passed, a namespace's labels unknown),
         :class:`~ipamd.domain.errors.InvalidConfig` (7) when a pool overlaps the node's own addresses or routes
         (``node_check``; before anything is read or written).
         """
         self._require_ready()
         deadline = time.monotonic() + self.request_timeout
+        try:
+            resolved = self.resolve(netconf, (pod or {}).get("namespace", ""), include_draining=True,
+                                    deadline=deadline)
+        except (TryAgainLater, InvalidConfig, PoolExhausted):
+            existing = self._read_handle(att.handle, deadline)  # B06, T42: a retried ADD answers what it holds
+            if existing is None:
+                raise
+            return self._existing(existing, {})
+        if requested_of is not None:
+            requested = requested_of(resolved)
         if self.node_check is not None:
-            self.node_check.require(self.resolve(netconf, (pod or {}).get("namespace", ""), include_draining=True,
-                                                 deadline=deadline), self.cache.block_prefix)
+            self.node_check.require(resolved, self.cache.block_prefix)
         wanted = requested or {}
         state = _AddState()
         with self._locks.hold(att.handle):

@@ -361,7 +361,8 @@ def test_kubernetes_namespace_labels_select_pools(daemons: Any, fake: Any, workd
 def test_kubernetes_namespace_labels_unknown_is_try_again_later(daemons: Any, fake: Any, workdir: str) -> None:
     """The API server unreachable (the namespace view not current): an ADD whose pools select by namespace labels
     answers 11 and writes nothing; a pool selected by the name label alone is still served; a namespace the view
-    does not show yet is 11 too; once the server is back, the next ADD gets the labelled pool."""
+    does not show yet is 11 too; a retried ADD of an attachment that holds its address still answers it (T42, B06);
+    once the server is back, the next ADD gets the labelled pool."""
     fake.add_namespace("alpha", {"team": "a"})
     d = kube_daemon(daemons, fake, workdir)
     ok(d, "pool", "create", "ta", "--cidr", "10.94.1.0/24", "--namespace-selector", "team=a")
@@ -384,6 +385,7 @@ def test_kubernetes_namespace_labels_unknown_is_try_again_later(daemons: Any, fa
     assert "pool ta" in out.json["msg"] and "team=a" in out.json["details"], out
     assert not [k for k in keys(d, "handles/net1/") if "a2" in k], keys(d, "handles/net1/")
     assert add("ops", "o1", ops).ips == ["10.94.3.2/24"]  # decidable by the name label alone
+    assert add("alpha", "a1").ips == ["10.94.1.2/24"]  # a retried ADD answers what it holds, labels unknown or not
     assert len(keys(d, "ips/@rest/")) == 0  # never the catch-all pool in place of ta
     check_ok(d)
     fake.start()
