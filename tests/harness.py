@@ -405,6 +405,17 @@ def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | 
             env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 60.0,
             cni_path: str | None = "/opt/cni/bin") -> CniOutput:
     """Run the installed plugin (:func:`current_plugin`) once as a fresh process and collect its output."""
+    e = cni_env(command, socket=socket, container_id=container_id, if_name=if_name, netns=netns, args=args,
+                env=env, cni_path=cni_path)
+    data = stdin if stdin is not None else (conf if isinstance(conf, bytes) else json.dumps(conf).encode())
+    p = subprocess.run([installed_shim()], input=data, capture_output=True, env=e, timeout=timeout)
+    return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
+
+
+def cni_env(command: str, *, socket: str | None, container_id: str | None = "c1", if_name: str | None = "eth0",
+            netns: str | None = "/var/run/netns/none", args: str | None = None, env: dict[str, str] | None = None,
+            cni_path: str | None = "/opt/cni/bin") -> dict[str, str]:
+    """The environment a runtime gives the plugin for one call (this process's, without ``CNI_*``/``IPAMD_*``)."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("CNI_") and not k.startswith("IPAMD_")}
     e["CNI_COMMAND"] = command
     for key, value in (("CNI_CONTAINERID", container_id), ("CNI_IFNAME", if_name), ("CNI_NETNS", netns),
@@ -414,9 +425,7 @@ def run_cni(command: str, conf: Any, *, socket: str | None, container_id: str | 
     if socket is not None:
         e["IPAMD_CNI_SOCKET"] = socket
     e.update(env or {})
-    data = stdin if stdin is not None else (conf if isinstance(conf, bytes) else json.dumps(conf).encode())
-    p = subprocess.run([installed_shim()], input=data, capture_output=True, env=e, timeout=timeout)
-    return CniOutput(p.returncode, p.stdout.decode(), p.stderr.decode())
+    return e
 
 
 def snapshot_counts(endpoints: str, prefix: str) -> dict[str, int]:

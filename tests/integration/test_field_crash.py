@@ -1,5 +1,6 @@
-"""Field case B06 (docs/field-cases.md "Crash, restart, idempotency"): the daemon dies after its ADD transaction
-committed and before it replied; the retried ADD must return the address that was committed, never a second one.
+"""Field cases B06 and B07 (docs/field-cases.md "Crash, restart, idempotency"): the daemon dies after its ADD
+transaction committed and before it replied; the retried ADD must return the address that was committed, never a
+second one (B06). The plugin is killed mid-ADD (the runtime's timeout): the address is not leaked (B07).
 
 Real etcd, real ipamd processes (the first one with the failpoint ``add.after_commit=crash``, which makes it
 ``os._exit`` right after the commit), real ipamd-cni shim processes. The ``daemons`` fixture checks the invariants
@@ -8,7 +9,13 @@ after the test.
 
 from __future__ import annotations
 
-from harness import cni_config, run_cni, snapshot_counts
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from harness import cni_config, cni_env, handle_ids, installed_shim, run_cni, snapshot_counts
 
 
 def test_b06_crash_after_commit_then_retried_adds_return_the_committed_address(daemons):
@@ -50,3 +57,39 @@ def test_b06_crash_after_commit_then_retried_adds_return_the_committed_address(d
 
     counts = snapshot_counts(a.endpoints, a.prefix)
     assert (counts["ips"], counts["handles"]) == (5, 5)
+
+
+@pytest.mark.parametrize("then", ["retried-add", "del"])
+def test_b07_plugin_killed_mid_add_leaks_nothing(daemons, then, tmp_path):
+    """B07: the daemon pauses the ADD between its pick and its commit (failpoint ``add.after_pick``); the runtime
+    SIGKILLs the plugin meanwhile (its timeout). The daemon still finishes the ADD: the handle and its address are
+    written together, keyed by the attachment. Then either the runtime's retried ADD returns that same address and
+    its DEL releases it, or the runtime's DEL (sent at once, while the ADD is still paused) waits for the ADD and
+    releases it. Either way nothing is left in etcd and the invariants hold."""
+    conf = cni_config("net1", subnet="10.43.0.0/24")
+    d = daemons("A", env={"IPAMD_FAILPOINTS": "add.after_pick=pause:2:1"})
+    with open(tmp_path / "conf.json", "w+b") as stdin:
+        stdin.write(json.dumps(conf).encode())
+        stdin.seek(0)
+        plugin = subprocess.Popen([installed_shim()], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=cni_env("ADD", socket=d.cni_socket, container_id="k1"))
+    time.sleep(0.7)  # the request is in the daemon, paused after its pick
+    assert plugin.poll() is None, "the plugin answered before the pause: %r" % (plugin.communicate(),)
+    plugin.send_signal(signal.SIGKILL)
+    plugin.communicate(timeout=10)  # reaps it and closes its pipes
+    assert plugin.returncode == -signal.SIGKILL
+    if then == "retried-add":
+        deadline = time.monotonic() + 10
+        while "k1" not in handle_ids(d) and time.monotonic() < deadline:  # the daemon commits without its client
+            time.sleep(0.1)
+        assert "k1" in handle_ids(d)
+        first = run_cni("ADD", conf, socket=d.cni_socket, container_id="k1")
+        again = run_cni("ADD", conf, socket=d.cni_socket, container_id="k1")
+        assert first.rc == 0 and first.ips == ["10.43.0.2/24"] == again.ips, (first, again)
+        counts = snapshot_counts(d.endpoints, d.prefix)
+        assert (counts["ips"], counts["handles"]) == (1, 1), counts
+    out = run_cni("DEL", conf, socket=d.cni_socket, container_id="k1")
+    assert (out.rc, out.stdout) == (0, ""), out
+    counts = snapshot_counts(d.endpoints, d.prefix)
+    assert (counts["ips"], counts["handles"]) == (0, 0), counts
+    assert run_cni("ADD", conf, socket=d.cni_socket, container_id="k2").ips == ["10.43.0.2/24"]  # free again
