@@ -327,19 +327,14 @@ class NodeInfo:
     @classmethod
     def from_obj(cls, obj: Obj) -> NodeInfo:
         """Raises :class:`KubeError` for an object without ``metadata.name``."""
-        meta = _meta(obj, "node")
-        name = meta.get("name")
-        if not isinstance(name, str) or not name:
-            raise KubeError("node without metadata.name")
+        meta, name, labels = _named(obj, "node")
         spec = _section(obj, "spec")
         cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
         status = _section(obj, "status")
         ready = any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
                     for c in status.get("conditions") or ())
-        labels = meta.get("labels") or {}
         return cls(name, str(meta.get("uid", "")), tuple(str(c) for c in cidrs), ready,
-                   meta.get("deletionTimestamp") is not None,
-                   tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict) else ())
+                   meta.get("deletionTimestamp") is not None, labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,13 +348,19 @@ class NamespaceInfo:
     @classmethod
     def from_obj(cls, obj: Obj) -> NamespaceInfo:
         """Raises :class:`KubeError` for an object without ``metadata.name``."""
-        meta = _meta(obj, "namespace")
-        name = meta.get("name")
-        if not isinstance(name, str) or not name:
-            raise KubeError("namespace without metadata.name")
-        labels = meta.get("labels") or {}
-        return cls(name, tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict)
-                   else ())
+        _, name, labels = _named(obj, "namespace")
+        return cls(name, labels)
+
+
+def _named(obj: Obj, kind: str) -> tuple[Obj, str, tuple[tuple[str, str], ...]]:
+    """``(metadata, metadata.name, metadata.labels as sorted pairs)`` of a cluster-scoped object (a node or a
+    namespace; labels that are not a map read as none). Raises :class:`KubeError` without ``metadata.name``."""
+    meta = _meta(obj, kind)
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise KubeError("%s without metadata.name" % kind)
+    labels = meta.get("labels") or {}
+    return meta, name, tuple(sorted((str(k), str(v)) for k, v in labels.items())) if isinstance(labels, dict) else ()
 
 
 def _resource_version(obj: Obj) -> str:
